@@ -1,0 +1,188 @@
+"""The run directory (DESIGN.md) and its manifest: paths, atomic writes, hashes, stage states.
+
+data/runs/<run>/
+  manifest.json               config, its hash, versions, seeds, every stage's state, durations, output hashes
+  problems/<split>.jsonl      the task's problems this run uses
+  iter_<t>/model/             M_t (merged weights)      iter_<t>/train_log.json  how M_t was trained
+  iter_<t>/samples_<split>.parquet  the sample table    iter_<t>/train_data.parquet  the data that made M(t+1)
+  iter_<t>/metrics.json       every metric of M_t       iter_<t>/notebooks/NN_stage.ipynb  executed notebooks
+  report/                     summary table and figures for the whole run
+
+Every file is written to a temporary name and renamed, so a killed process never leaves a half-written
+artifact under its final name; the manifest records a stage as done only after its outputs exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    run_dir: str | Path
+
+    @property
+    def root(self) -> Path:
+        return Path(self.run_dir)
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    def problems(self, split: str) -> Path:
+        return self.root / "problems" / f"{split}.jsonl"
+
+    def iter_dir(self, t: int) -> Path:
+        return self.root / f"iter_{t}"
+
+    def model(self, t: int) -> Path:
+        return self.iter_dir(t) / "model"
+
+    def samples(self, t: int, split: str) -> Path:
+        return self.iter_dir(t) / f"samples_{split}.parquet"
+
+    def train_data(self, t: int) -> Path:
+        return self.iter_dir(t) / "train_data.parquet"
+
+    def train_log(self, t: int) -> Path:
+        return self.iter_dir(t) / "train_log.json"
+
+    def metrics(self, t: int) -> Path:
+        return self.iter_dir(t) / "metrics.json"
+
+    def notebooks(self, t: int) -> Path:
+        return self.iter_dir(t) / "notebooks"
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def write_json(obj, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def write_parquet(df: pd.DataFrame, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    df.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def replace_dir(src: Path, dst: Path) -> Path:
+    """Move a finished directory into place, replacing any older one (a stage rerun after a kill)."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old{os.getpid()}")
+        dst.replace(old)
+        src.replace(dst)
+        shutil.rmtree(old)
+    else:
+        src.replace(dst)
+    return dst
+
+
+def clean_stale(directory: Path) -> list[Path]:
+    """Remove what a killed stage may have left in `directory`: temporary files and folders."""
+    stale = [p for pattern in (".*.tmp*", "*.tmp", ".*.old*", "*.trainer") for p in directory.glob(pattern)]
+    for p in stale:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return stale
+
+
+def sha256(path: Path) -> str:
+    """Hash of a file, or of a directory's files (names and contents, in sorted order)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("selfimprove", "torch", "transformers", "trl", "peft", "tokenizers", "papermill", "pandas"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    try:
+        out["git"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                    timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        out["git"] = None
+    return out
+
+
+class Manifest:
+    """manifest.json of a run: one writer (the pipeline), rewritten atomically after every change."""
+
+    def __init__(self, path: Path, data: dict):
+        self.path, self.data = path, data
+
+    @classmethod
+    def open(cls, paths: RunPaths, config: dict, digest: str, overwrite: bool = False) -> Manifest:
+        """Load the run's manifest, or start one. A run made with another config is refused unless
+        `overwrite`, which deletes that run first."""
+        if paths.manifest.exists():
+            data = json.loads(paths.manifest.read_text())
+            if data.get("config_hash") == digest:
+                return cls(paths.manifest, data)
+            if not overwrite:
+                raise FileExistsError(
+                    f"{paths.root} holds a run made with another config (hash {data.get('config_hash')}, "
+                    f"this recipe {digest}). Use another run name, or pass --overwrite to delete that run.")
+            shutil.rmtree(paths.root)
+        paths.root.mkdir(parents=True, exist_ok=True)
+        m = cls(paths.manifest, {"config": config, "config_hash": digest, "created": _now(), "stages": {},
+                                 "versions": versions()})
+        m.save()
+        return m
+
+    def save(self) -> None:
+        write_json(self.data, self.path)
+
+    def is_done(self, key: str, outputs: list[Path]) -> bool:
+        st = self.data["stages"].get(key)
+        return bool(st and st.get("state") == "done" and all(p.exists() for p in outputs))
+
+    def start(self, key: str) -> None:
+        prev = self.data["stages"].get(key, {})
+        self.data["stages"][key] = {"state": "running", "started": _now(), "attempts": prev.get("attempts", 0) + 1}
+        self.save()
+
+    def finish(self, key: str, outputs: list[Path], seconds: float, root: Path) -> None:
+        st = self.data["stages"][key]
+        st.update(state="done", ended=_now(), seconds=round(seconds, 2),
+                  outputs={str(p.relative_to(root)): sha256(p) for p in outputs})
+        self.save()
+
+    def fail(self, key: str, error: str) -> None:
+        self.data["stages"][key].update(state="failed", ended=_now(), error=error[-2000:])
+        self.save()
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -1,0 +1,70 @@
+"""Problems: loading, validation and prompts.
+
+A run keeps the problems it uses in <run_dir>/problems/<split>.jsonl, one JSON object per line with at
+least `id`, `question` and `answer` (`level` and `solutions` where the task has them). Every row is checked
+on load; a malformed one fails with its file and line number before any model is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from .artifacts import RunPaths
+
+REQUIRED = {"id": str, "question": str, "answer": str}
+
+
+class DataError(ValueError):
+    """A problem file or row is malformed; the message names the file, line and field."""
+
+
+def load_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"problem file not found: {path}")
+    rows, ids = [], set()
+    for no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{no}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{no}: expected a JSON object, got {type(row).__name__}")
+        for key, typ in REQUIRED.items():
+            if not isinstance(row.get(key), typ):
+                raise DataError(f"{path}:{no}: field '{key}' must be a {typ.__name__}, got {row.get(key)!r}")
+        if row.get("level") is not None and not isinstance(row["level"], int):
+            raise DataError(f"{path}:{no}: field 'level' must be an integer or null, got {row['level']!r}")
+        sols = row.get("solutions", [])
+        if not isinstance(sols, list) or not all(isinstance(s, str) for s in sols):
+            raise DataError(f"{path}:{no}: field 'solutions' must be a list of strings")
+        if row["id"] in ids:
+            raise DataError(f"{path}:{no}: duplicate id {row['id']!r}")
+        ids.add(row["id"])
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no problems")
+    return rows
+
+
+def load_split(run_dir: str | Path, split: str) -> list[dict]:
+    return load_jsonl(RunPaths(run_dir).problems(split))
+
+
+def training_subset(problems: list[dict], n: int, seed: int, iteration: int) -> list[dict]:
+    """The `n` training problems used at `iteration` (all when n == 0 or n >= len), a seeded draw per
+    iteration so successive iterations see different problems (organism.md: 600 per iteration)."""
+    if n == 0 or n >= len(problems):
+        return problems
+    rng = random.Random(seed * 1000 + iteration)
+    return sorted(rng.sample(problems, n), key=lambda p: p["id"])
+
+
+def render_prompt(tokenizer, problem: dict) -> str:
+    """Zero-shot prompt (paper.md §2.4): the question as the only user turn of the tokenizer's chat template."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": problem["question"]}], tokenize=False,
+                                         add_generation_prompt=True)

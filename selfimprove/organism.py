@@ -1,0 +1,239 @@
+"""The model organism: a tokenizer and a tiny Llama trained from scratch on `arith`, M0 and M1 in minutes on a CPU.
+
+`selfimprove organism` (or the run pipeline, on first use) trains a byte-level BPE tokenizer with a chat
+template, builds a tiny Llama-architecture model, pretrains it as a plain language model on raw solved
+problems (M0), then gold-SFTs it in chat format (M1, Algorithm 1 line 1). Both are saved with
+save_pretrained, so AutoModelForCausalLM / AutoTokenizer load them by path.
+
+The OOD templates and the loop. M0 and M1 also train on a pool of problems in the OOD templates
+(`ood_fraction` of the training split, none of them in the OOD test split); the self-improvement loop never
+samples or trains on them. So the OOD split measures what the loop does to a capability outside its own
+training distribution, as GSM8K-trained models are measured on MATH (paper.md §3.5). It cannot measure
+zero-shot transfer to unseen wording: a 1M-parameter model trained from scratch has none (measured with
+`ood_fraction: 0`: OOD pass@1 0.0 while test pass@1 was 0.49). organism.md used the same 10% share.
+
+Cached under data/organism/<config hash>/{M0,M1}; a finished build (marked by build.json) is reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import arith
+
+SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|user|>", "<|assistant|>"]
+# Minimal chat template: one turn per role, the assistant turn closed by <|end|> (the eos token).
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
+    "{% if m['role'] == 'assistant' %}<|end|>{% endif %}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class OrganismConfig:
+    """Size and training budget of the organism (defaults from organism.md, 'Set-up that worked')."""
+
+    seed: int = 0
+    vocab_size: int = 512  # BPE vocabulary incl. 256 byte symbols (organism.md: ~425 tokens)
+    hidden_size: int = 128  # organism.md: 128-192
+    n_layers: int = 4
+    n_heads: int = 4
+    intermediate_size: int = 384
+    pretrain_steps: int = 200  # M0: language-model steps on raw solved problems (question + solution)
+    sft_steps: int = 1000  # M1: gold-SFT steps in chat format, loss on the response only
+    batch_size: int = 32
+    learning_rate: float = 2e-3  # organism.md: M1 SFT at 2e-3
+    warmup_steps: int = 50
+    ood_fraction: float = 0.1  # OOD-template pool for M0/M1, as a share of n_train (organism.md: 10%)
+    data: dict | None = None  # arith.ArithConfig overrides; None = the defaults
+
+    @property
+    def arith(self) -> arith.ArithConfig:
+        return arith.ArithConfig(**(self.data or {}))
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """Byte-level BPE with every digit its own token (organism.md: without that, no arithmetic is learnt)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    # Split off each digit together with one leading space (" 4"), then words as GPT-2 does: a number costs
+    # one token per digit and "12 + 3" stays short.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r" ?[0-9]"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|end|>",
+                                   padding_side="left")  # left padding: batched generation appends on the right
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_model(cfg: OrganismConfig, tokenizer):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(cfg.seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_heads,
+        max_position_embeddings=512, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+    )
+    return LlamaForCausalLM(config)
+
+
+def chat_prompt(tokenizer, question: str) -> str:
+    """The zero-shot prompt: the question as the user turn, then the assistant header."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def _batches(examples: list[tuple[list[int], int]], batch_size: int, steps: int, rng: random.Random):
+    """Length-bucketed batches (organism.md): sort a shuffled pool by length, cut, shuffle the batches."""
+    out = []
+    while len(out) < steps:
+        pool = examples[:]
+        rng.shuffle(pool)
+        for i in range(0, len(pool), batch_size * 50):
+            chunk = sorted(pool[i:i + batch_size * 50], key=lambda e: len(e[0]))
+            group = [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
+            rng.shuffle(group)
+            out.extend(group)
+    return out[:steps]
+
+
+def train_lm(model, examples, *, steps: int, batch_size: int, lr: float, warmup: int, seed: int,
+             pad_id: int, log=print) -> list[float]:
+    """Plain AdamW loop with warmup + cosine decay. `examples` are (token ids, index where the loss starts)."""
+    import torch
+
+    if steps <= 0:
+        return []
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup))
+                                              * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    model.train()
+    losses = []
+    for step, batch in enumerate(_batches(examples, batch_size, steps, rng)):
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.full((len(batch), width), pad_id)
+        labels = torch.full((len(batch), width), -100)
+        attn = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, (seq, start) in enumerate(batch):
+            ids[i, :len(seq)] = torch.tensor(seq)
+            labels[i, start:len(seq)] = torch.tensor(seq[start:])
+            attn[i, :len(seq)] = 1
+        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if (step + 1) % 100 == 0 or step + 1 == steps:
+            log(f"  step {step + 1}/{steps}  loss {sum(losses[-100:]) / len(losses[-100:]):.3f}")
+    model.eval()
+    return losses
+
+
+def _sft_examples(tokenizer, rows: list[dict]) -> list[tuple[list[int], int]]:
+    out = []
+    for r in rows:
+        prompt_ids = tokenizer(chat_prompt(tokenizer, r["question"]), add_special_tokens=False)["input_ids"]
+        for sol in r["solutions"]:
+            sol_ids = tokenizer(sol, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            out.append((prompt_ids + sol_ids, len(prompt_ids)))
+    return out
+
+
+def build(cfg: OrganismConfig, out_dir: Path, log=print) -> dict:
+    """Train tokenizer, M0 and M1 into `out_dir`; returns the build record (also written to build.json)."""
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    t0 = time.time()
+    splits = arith.generate(cfg.arith)
+    train = splits["train"]
+    ood_pool = ood_training_pool(cfg, splits)
+    raw = [f"{r['question']}\n{s}" for r in train + ood_pool for s in r["solutions"]]
+    tokenizer = train_tokenizer(raw + [chat_prompt_plain(r["question"]) for r in train[:100]], cfg.vocab_size)
+    model = build_model(cfg, tokenizer)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"organism: {n_params / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}")
+
+    eos = tokenizer.eos_token_id
+    pre = [(tokenizer(t, add_special_tokens=False)["input_ids"] + [eos], 0) for t in raw]
+    log(f"M0: pretraining {cfg.pretrain_steps} steps on {len(pre)} raw solved problems")
+    pre_losses = train_lm(model, pre, steps=cfg.pretrain_steps, batch_size=cfg.batch_size, lr=cfg.learning_rate,
+                          warmup=cfg.warmup_steps, seed=cfg.seed, pad_id=tokenizer.pad_token_id, log=log)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name in ("M0", "M1"):
+        if name == "M1":
+            sft = _sft_examples(tokenizer, train + ood_pool)
+            log(f"M1: gold SFT {cfg.sft_steps} steps on {len(sft)} gold solutions")
+            sft_losses = train_lm(model, sft, steps=cfg.sft_steps, batch_size=cfg.batch_size,
+                                  lr=cfg.learning_rate, warmup=cfg.warmup_steps, seed=cfg.seed + 1,
+                                  pad_id=tokenizer.pad_token_id, log=log)
+        model.save_pretrained(tmp / name)
+        tokenizer.save_pretrained(tmp / name)
+    record = {"config": asdict(cfg), "digest": cfg.digest(), "n_params": n_params, "vocab": len(tokenizer),
+              "pretrain_final_loss": _tail_mean(pre_losses), "sft_final_loss": _tail_mean(sft_losses),
+              "seconds": round(time.time() - t0, 1)}
+    (tmp / "build.json").write_text(json.dumps(record, indent=2) + "\n")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.replace(out_dir)  # build.json inside a renamed folder marks a complete build
+    return record
+
+
+def ood_training_pool(cfg: OrganismConfig, splits: dict) -> list[dict]:
+    """Fresh problems in the OOD templates for M0/M1 training; none shares a question with any split."""
+    rng = random.Random(cfg.seed + 1)
+    taken = {r["question"] for rows in splits.values() for r in rows}
+    pool: list[dict] = []
+    while len(pool) < int(cfg.ood_fraction * len(splits["train"])):
+        level = arith.LEVELS[len(pool) % len(arith.LEVELS)]
+        r = arith.make_problem(rng, f"arith-oodpool-{len(pool):05d}", "ood_pool", level, arith.OOD_TEMPLATES,
+                               cfg.arith.solutions_per_problem, cfg.arith)
+        if r["question"] not in taken:
+            taken.add(r["question"])
+            pool.append(r)
+    return pool
+
+
+def chat_prompt_plain(question: str) -> str:
+    return f"<|user|>\n{question}\n<|assistant|>\n"
+
+
+def _tail_mean(xs: list[float]) -> float | None:
+    return round(sum(xs[-50:]) / len(xs[-50:]), 4) if xs else None
+
+
+def ensure(cfg: OrganismConfig, root: Path = Path("data/organism"), log=print) -> Path:
+    """Path of the cached organism for `cfg`, building it first when missing or incomplete."""
+    out = root / cfg.digest()
+    if (out / "build.json").exists():
+        return out
+    root.mkdir(parents=True, exist_ok=True)
+    log(f"organism: building into {out}")
+    build(cfg, out, log=log)
+    return out

@@ -1,0 +1,60 @@
+"""DPO pairs from graded samples: (prompt, chosen = a correct response, rejected = an incorrect one) of one
+problem, Algorithm 1 line 7 (paper.md §2.2). The paper does not give its pairing rule (paper.md §2.5, §8).
+
+Rules (`PAIRINGS`):
+- `disjoint` (default): shuffle the problem's correct and incorrect responses and zip them, so each response
+  is used at most once: min(#correct, #incorrect) pairs, capped at P. This is the released code of DIVE, the
+  same lab's re-implementation (`get_preference_data.py`, paper.md §2.5).
+- `cross`: draw up to P distinct (correct, incorrect) combinations; responses may repeat across pairs.
+
+Responses graded `no_answer` count as incorrect (they fail R(x, y) = 1); `timeout` and `error` rows are left
+out, since their correctness is unknown. Problems with no correct or no incorrect response give no pair.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pandas as pd
+
+PAIR_COLUMNS = ["problem_id", "level", "prompt", "chosen", "rejected", "chosen_idx", "rejected_idx"]
+REJECTABLE = ("incorrect", "no_answer")
+
+
+def _disjoint(good: list, bad: list, max_pairs: int, rng: random.Random) -> list[tuple]:
+    rng.shuffle(good)
+    rng.shuffle(bad)
+    return list(zip(good, bad))[:max_pairs]
+
+
+def _cross(good: list, bad: list, max_pairs: int, rng: random.Random) -> list[tuple]:
+    combos = [(g, b) for g in good for b in bad]
+    return rng.sample(combos, min(max_pairs, len(combos)))
+
+
+PAIRINGS = {"disjoint": _disjoint, "cross": _cross}
+
+
+def make_pairs(df: pd.DataFrame, *, rule: str = "disjoint", max_pairs: int = 4, seed: int = 0) -> pd.DataFrame:
+    """DPO pairs from a graded sample table (only `decoding == "sample"` rows), ordered by problem id.
+
+    >>> df = pd.DataFrame({"problem_id": ["p"] * 3, "level": [1] * 3, "prompt": ["q"] * 3,
+    ...                    "decoding": ["sample"] * 3, "sample_idx": [0, 1, 2], "response": ["a", "b", "c"],
+    ...                    "status": ["correct", "incorrect", "timeout"]})
+    >>> make_pairs(df, max_pairs=4)[["chosen", "rejected"]].values.tolist()
+    [['a', 'b']]
+    """
+    rng = random.Random(seed)
+    pair_fn = PAIRINGS[rule]
+    rows = []
+    sampled = df[df["decoding"] == "sample"].sort_values(["problem_id", "sample_idx"])
+    for pid, group in sampled.groupby("problem_id", sort=True):
+        good = [(i, r) for i, r, s in zip(group["sample_idx"], group["response"], group["status"]) if s == "correct"]
+        bad = [(i, r) for i, r, s in zip(group["sample_idx"], group["response"], group["status"]) if s in REJECTABLE]
+        if not good or not bad:
+            continue
+        first = group.iloc[0]
+        for (gi, g), (bi, b) in pair_fn(good, bad, max_pairs, rng):
+            rows.append({"problem_id": pid, "level": first["level"], "prompt": first["prompt"], "chosen": g,
+                         "rejected": b, "chosen_idx": int(gi), "rejected_idx": int(bi)})
+    return pd.DataFrame(rows, columns=PAIR_COLUMNS)

@@ -1,0 +1,107 @@
+"""Recipes: every committed recipe validates; mistakes fail at once and name the key; notebook parameters
+are exactly the stage dataclass fields (STYLE.md H2, H3)."""
+
+from dataclasses import fields
+from pathlib import Path
+
+import papermill as pm
+import pytest
+
+from selfimprove import config, pipeline
+
+RECIPES = sorted(pipeline.RECIPES.glob("*.yaml"))
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_committed_recipe_loads(path):
+    cfg = config.load_recipe(path)
+    assert cfg.name == path.stem
+    assert cfg.stage("sample", 1, "x").n_eval_samples >= max(cfg.stage("evaluate", 1, "x").ks)
+
+
+def test_demo_recipe_is_iterative_dpo_with_at_least_four_iterations():
+    cfg = config.load_recipe(pipeline.RECIPES / "demo.yaml")
+    assert cfg.paradigm == "dpo" and cfg.iterations >= 4
+
+
+@pytest.mark.parametrize("text,message", [
+    ("sample: {temprature: 0.7}", r"unknown key 'temprature' \(did you mean 'temperature'\?\)"),
+    ("iteratons: 3", r"unknown key 'iteratons' \(did you mean 'iterations'\?\)"),
+    ("sample: {n_samples: many}", r"section 'sample'.*'n_samples' must be int, got 'many'"),
+    ("sample: {top_p: 1.5}", r"top_p"),
+    ("sample: {n_samples: 0}", r"'n_samples' must be > 0"),
+    ("train: {loss_type: [sigmoid, sft], loss_weights: [1.0]}", r"loss_weights"),
+    ("verify: {pairing: best}", r"'pairing' must be one of: disjoint, cross"),
+    ("task: gsm9k", r"'task' must be one of"),
+    ("paradigm: ppo", r"'paradigm' must be one of"),
+    ("sample: {seed: 3}", r"'seed' is set at the top level"),
+    ("organism: {hiden_size: 3}", r"section 'organism': unknown key 'hiden_size'"),
+    ("evaluate: {ks: [1, 16]}\nsample: {n_eval_samples: 8}", r"n_eval_samples >= 16"),
+    ("iterations: true", r"'iterations' must be int"),
+    ("- a list", r"expected a mapping"),
+    ("sample: [1, 2", r"not valid YAML"),
+])
+def test_bad_recipe_fails_naming_the_problem(tmp_path, text, message):
+    with pytest.raises(config.RecipeError, match=message):
+        config.load_recipe(_write(tmp_path, text))
+
+
+def test_missing_recipe_and_unknown_name(tmp_path):
+    with pytest.raises(config.RecipeError, match="not found"):
+        config.load_recipe(tmp_path / "nope.yaml")
+    with pytest.raises(config.RecipeError, match="no recipe named 'nope'.*demo"):
+        config.resolve_recipe("nope", pipeline.RECIPES)
+
+
+def test_overrides_layer_over_the_recipe(tmp_path):
+    p = _write(tmp_path, "sample: {n_samples: 4}")
+    cfg = config.load_recipe(p, ["sample.n_samples=6", "iterations=3", "train.loss_type=[sigmoid]",
+                                 "train.loss_weights=[1.0]"])
+    assert cfg.stage("sample", 1, "x").n_samples == 6 and cfg.iterations == 3
+    assert cfg.stage("train", 2, "x").loss_type == ["sigmoid"]
+    with pytest.raises(config.RecipeError, match="unknown key 'n_sample'"):
+        config.load_recipe(p, ["sample.n_sample=6"])
+
+
+def test_config_hash_changes_with_any_value(tmp_path):
+    p = _write(tmp_path, "sample: {n_samples: 4}")
+    assert config.load_recipe(p).digest() == config.load_recipe(p).digest()
+    assert config.load_recipe(p).digest() != config.load_recipe(p, ["sample.n_samples=5"]).digest()
+
+
+def test_sample_splits_follow_the_iteration():
+    cfg = config.SampleConfig(run_dir="x", iteration=1, iterations=3)
+    assert cfg.splits == ["train", "test", "ood"]
+    assert config.SampleConfig(run_dir="x", iteration=3, iterations=3).splits == ["test", "ood"]
+
+
+@pytest.mark.parametrize("stage", sorted(pipeline.STAGE_NOTEBOOKS))
+def test_notebook_parameters_are_the_stage_fields(stage):
+    nb = pipeline.NOTEBOOKS / pipeline.STAGE_NOTEBOOKS[stage]
+    params = pm.inspect_notebook(str(nb))
+    cls = config.STAGES[stage]
+    assert set(params) == {f.name for f in fields(cls)}
+    # the defaults in the notebook are the dataclass defaults, so the notebook runs on its own
+    ns = {}
+    source = next(c for c in __import__("nbformat").read(nb, 4).cells if "parameters" in c.metadata.get("tags", []))
+    exec(source.source, ns)
+    built = cls.from_namespace(ns)
+    for f in fields(cls):
+        if f.name not in ("run_dir", "iteration"):
+            default = f.default if f.default_factory is __import__("dataclasses").MISSING else f.default_factory()
+            assert getattr(built, f.name) == default, f.name
+
+
+def test_stage_config_from_namespace_checks_types():
+    with pytest.raises(config.RecipeError, match="'n_samples' must be int"):
+        config.SampleConfig.from_namespace({"run_dir": "x", "iteration": 1, "n_samples": "8"})
+
+
+def test_recipes_dir_is_in_the_repo():
+    assert Path(pipeline.RECIPES).is_dir() and (pipeline.RECIPES / "demo.yaml").exists()
