@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 LEVELS = (1, 2, 3, 4, 5)
@@ -82,8 +82,11 @@ class ArithConfig:
     solutions_per_problem: int = 4  # distinct gold solutions kept per training problem (organism.md: 4)
     max_operand: int = 50  # operands of + and - in 1..max_operand (organism.md: numbers 0-50)
     max_total: int = 200  # every running total stays in 0..max_total (our choice: keeps answers small)
+    levels: list[int] = field(default_factory=lambda: list(LEVELS))  # levels to generate, spread evenly
 
     def __post_init__(self):
+        if not self.levels or not set(self.levels) <= set(LEVELS):
+            raise ValueError(f"arith: levels must be a non-empty subset of {list(LEVELS)}, got {self.levels}")
         for f in ("n_train", "n_test", "n_ood", "solutions_per_problem", "max_operand", "max_total"):
             if getattr(self, f) < 1:
                 raise ValueError(f"arith: {f} must be >= 1, got {getattr(self, f)}")
@@ -195,7 +198,7 @@ def generate(cfg: ArithConfig = ArithConfig()) -> dict[str, list[dict]]:
     for split, n, templates, n_sol in plan:
         rows = []
         while len(rows) < n:
-            level = LEVELS[len(rows) % len(LEVELS)]  # even spread over levels
+            level = cfg.levels[len(rows) % len(cfg.levels)]  # even spread over levels
             row = make_problem(rng, f"arith-{split}-{len(rows):05d}", split, level, templates, n_sol, cfg)
             if row["question"] in seen:  # keeps test and OOD problems out of training
                 continue

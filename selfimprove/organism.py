@@ -47,17 +47,31 @@ class OrganismConfig:
     n_layers: int = 4
     n_heads: int = 4
     intermediate_size: int = 384
-    pretrain_steps: int = 200  # M0: language-model steps on raw solved problems (question + solution)
-    sft_steps: int = 1000  # M1: gold-SFT steps in chat format, loss on the response only
+    pretrain_steps: int = 100  # M0: language-model steps on raw solved problems (question + solution)
+    sft_steps: int = 1050  # M1: gold-SFT steps in chat format, loss on the response only
     batch_size: int = 32
     learning_rate: float = 2e-3  # organism.md: M1 SFT at 2e-3
     warmup_steps: int = 50
     ood_fraction: float = 0.1  # OOD-template pool for M0/M1, as a share of n_train (organism.md: 10%)
     data: dict | None = None  # arith.ArithConfig overrides; None = the defaults
 
+    def __post_init__(self):
+        for f in ("vocab_size", "hidden_size", "n_layers", "n_heads", "intermediate_size", "batch_size"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"'{f}' must be >= 1, got {getattr(self, f)}")
+        if self.hidden_size % self.n_heads:
+            raise ValueError(f"'hidden_size' ({self.hidden_size}) must be a multiple of 'n_heads' ({self.n_heads})")
+        if self.pretrain_steps < 0 or self.sft_steps < 1:
+            raise ValueError("'pretrain_steps' must be >= 0 and 'sft_steps' >= 1")
+        if not 0 <= self.ood_fraction <= 1:
+            raise ValueError(f"'ood_fraction' must be in [0, 1], got {self.ood_fraction}")
+        self.arith  # validates the data overrides now, not at build time
+
     @property
     def arith(self) -> arith.ArithConfig:
-        return arith.ArithConfig(**(self.data or {}))
+        from .config import build
+
+        return build(arith.ArithConfig, self.data or {}, "organism.data")
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -211,7 +225,7 @@ def ood_training_pool(cfg: OrganismConfig, splits: dict) -> list[dict]:
     taken = {r["question"] for rows in splits.values() for r in rows}
     pool: list[dict] = []
     while len(pool) < int(cfg.ood_fraction * len(splits["train"])):
-        level = arith.LEVELS[len(pool) % len(arith.LEVELS)]
+        level = cfg.arith.levels[len(pool) % len(cfg.arith.levels)]
         r = arith.make_problem(rng, f"arith-oodpool-{len(pool):05d}", "ood_pool", level, arith.OOD_TEMPLATES,
                                cfg.arith.solutions_per_problem, cfg.arith)
         if r["question"] not in taken:

@@ -42,6 +42,7 @@ def test_demo_recipe_is_iterative_dpo_with_at_least_four_iterations():
     ("paradigm: ppo", r"'paradigm' must be one of"),
     ("sample: {seed: 3}", r"'seed' is set at the top level"),
     ("organism: {hiden_size: 3}", r"section 'organism': unknown key 'hiden_size'"),
+    ("organism: {data: {n_tran: 3}}", r"organism.data: unknown key 'n_tran' \(did you mean 'n_train'\?\)"),
     ("evaluate: {ks: [1, 16]}\nsample: {n_eval_samples: 8}", r"n_eval_samples >= 16"),
     ("iterations: true", r"'iterations' must be int"),
     ("- a list", r"expected a mapping"),

@@ -39,7 +39,7 @@ def test_tiny_run_produces_every_artifact(tiny_run):
     assert set(test["decoding"]) == {"greedy", "sample"}
     assert set(test["status"]) <= {"correct", "incorrect", "no_answer", "timeout", "error"}
     train = pd.read_parquet(paths.samples(1, "train"))
-    assert train["problem_id"].nunique() == 24 and (train.groupby("problem_id").size() == 4).all()
+    assert train["problem_id"].nunique() == 60 and (train.groupby("problem_id").size() == 4).all()
     assert not paths.samples(2, "train").exists()  # M_T trains nothing
     # DPO pairs with provenance, and a training log with the DPO signals
     pairs = pd.read_parquet(paths.train_data(1))
@@ -55,7 +55,7 @@ def test_tiny_run_produces_every_artifact(tiny_run):
     for it in m.values():
         assert 0 <= it["test"]["pass@1"] <= 1 and set(it["test"]["pass@k"]) == {"1", "2", "4"}
         assert it["test"]["pass@k"]["1"] <= it["test"]["pass@k"]["2"] <= it["test"]["pass@k"]["4"]
-    assert "training" in m["iter_2"] and m["iter_1"]["train"]["n_problems"] == 24
+    assert "training" in m["iter_2"] and m["iter_1"]["train"]["n_problems"] == 60
     assert (paths.report / "pass1_by_iteration.png").stat().st_size > 10_000
     assert "| M2 |" in (paths.report / "summary.md").read_text()
 
