@@ -103,7 +103,7 @@ def replace_dir(src: Path, dst: Path) -> Path:
 
 def clean_stale(directory: Path) -> list[Path]:
     """Remove what a killed stage may have left in `directory`: temporary files and folders."""
-    stale = [p for pattern in (".*.tmp*", "*.tmp", ".*.old*", "*.trainer") for p in directory.glob(pattern)]
+    stale = sorted({p for pattern in (".*.tmp*", "*.tmp", ".*.old*", "*.trainer") for p in directory.glob(pattern)})
     for p in stale:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
     return stale

@@ -47,8 +47,8 @@ class OrganismConfig:
     n_layers: int = 4
     n_heads: int = 4
     intermediate_size: int = 384
-    pretrain_steps: int = 100  # M0: language-model steps on raw solved problems (question + solution)
-    sft_steps: int = 1050  # M1: gold-SFT steps in chat format, loss on the response only
+    pretrain_steps: int = 200  # M0: language-model steps on raw solved problems (question + solution)
+    sft_steps: int = 1000  # M1: gold-SFT steps in chat format, loss on the response only
     batch_size: int = 32
     learning_rate: float = 2e-3  # organism.md: M1 SFT at 2e-3
     warmup_steps: int = 50
@@ -65,7 +65,7 @@ class OrganismConfig:
             raise ValueError("'pretrain_steps' must be >= 0 and 'sft_steps' >= 1")
         if not 0 <= self.ood_fraction <= 1:
             raise ValueError(f"'ood_fraction' must be in [0, 1], got {self.ood_fraction}")
-        self.arith  # validates the data overrides now, not at build time
+        _ = self.arith  # validates the data overrides now, not at build time
 
     @property
     def arith(self) -> arith.ArithConfig:

@@ -83,11 +83,11 @@ SAMPLERS = {"transformers": TransformersSampler}
 
 def sample_split(sampler, problems: list[dict], prompts: list[str], *, cfg: SampleConfig, split: str,
                  task: str) -> pd.DataFrame:
-    """Greedy (1 per problem) and, when n_samples > 0, N sampled responses per problem, as table rows."""
+    """Table rows: for test/OOD one greedy response and `n_eval_samples` sampled ones per problem, for the
+    training split `n_samples` sampled ones (the data for M(t+1))."""
     rows = []
-    passes = [("greedy", 1, 0.0)] if split != "train" else []
-    if cfg.n_samples > 0:
-        passes.append(("sample", cfg.n_samples, cfg.temperature))
+    passes = [("sample", cfg.n_samples, cfg.temperature)] if split == "train" else \
+        [("greedy", 1, 0.0), ("sample", cfg.n_eval_samples, cfg.temperature)]
     split_code = {"train": 1, "test": 2, "ood": 3}[split]
     for decoding, n, temp in passes:
         seed = (cfg.seed * 100 + cfg.iteration) * 10 + split_code

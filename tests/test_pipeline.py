@@ -37,6 +37,8 @@ def test_tiny_run_produces_every_artifact(tiny_run):
     test = pd.read_parquet(paths.samples(1, "test"))
     assert list(test.columns) == DESIGN_COLUMNS
     assert set(test["decoding"]) == {"greedy", "sample"}
+    per_problem = test.groupby(["problem_id", "decoding"]).size().unstack()
+    assert (per_problem["greedy"] == 1).all() and (per_problem["sample"] == 5).all()  # sample.n_eval_samples
     assert set(test["status"]) <= {"correct", "incorrect", "no_answer", "timeout", "error"}
     train = pd.read_parquet(paths.samples(1, "train"))
     assert train["problem_id"].nunique() == 60 and (train.groupby("problem_id").size() == 4).all()

@@ -1,0 +1,86 @@
+"""Run directory plumbing: atomic writes, stale-file cleanup, hashes, the manifest's refusal rules, and the
+problem-file checks that run before any model is loaded."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from selfimprove import artifacts, data
+
+
+def test_manifest_roundtrip_refuses_another_config_and_overwrites(tmp_path):
+    paths = artifacts.RunPaths(tmp_path / "run")
+    m = artifacts.Manifest.open(paths, {"a": 1}, "hash1")
+    out = artifacts.write_json({"x": 1}, paths.root / "out.json")
+    m.start("1/sample")
+    assert json.loads(paths.manifest.read_text())["stages"]["1/sample"]["state"] == "running"
+    assert not m.is_done("1/sample", [out])
+    m.finish("1/sample", [out], 1.5, paths.root)
+    again = artifacts.Manifest.open(paths, {"a": 1}, "hash1")
+    assert again.is_done("1/sample", [out])
+    out.unlink()
+    assert not again.is_done("1/sample", [out])  # outputs gone: the stage is not done
+    with pytest.raises(FileExistsError, match="another config"):
+        artifacts.Manifest.open(paths, {"a": 2}, "hash2")
+    fresh = artifacts.Manifest.open(paths, {"a": 2}, "hash2", overwrite=True)
+    assert fresh.data["stages"] == {} and fresh.data["config"] == {"a": 2}
+    assert {"torch", "transformers", "trl", "python"} <= set(fresh.data["versions"])
+
+
+def test_writes_are_atomic_and_leave_no_temporary_files(tmp_path):
+    df = pd.DataFrame({"a": [1, 2]})
+    p = artifacts.write_parquet(df, tmp_path / "x" / "t.parquet")
+    assert pd.read_parquet(p).equals(df)
+    assert sorted(x.name for x in p.parent.iterdir()) == ["t.parquet"]
+
+
+def test_clean_stale_removes_leftovers_only(tmp_path):
+    keep = tmp_path / "samples_test.parquet"
+    keep.write_text("x")
+    for name in (".samples_train.parquet.tmp123", "model.tmp", "model.tmp.trainer", ".model.old9"):
+        p = tmp_path / name
+        p.mkdir() if "model" in name else p.write_text("half")
+    removed = artifacts.clean_stale(tmp_path)
+    assert len(removed) == 4 and [p.name for p in tmp_path.iterdir()] == ["samples_test.parquet"]
+
+
+def test_replace_dir_swaps_in_a_finished_directory(tmp_path):
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "w").write_text("2")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "w").write_text("1")
+    artifacts.replace_dir(tmp_path / "new", tmp_path / "model")
+    assert (tmp_path / "model" / "w").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_sha256_of_a_directory_sees_content_and_names(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a").write_text("1")
+    h1 = artifacts.sha256(tmp_path / "d")
+    (tmp_path / "d" / "a").write_text("2")
+    assert artifacts.sha256(tmp_path / "d") != h1
+
+
+@pytest.mark.parametrize("lines,message", [
+    (['{"id": "a", "question": "q", "answer": "1"}', "{oops"], r"p.jsonl:2: not valid JSON"),
+    (['{"id": "a", "question": "q"}'], r"p.jsonl:1: field 'answer' must be a str"),
+    (['{"id": "a", "question": "q", "answer": 1}'], r"field 'answer' must be a str, got 1"),
+    (['[1, 2]'], r"p.jsonl:1: expected a JSON object"),
+    (['{"id": "a", "question": "q", "answer": "1", "level": "hard"}'], r"field 'level' must be an integer"),
+    (['{"id": "a", "question": "q", "answer": "1"}'] * 2, r"p.jsonl:2: duplicate id 'a'"),
+    ([""], r"no problems"),
+])
+def test_malformed_problem_file_names_file_line_and_field(tmp_path, lines, message):
+    p = tmp_path / "p.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(data.DataError, match=message):
+        data.load_jsonl(p)
+
+
+def test_training_subset_is_seeded_per_iteration():
+    problems = [{"id": f"p{i:03d}"} for i in range(100)]
+    a = data.training_subset(problems, 10, seed=0, iteration=1)
+    assert a == data.training_subset(problems, 10, seed=0, iteration=1)
+    assert a != data.training_subset(problems, 10, seed=0, iteration=2)
+    assert data.training_subset(problems, 0, seed=0, iteration=1) == problems

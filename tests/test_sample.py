@@ -1,0 +1,41 @@
+"""The transformers sampler on a real (tiny) model: seeded, greedy is greedy, finish reasons are right."""
+
+import pytest
+
+from selfimprove import artifacts, data, sample
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def sampler(tiny_run):
+    return sample.TransformersSampler(artifacts.RunPaths(tiny_run).model(1))
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_run, sampler):
+    return [data.render_prompt(sampler.tokenizer, p) for p in data.load_split(tiny_run, "test")[:6]]
+
+
+def test_same_seed_same_samples_other_seed_other_samples(sampler, prompts):
+    kw = dict(n=4, temperature=1.0, top_p=1.0, max_new_tokens=24, batch_size=8)
+    a = sampler.generate(prompts, seed=1, **kw)
+    assert a == sampler.generate(prompts, seed=1, **kw)
+    assert a != sampler.generate(prompts, seed=2, **kw)
+    assert [len(x) for x in a] == [4] * len(prompts)
+
+
+def test_greedy_does_not_depend_on_batching(sampler, prompts):
+    kw = dict(n=1, temperature=0.0, top_p=1.0, max_new_tokens=24)
+    one = sampler.generate(prompts, batch_size=1, seed=0, **kw)
+    many = sampler.generate(prompts, batch_size=6, seed=5, **kw)
+    assert [c[0].text for c in one] == [c[0].text for c in many]
+
+
+def test_finish_reason_and_token_counts(sampler, prompts):
+    out = sampler.generate(prompts, n=2, temperature=1.0, top_p=1.0, max_new_tokens=3, batch_size=4, seed=0)
+    for cs in out:
+        for c in cs:
+            assert c.n_tokens <= 3
+            assert c.finish_reason == ("stop" if c.n_tokens < 3 else c.finish_reason)
+            assert "<|end|>" not in c.text
