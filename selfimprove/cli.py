@@ -82,10 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from .config import RecipeError
     from .data import DataError
+    from .pipeline import StageError
 
     try:
         return args.fn(args)
-    except (RecipeError, DataError, FileExistsError, FileNotFoundError) as e:
+    except (RecipeError, DataError, StageError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

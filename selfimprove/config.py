@@ -162,12 +162,14 @@ class TrainConfig(StageConfig):
     backend: str = "trl"  # TRL + PEFT (CPU and GPU)
     learning_rate: float = 5e-6  # our choice for 7B-scale LoRA DPO; the organism recipe sets its own
     epochs: float = 1.0  # passes over the iteration data (DIVE: 1 epoch per iteration)
+    lr_scheduler: str = "cosine"  # transformers lr_scheduler_type (DIVE SFT: cosine)
+    warmup_steps: int = 5  # optimizer steps of linear warmup (our choice)
     batch_size: int = 16  # pairs per device step
     grad_accum: int = 1  # gradient accumulation steps
     beta: float = 0.1  # DPO beta (paper.md §9: configurable; 0.1 is the TRL default)
     loss_type: list[str] = _list("sigmoid", "sft")  # TRL loss_type list; sft adds NLL on the chosen response
     loss_weights: list[float] = _list(1.0, 1.0)  # one weight per loss_type
-    lora_r: int = 16  # LoRA rank
+    lora_r: int = 16  # LoRA rank, 0 for full-parameter training
     lora_alpha: int = 32  # LoRA scale numerator, the update is scaled by alpha over r
     lora_dropout: float = 0.0  # LoRA dropout
     target_modules: list[str] = _list(*LLAMA_LINEAR)  # LoRA on every linear layer
@@ -182,8 +184,9 @@ class TrainConfig(StageConfig):
         if len(self.loss_weights) != len(self.loss_type):
             raise ValueError(f"'loss_weights' needs one weight per loss_type {self.loss_type}, "
                              f"got {self.loss_weights}")
-        _positive(self, "learning_rate", "epochs", "batch_size", "grad_accum", "beta", "lora_r", "lora_alpha",
-                  "max_length")
+        _positive(self, "learning_rate", "epochs", "batch_size", "grad_accum", "beta", "lora_alpha", "max_length")
+        if self.lora_r < 0:
+            raise ValueError(f"'lora_r' must be >= 0 (0 = full-parameter training), got {self.lora_r}")
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,13 @@ metrics as one that never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from . import arith, artifacts, metrics, organism
@@ -27,6 +31,10 @@ NOTEBOOKS = PACKAGE_ROOT / "notebooks"
 RECIPES = NOTEBOOKS / "params"
 STAGE_NOTEBOOKS = {"train": "10_train.ipynb", "sample": "20_sample.ipynb", "verify": "30_verify.ipynb",
                    "evaluate": "40_evaluate.ipynb"}
+
+
+class StageError(RuntimeError):
+    """A stage notebook failed; the message names the stage, the error and where its log is."""
 
 
 def stages_of(t: int) -> list[str]:
@@ -64,14 +72,31 @@ def prepare(cfg: RunConfig, paths: artifacts.RunPaths, manifest: artifacts.Manif
     manifest.finish(key, outputs, time.time() - t0, paths.root)
 
 
-def execute_stage(stage: str, stage_cfg, out_nb: Path, log_output: bool) -> None:
-    from dataclasses import asdict
+@contextlib.contextmanager
+def _stderr_to(path: Path):
+    """Send file descriptor 2 (ours and the kernel's, which inherits it) to `path` for the block: the
+    kernel's start-up chatter stays out of the terminal and its crash output stays with the run."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as fh:
+        os.dup2(fh.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
+
+def execute_stage(stage: str, stage_cfg, out_nb: Path, log_output: bool) -> None:
+    """Execute one stage notebook with papermill in a fresh kernel; its stderr goes to <notebook>.stderr.log."""
     import papermill as pm
 
     out_nb.parent.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(str(NOTEBOOKS / STAGE_NOTEBOOKS[stage]), str(out_nb), parameters=asdict(stage_cfg),
-                        cwd=str(PACKAGE_ROOT), progress_bar=False, log_output=log_output, kernel_name="python3")
+    with _stderr_to(out_nb.with_suffix(".stderr.log")):
+        pm.execute_notebook(str(NOTEBOOKS / STAGE_NOTEBOOKS[stage]), str(out_nb), parameters=asdict(stage_cfg),
+                            cwd=str(PACKAGE_ROOT), progress_bar=False, log_output=log_output,
+                            kernel_name="python3")
 
 
 def run(recipe: str, *, overrides: list[str] | None = None, runs_root: str | Path = "data/runs",
@@ -80,8 +105,6 @@ def run(recipe: str, *, overrides: list[str] | None = None, runs_root: str | Pat
     """Run (or resume) a recipe; returns the run directory. `stop_after` ("<t>/<stage>") ends early."""
     cfg = load_recipe(resolve_recipe(recipe, RECIPES), overrides)
     paths = artifacts.RunPaths(Path(runs_root) / cfg.name)
-    from dataclasses import asdict
-
     manifest = artifacts.Manifest.open(paths, asdict(cfg), cfg.digest(), overwrite=overwrite)
     log(f"run {cfg.name}: {paths.root}  (T={cfg.iterations}, paradigm={cfg.paradigm}, config {cfg.digest()})")
     prepare(cfg, paths, manifest, Path(organism_root), log=log)
@@ -98,11 +121,15 @@ def run(recipe: str, *, overrides: list[str] | None = None, runs_root: str | Pat
                     log(f"  [{key}] removed {len(stale)} temporary file(s) an interrupted stage left")
                 manifest.start(key)
                 t0 = time.time()
+                out_nb = paths.notebooks(t) / STAGE_NOTEBOOKS[stage]
                 try:
-                    execute_stage(stage, stage_cfg, paths.notebooks(t) / STAGE_NOTEBOOKS[stage], log_output)
+                    execute_stage(stage, stage_cfg, out_nb, log_output)
                 except Exception as e:
-                    manifest.fail(key, f"{type(e).__name__}: {e}")
-                    raise
+                    reason = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', e)}"
+                    manifest.fail(key, reason)
+                    raise StageError(f"stage {key} failed: {reason}\n  executed notebook: {out_nb}\n"
+                                     f"  kernel stderr: {out_nb.with_suffix('.stderr.log')}\n"
+                                     "  Finished stages are kept; fix the cause and run the same command again.") from e
                 manifest.finish(key, stage_outputs(paths, stage, t, stage_cfg), time.time() - t0, paths.root)
                 log(f"  [{key}] done in {time.time() - t0:.1f}s")
             if key == stop_after:

@@ -58,18 +58,21 @@ def train_dpo(cfg: TrainConfig, base: Path, pairs: pd.DataFrame, out_dir: Path) 
         learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, beta=cfg.beta, loss_type=list(cfg.loss_type),
         loss_weights=list(cfg.loss_weights), max_length=cfg.max_length, seed=cfg.seed + cfg.iteration,
-        lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to=[],
+        lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_steps, logging_steps=1, save_strategy="no",
+        report_to=[],
         # CPU: fp32 and no checkpointing (TRL on CPU needs use_cpu=True, bf16=False).
         use_cpu=not cuda, bf16=cuda, gradient_checkpointing=False, dataloader_num_workers=0,
         disable_tqdm=False,
     )
+    # lora_r = 0 trains every parameter (the paper's setting per paper.md §2.6); TRL then keeps a frozen copy
+    # of M(t-1) as the reference model.
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
+                      target_modules=list(cfg.target_modules), task_type="CAUSAL_LM") if cfg.lora_r else None
     dataset = Dataset.from_pandas(pairs[["prompt", "chosen", "rejected"]], preserve_index=False)
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=lora)
     trainer.train()
-    merged = trainer.model.merge_and_unload()
+    merged = trainer.model.merge_and_unload() if lora else trainer.model
     merged.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     shutil.rmtree(args.output_dir, ignore_errors=True)

@@ -127,3 +127,14 @@ def test_sigkill_then_rerun_gives_the_same_metrics(stage_key, tiny_run, organism
         b = pd.read_parquet(artifacts.RunPaths(tiny_run).samples(t, split))
         pd.testing.assert_frame_equal(a, b)
     assert not list(run_dir.rglob("*.tmp*")) and not list(run_dir.rglob(".*.old*"))
+
+
+def test_failing_stage_names_itself_and_keeps_finished_stages(organism_root, tmp_path):
+    with pytest.raises(pipeline.StageError, match=r"stage 2/train failed: ValueError: .*nope") as err:
+        pipeline.run("tiny", overrides=["train.target_modules=[nope]"], runs_root=tmp_path,
+                     organism_root=organism_root, figures_dir=None, log=lambda *a: None)
+    assert "10_train.ipynb" in str(err.value) and "run the same command again" in str(err.value)
+    stages = json.loads((tmp_path / "tiny" / "manifest.json").read_text())["stages"]
+    assert stages["2/train"]["state"] == "failed" and "nope" in stages["2/train"]["error"]
+    assert all(stages[k]["state"] == "done" for k in ("prepare", "1/sample", "1/verify", "1/evaluate"))
+    assert (tmp_path / "tiny" / "iter_1" / "samples_test.parquet").exists()
