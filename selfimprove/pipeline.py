@@ -159,7 +159,9 @@ def report(paths: artifacts.RunPaths, manifest: artifacts.Manifest,
 
 
 def summary_table(run_dir: Path) -> str:
-    """Markdown: per iteration, test pass@1 overall and per level, pass@k, OOD pass@1, DPO training signals."""
+    """Markdown: per iteration, greedy test pass@1 overall and per level, unbiased pass@k from the sampled
+    responses, greedy OOD pass@1, M_t's coverage of its training problems, and the DPO signals at the end of
+    the training that made M_t (reward margin, log-probability of the chosen responses)."""
     rows = []
     for mpath in sorted(run_dir.glob("iter_*/metrics.json"), key=lambda p: int(p.parent.name[5:])):
         m = json.loads(mpath.read_text())
@@ -176,7 +178,7 @@ def summary_table(run_dir: Path) -> str:
                      f"{train['logps/chosen']['last']:.1f}" if "logps/chosen" in train else ""])
     first = json.loads(next(run_dir.glob("iter_1/metrics.json")).read_text())["test"]
     header = ["model", "test pass@1", *[f"L{k}" for k in sorted(first.get("pass@1_by_level", {}), key=int)],
-              *[f"pass@{k}" for k in sorted(first.get("pass@k", {}), key=int)], "OOD pass@1",
+              *[f"pass@{k} (sampled)" for k in sorted(first.get("pass@k", {}), key=int)], "OOD pass@1",
               "train coverage", "DPO margin", "logp chosen"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]

@@ -35,7 +35,7 @@ def pass1_by_iteration(table: pd.DataFrame, title: str = "") -> plt.Figure:
         ax.set_title(name)
         ax.set_xticks(sorted(table["iteration"].unique()))
         ax.set_ylim(0, 1.02)
-        ax.legend(fontsize=8, title=None)
+        ax.legend(fontsize=8, title=None, loc="upper right")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
