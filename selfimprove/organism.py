@@ -29,10 +29,12 @@ from pathlib import Path
 from . import arith
 
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|user|>", "<|assistant|>"]
-# Minimal chat template: one turn per role, the assistant turn closed by <|end|> (the eos token).
+# Minimal chat template: "<|role|>\n" then the content; the assistant turn closed by <|end|> (the eos token).
+# A prompt renders as "<|user|>\n{question}<|assistant|>\n". (transformers renders chat templates with
+# trim_blocks, so no newline may follow a block tag.)
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
-    "{% if m['role'] == 'assistant' %}<|end|>{% endif %}\n{% endfor %}"
+    "{% if m['role'] == 'assistant' %}<|end|>{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 
@@ -114,9 +116,10 @@ def build_model(cfg: OrganismConfig, tokenizer):
 
 
 def chat_prompt(tokenizer, question: str) -> str:
-    """The zero-shot prompt: the question as the user turn, then the assistant header."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                         add_generation_prompt=True)
+    """The zero-shot prompt of data.render_prompt for a bare question."""
+    from .data import render_prompt
+
+    return render_prompt(tokenizer, {"question": question})
 
 
 def _batches(examples: list[tuple[list[int], int]], batch_size: int, steps: int, rng: random.Random):
@@ -189,7 +192,7 @@ def build(cfg: OrganismConfig, out_dir: Path, log=print) -> dict:
     train = splits["train"]
     ood_pool = ood_training_pool(cfg, splits)
     raw = [f"{r['question']}\n{s}" for r in train + ood_pool for s in r["solutions"]]
-    tokenizer = train_tokenizer(raw + [chat_prompt_plain(r["question"]) for r in train[:100]], cfg.vocab_size)
+    tokenizer = train_tokenizer(raw + [_role_marked(r["question"]) for r in train[:100]], cfg.vocab_size)
     model = build_model(cfg, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"organism: {n_params / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}")
@@ -234,7 +237,9 @@ def ood_training_pool(cfg: OrganismConfig, splits: dict) -> list[dict]:
     return pool
 
 
-def chat_prompt_plain(question: str) -> str:
+def _role_marked(question: str) -> str:
+    """Role markers around a question, for the tokenizer's training text only (the special tokens are
+    matched whole, so this affects the merges around them; the exact layout of the template need not match)."""
     return f"<|user|>\n{question}\n<|assistant|>\n"
 
 

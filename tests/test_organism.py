@@ -25,7 +25,10 @@ def test_tokenizer_splits_every_digit_and_roundtrips():
     text = "Omar has 7 shells. 3 * 4 = 12\n#### 19"
     assert tok.decode(tok(text)["input_ids"]) == text
     prompt = tok.apply_chat_template([{"role": "user", "content": "Q?"}], tokenize=False, add_generation_prompt=True)
-    assert prompt == "<|user|>\nQ?\n<|assistant|>\n"
+    assert prompt == "<|user|>\nQ?<|assistant|>\n"
+    chat = tok.apply_chat_template([{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A"}],
+                                   tokenize=False)
+    assert chat == "<|user|>\nQ?<|assistant|>\nA<|end|>"
     assert tok.eos_token == "<|end|>" and tok.padding_side == "left"
 
 
