@@ -1,7 +1,7 @@
 """`selfimprove` command line: data, organism, run, report.
 
     selfimprove data arith [--out data/problems/arith] [--seed 0]   write the arith splits as JSONL
-    selfimprove organism [--recipe demo]                           build (or reuse) the model organism
+    selfimprove organism [demo]                                    build (or reuse) a recipe's organism
     selfimprove run demo [--set sample.n_samples=16] [--overwrite]  run or resume a recipe
     selfimprove report data/runs/demo                              summary table and figure of a run
 """

@@ -55,15 +55,17 @@ def _check_type(where: str, name: str, value, hint) -> None:
         raise RecipeError(f"{where}: '{name}' must be {hint.__name__}, got {value!r} ({type(value).__name__})")
 
 
-def build(cls, values: dict, where: str):
-    """`cls(**values)` with every key and type checked and a readable error for any mistake."""
+def build(cls, values: dict, where: str, hidden: tuple[str, ...] = ()):
+    """`cls(**values)` with every key and type checked and a readable error for any mistake. `hidden` fields
+    are left out of the valid keys an error lists (the pipeline sets them)."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls)]
     for key, value in values.items():
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
+            shown = [n for n in names if n not in hidden]
+            close = difflib.get_close_matches(key, shown, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise RecipeError(f"{where}: unknown key '{key}'{hint}; valid keys: {', '.join(sorted(names))}")
+            raise RecipeError(f"{where}: unknown key '{key}'{hint}; valid keys: {', '.join(sorted(shown))}")
         _check_type(where, key, value, hints[key])
     missing = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
                and f.name not in values]
@@ -239,14 +241,15 @@ class RunConfig:
     def stage(self, stage: str, iteration: int, run_dir: str | Path):
         """The validated config of `stage` at `iteration`."""
         section = getattr(self, stage)
+        reserved = SHARED + (("paradigm",) if stage == "train" else ())
         for key in section:
-            if key in SHARED:
+            if key in reserved:
                 raise RecipeError(f"recipe '{self.name}', section '{stage}': '{key}' is set at the top level")
         values = {**section, "run_dir": str(run_dir), "iteration": iteration, "iterations": self.iterations,
                   "task": self.task, "seed": self.seed}
         if stage == "train":
             values["paradigm"] = self.paradigm
-        return build(STAGES[stage], values, f"recipe '{self.name}', section '{stage}'")
+        return build(STAGES[stage], values, f"recipe '{self.name}', section '{stage}'", hidden=reserved)
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

@@ -41,6 +41,9 @@ def test_demo_recipe_is_iterative_dpo_with_at_least_four_iterations():
     ("task: gsm9k", r"'task' must be one of"),
     ("paradigm: ppo", r"'paradigm' must be one of"),
     ("sample: {seed: 3}", r"'seed' is set at the top level"),
+    ("train: {paradigm: dpo}", r"section 'train': 'paradigm' is set at the top level"),
+    ("sample: {n_sample: 3}", r"valid keys: backend, batch_size, max_new_tokens, n_eval_samples, n_samples, "
+                              r"problems_per_iteration, temperature, threads, top_p$"),
     ("organism: {hiden_size: 3}", r"section 'organism': unknown key 'hiden_size'"),
     ("organism: {data: {n_tran: 3}}", r"organism.data: unknown key 'n_tran' \(did you mean 'n_train'\?\)"),
     ("evaluate: {ks: [1, 16]}\nsample: {n_eval_samples: 8}", r"n_eval_samples >= 16"),
