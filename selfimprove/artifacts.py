@@ -161,6 +161,13 @@ class Manifest:
         m.save()
         return m
 
+    @classmethod
+    def load(cls, paths: RunPaths) -> Manifest:
+        """The manifest of an existing run."""
+        if not paths.manifest.exists():
+            raise FileNotFoundError(f"{paths.manifest} not found: {paths.root} is not a run directory")
+        return cls(paths.manifest, json.loads(paths.manifest.read_text()))
+
     def save(self) -> None:
         write_json(self.data, self.path)
 

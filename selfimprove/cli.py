@@ -44,12 +44,7 @@ def _report(args) -> int:
     from . import artifacts, pipeline
 
     paths = artifacts.RunPaths(args.run_dir)
-    if not paths.manifest.exists():
-        print(f"error: {paths.manifest} not found: not a run directory", file=sys.stderr)
-        return 2
-    import json
-
-    pipeline.report(paths, artifacts.Manifest(paths.manifest, json.loads(paths.manifest.read_text())))
+    pipeline.report(paths, artifacts.Manifest.load(paths))
     return 0
 
 

@@ -105,12 +105,17 @@ def run(cfg: EvaluateConfig) -> list[Path]:
     return [artifacts.write_json(m, paths.metrics(cfg.iteration))]
 
 
+def iteration_metrics(run_dir: str | Path) -> list[dict]:
+    """Every iter_<t>/metrics.json of a run, in iteration order."""
+    paths = sorted(Path(run_dir).glob("iter_*/metrics.json"), key=lambda p: int(p.parent.name[5:]))
+    return [json.loads(p.read_text()) for p in paths]
+
+
 def collect(run_dir: str | Path) -> pd.DataFrame:
     """Tidy long table (iteration, split, metric, level, k, value) of every evaluated iteration of a run.
     `metric` is `pass@1` (greedy; `level` set for the per-level rows) or `pass@k` (sampled, unbiased)."""
     rows = []
-    for mpath in sorted(Path(run_dir).glob("iter_*/metrics.json"), key=lambda p: int(p.parent.name[5:])):
-        m = json.loads(mpath.read_text())
+    for m in iteration_metrics(run_dir):
         t = m["iteration"]
         for split in ("test", "ood"):
             s = m.get(split)

@@ -163,8 +163,8 @@ def summary_table(run_dir: Path) -> str:
     responses, greedy OOD pass@1, M_t's coverage of its training problems, and the DPO signals at the end of
     the training that made M_t (reward margin, log-probability of the chosen responses)."""
     rows = []
-    for mpath in sorted(run_dir.glob("iter_*/metrics.json"), key=lambda p: int(p.parent.name[5:])):
-        m = json.loads(mpath.read_text())
+    all_metrics = metrics.iteration_metrics(run_dir)
+    for m in all_metrics:
         test, ood = m.get("test", {}), m.get("ood", {})
         levels = test.get("pass@1_by_level", {})
         ks = test.get("pass@k", {})
@@ -176,7 +176,7 @@ def summary_table(run_dir: Path) -> str:
                      f"{m['train']['coverage_mean']:.3f}" if "train" in m else "",
                      f"{train['rewards/margins']['last']:.2f}" if "rewards/margins" in train else "",
                      f"{train['logps/chosen']['last']:.1f}" if "logps/chosen" in train else ""])
-    first = json.loads(next(run_dir.glob("iter_1/metrics.json")).read_text())["test"]
+    first = all_metrics[0]["test"]
     header = ["model", "test pass@1", *[f"L{k}" for k in sorted(first.get("pass@1_by_level", {}), key=int)],
               *[f"pass@{k} (sampled)" for k in sorted(first.get("pass@k", {}), key=int)], "OOD pass@1",
               "train coverage", "DPO margin", "logp chosen"]

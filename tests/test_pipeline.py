@@ -95,10 +95,7 @@ def _kill_during(stage_key: str, runs_root: Path, organism_root: Path) -> None:
     try:
         while time.time() < deadline and proc.poll() is None:
             if manifest.exists():
-                try:
-                    st = json.loads(manifest.read_text())["stages"].get(stage_key, {})
-                except json.JSONDecodeError:  # impossible with atomic writes; would fail the test below
-                    raise
+                st = json.loads(manifest.read_text())["stages"].get(stage_key, {})  # atomic writes: always whole
                 if st.get("state") == "running":
                     time.sleep(2.0)  # well inside the stage: its kernel is up and working
                     break
