@@ -144,13 +144,18 @@ class VerifyConfig(StageConfig):
     seed: int = 0
     pairing: str = "disjoint"  # DPO pair rule: disjoint (DIVE code, paper.md §2.5) or cross (any correct x incorrect)
     max_pairs_per_problem: int = 4  # cap P per problem (organism.md: 4; DIVE paper: 5)
+    timeout_s: float = 10.0  # wall-clock limit per response, its worker killed past it (our choice)
+    workers: int = 2  # grading processes (our choice: the 2 cores of the reference machine)
+    memory_mb: int = 2048  # address-space limit of each grading process (our choice)
 
     def __post_init__(self):
         from .pairs import PAIRINGS
 
         if self.pairing not in PAIRINGS:
             raise ValueError(f"'pairing' must be one of: {', '.join(PAIRINGS)}; got {self.pairing!r}")
-        _positive(self, "max_pairs_per_problem")
+        _positive(self, "max_pairs_per_problem", "timeout_s", "workers")
+        if self.memory_mb < 256:
+            raise ValueError(f"'memory_mb' must be >= 256, got {self.memory_mb}")
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ each sample table (same rows, columns added), and, while t < T, writes iter_<t>/
 pairs, see pairs.py). Notebook: notebooks/30_verify.ipynb. The evaluate stage only reads these columns;
 nothing downstream grades again (STYLE.md H6).
 
-Statuses: `correct`, `incorrect`, `no_answer` (no final answer could be read), `timeout` and `error` (the
-grader failed on the item; reserved for graders that run code or heavy parsing).
+Grading is `grading.grade_batch`: worker processes with a hard wall-clock limit per item (VerifyConfig
+`timeout_s`, `workers`, `memory_mb`); the statuses and each task's rules are in selfimprove/grading/.
 """
 
 from __future__ import annotations
@@ -15,45 +15,34 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import arith, artifacts, data, pairs
+from . import artifacts, data, pairs
 from .config import VerifyConfig
+from .grading import GRADERS, STATUSES, grade_batch
 
-STATUSES = ("correct", "incorrect", "no_answer", "timeout", "error")
+__all__ = ["GRADERS", "STATUSES", "grade_table", "run"]
 
 
-def grade_arith(response: str, gold: str) -> tuple[str, str | None]:
-    """Arith grader: the integer after the last `####`, compared numerically with the gold answer.
+def grade_table(df: pd.DataFrame, problems: list[dict], task: str, timeout_s: float = 10.0, workers: int = 2,
+                memory_mb: int = 2048) -> pd.DataFrame:
+    """The sample table with `extracted`, `status` and `correct` (re)computed from `response`.
 
-    >>> grade_arith("3 * 4 = 12\\n#### 12", "12")
-    ('correct', '12')
-    >>> grade_arith("3 * 4 = 12", "12")
-    ('no_answer', None)
+    `problems` are the run's problem rows; their `answer` is the gold (MBPP rows carry `tests` and `setup`).
     """
-    got = arith.extract_answer(response)
-    if got is None:
-        return "no_answer", None
-    return ("correct" if int(got) == int(gold) else "incorrect"), got
-
-
-GRADERS = {"arith": grade_arith}
-
-
-def grade_table(df: pd.DataFrame, problems: list[dict], task: str) -> pd.DataFrame:
-    """The sample table with `extracted`, `status` and `correct` (re)computed from `response`."""
-    gold = {p["id"]: p["answer"] for p in problems}
+    gold = {p["id"]: p for p in problems}
     unknown = set(df["problem_id"]) - set(gold)
     if unknown:
         raise data.DataError(f"{len(unknown)} sampled problem ids are not in the problem file, e.g. {min(unknown)}")
-    grader = GRADERS[task]
-    results = []
-    for pid, resp in zip(df["problem_id"], df["response"]):
-        try:
-            results.append(grader(resp, gold[pid]))
-        except Exception as e:  # a grader bug must not lose the batch; the row says what happened
-            results.append(("error", f"{type(e).__name__}: {e}"[:200]))
+    if task not in GRADERS:
+        raise data.DataError(f"no grader for task {task!r}; graders: {', '.join(GRADERS)}")
+    if task == "mbpp":
+        golds = {pid: {"tests": p["tests"], "setup": p.get("setup", "")} for pid, p in gold.items()}
+    else:
+        golds = {pid: p["answer"] for pid, p in gold.items()}
+    items = [(resp, golds[pid]) for pid, resp in zip(df["problem_id"], df["response"])]
+    results = grade_batch(task, items, timeout_s=timeout_s, workers=workers, memory_mb=memory_mb)
     out = df.drop(columns=[c for c in ("extracted", "status", "correct") if c in df.columns])
-    out["extracted"] = [r[1] for r in results]
-    out["status"] = [r[0] for r in results]
+    out["extracted"] = [r.extracted for r in results]
+    out["status"] = [r.status for r in results]
     out["correct"] = out["status"] == "correct"
     return out
 
@@ -65,7 +54,8 @@ def run(cfg: VerifyConfig) -> list[Path]:
         src = paths.samples(cfg.iteration, split)
         if not src.exists():
             continue
-        df = grade_table(pd.read_parquet(src), data.load_split(cfg.run_dir, split), cfg.task)
+        df = grade_table(pd.read_parquet(src), data.load_split(cfg.run_dir, split), cfg.task,
+                         timeout_s=cfg.timeout_s, workers=cfg.workers, memory_mb=cfg.memory_mb)
         counts = df["status"].value_counts().to_dict()
         print(f"{split}: {len(df)} responses graded: {counts}")
         written.append(artifacts.write_parquet(df, src))

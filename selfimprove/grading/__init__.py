@@ -1,0 +1,15 @@
+"""Grading: one grader per task, a batch runner with a hard per-item limit, the MBPP sandbox, the audit.
+
+    from selfimprove.grading import grade_batch
+    grade_batch("math", [(response, gold), ...], timeout_s=10, workers=2)  # -> [Grade(status, extracted, detail)]
+
+Graders (GRADERS): arith, gsm8k, csqa (grade_text.py), math (grade_math.py), mbpp (sandbox.py); each module
+documents its extraction rule and its sources. `selfimprove grade` and `selfimprove audit` (cli.py) and the
+verify stage (verify.py) all call `grade_batch`.
+"""
+
+from .graders import GRADERS, GoldError, gold_of, grade_one
+from .pool import grade_batch
+from .types import STATUSES, Grade
+
+__all__ = ["GRADERS", "STATUSES", "Grade", "GoldError", "gold_of", "grade_batch", "grade_one"]
