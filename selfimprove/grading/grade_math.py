@@ -13,8 +13,10 @@ Equivalence (`grade_math`), in order:
    `x = 3` matches `3`; `\\text{ cm}` and other units are dropped; `30^\\circ` matches `30` (the degree sign is
    dropped, not converted); `50\\%` matches `50` and `0.5`; intervals, sets, tuples and matrices compare by
    their elements (`(1,2)` is read as an open interval, so `[1,2]` differs from it);
-3. a match between two plain numbers must also hold to a relative 1e-12 (1e-4 when a decimal is involved):
-   Math-Verify rounds to 6 decimal places, so on its own it equates `1/2004!` with `1/2006!` (its issue 14).
+3. a match between two plain numbers must also be exact (rationals), agree to a relative 1e-40 (other exact
+   forms), or to a relative 1e-4 when a decimal is involved: Math-Verify compares numbers rounded to 6 decimal
+   places, so on its own it equates `1/2004!` with `1/2006!` (its issue 14). Elements of tuples, sets and
+   matrices are left to Math-Verify's own rule.
 
 Limits (our choice; the item is still counted, with the reason in `detail`): an answer longer than
 MAX_ANSWER_CHARS, or braces nested deeper than MAX_BRACE_DEPTH once redundant `{{...}}` pairs are removed,
@@ -184,7 +186,12 @@ def _magnitude(e) -> float:
     if isinstance(e, (sympy.Rational, sympy.Float)):
         return abs(float(e)) + 1
     digits = exact_digits(e)
-    return 10.0**digits if digits < 300 else math.inf
+    if digits >= 300:
+        return math.inf
+    try:  # small enough to evaluate: the bound becomes the value (2^{19} is 524288, not 10^19)
+        return abs(float(sympy.N(e, 15))) + 1
+    except (TypeError, ValueError, ArithmeticError):
+        return 10.0**digits
 
 
 def exact_digits(e) -> float:
@@ -203,9 +210,10 @@ def exact_digits(e) -> float:
     if isinstance(e, sympy.Rational):
         return exact_digits(sympy.Integer(e.p)) + exact_digits(sympy.Integer(e.q))
     if isinstance(e, sympy.Pow) and e.exp.is_number:
-        base = exact_digits(e.base)
         if e.base.is_number and e.base in (0, 1, -1):
             return 1.0
+        small_int = isinstance(e.base, sympy.Integer) and abs(int(e.base)).bit_length() < 64
+        base = math.log10(abs(int(e.base))) if small_int else exact_digits(e.base)
         return base * max(1.0, _magnitude(e.exp)) if e.base.is_number else base + exact_digits(e.exp)
     if isinstance(e, sympy.factorial) and e.args[0].is_number:
         n = _magnitude(e.args[0])
@@ -231,11 +239,25 @@ def _values(e):
     return [e] if pct is None else [e, pct]
 
 
+def _close(a, b, floats: bool) -> bool:
+    import sympy
+
+    d = a - b
+    if not floats and d.is_Rational:  # exact numbers: equal means equal
+        return d == 0
+    prec, tol = (30, 1e-4) if floats else (60, 1e-40)
+    diff, scale = abs(sympy.N(d, prec)), max(abs(sympy.N(a, prec)), abs(sympy.N(b, prec)))
+    return bool(diff == 0 or diff <= tol * scale)
+
+
 def numeric_mismatch(gold, pred) -> bool:
-    """True when two plain numbers differ by more than a relative 1e-12 (1e-4 if either has a decimal).
+    """True when two plain numbers differ: exact rationals must be equal, other exact forms must agree to a
+    relative 1e-40 at 60 digits, and with a decimal involved to a relative 1e-4.
 
     >>> import sympy
     >>> numeric_mismatch(1 / sympy.factorial(2004), 1 / sympy.factorial(2006))
+    True
+    >>> numeric_mismatch(sympy.Integer(2)**100, sympy.Integer(2)**100 + sympy.Rational(1, 2**100))
     True
     >>> numeric_mismatch(sympy.Rational(1, 3), sympy.Float("0.333333"))
     False
@@ -244,12 +266,11 @@ def numeric_mismatch(gold, pred) -> bool:
 
     if not all(isinstance(x, sympy.Expr) and x.is_number for x in (gold, pred)):
         return False
-    tol = 1e-4 if gold.has(sympy.Float) or pred.has(sympy.Float) else 1e-12
+    floats = gold.has(sympy.Float) or pred.has(sympy.Float)
     for a in _values(gold):
         for b in _values(pred):
             try:
-                diff, scale = abs(sympy.N(a - b, 30)), max(abs(sympy.N(a, 30)), abs(sympy.N(b, 30)))
-                if diff == 0 or bool(diff <= tol * scale):
+                if _close(a, b, floats):
                     return False
             except (TypeError, ValueError, ArithmeticError):
                 return False  # not comparable as numbers: keep Math-Verify's verdict
