@@ -4,6 +4,8 @@
     selfimprove organism [demo]                                    build (or reuse) a recipe's organism
     selfimprove run demo [--set sample.n_samples=16] [--overwrite]  run or resume a recipe
     selfimprove report data/runs/demo                              summary table and figure of a run
+    selfimprove grade --task math --input in.jsonl --output out.jsonl  grade responses (hard limit per line)
+    selfimprove audit --task math --data math.jsonl [--run data/runs/demo]  golds against themselves; run rates
 """
 
 from __future__ import annotations
@@ -48,6 +50,43 @@ def _report(args) -> int:
     return 0
 
 
+def _grade(args) -> int:
+    from .grading.files import grade_jsonl
+
+    counts, problems = grade_jsonl(args.task, args.input, args.output, timeout_s=args.timeout_s,
+                                   workers=args.workers, memory_mb=args.memory_mb)
+    for msg in problems:
+        print(f"error: {msg}", file=sys.stderr)
+    print(f"{sum(counts.values())} lines graded into {args.output}: " +
+          ", ".join(f"{s} {counts[s]}" for s in sorted(counts)))
+    if problems:
+        print(f"{len(problems)} malformed line(s) left out (listed above)", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _audit(args) -> int:
+    from .grading import audit
+
+    if not args.data and not args.run:
+        print("error: give --data FILE (a dataset to audit) and/or --run RUN_DIR (a run's grading rates)",
+              file=sys.stderr)
+        return 2
+    failed = 0
+    if args.data:
+        table = audit.audit_rows(args.task, audit.read_rows(args.data), timeout_s=args.timeout_s,
+                                 workers=args.workers)
+        bad = table[table["status"] != "correct"]
+        print(f"audit {args.task} {args.data}: {len(table)} checks, {len(table) - len(bad)} correct, "
+              f"{len(bad)} failed")
+        if len(bad):
+            print(bad.to_string(index=False, max_colwidth=60))
+        failed = len(bad)
+    if args.run:
+        print(f"grading of run {args.run} (share of responses):")
+        print(audit.run_rates(args.run).to_string(index=False))
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="selfimprove", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,14 +113,31 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report", help="summary table and figure of a run")
     p.add_argument("run_dir")
     p.set_defaults(fn=_report)
+    from .grading import GRADERS
+
+    for name, fn, helptext in (("grade", _grade, "grade a JSONL file of responses"),
+                               ("audit", _audit, "grade gold answers against themselves; a run's grading rates")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--task", required=True, choices=sorted(GRADERS))
+        p.add_argument("--timeout-s", type=float, default=10.0, help="hard wall-clock limit per item")
+        p.add_argument("--workers", type=int, default=2, help="grading processes")
+        p.set_defaults(fn=fn)
+    p = sub.choices["grade"]
+    p.add_argument("--input", required=True, help="JSONL: response and gold (MBPP: tests, setup) per line")
+    p.add_argument("--output", required=True, help="JSONL: each input line plus status, extracted, detail")
+    p.add_argument("--memory-mb", type=int, default=2048, help="address-space limit of each grading process")
+    p = sub.choices["audit"]
+    p.add_argument("--data", help="dataset JSONL in its Hugging Face format (arith: the package's problems)")
+    p.add_argument("--run", help="a run directory: rates of timeout, no_answer and error per iteration")
     args = parser.parse_args(argv)
     from .config import RecipeError
     from .data import DataError
+    from .grading.audit import AuditDataError
     from .pipeline import StageError
 
     try:
         return args.fn(args)
-    except (RecipeError, DataError, StageError, FileExistsError, FileNotFoundError) as e:
+    except (RecipeError, DataError, StageError, AuditDataError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

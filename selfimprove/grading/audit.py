@@ -1,0 +1,114 @@
+"""Audit the graders against the data, and a run's grading against itself (`selfimprove audit`).
+
+Data audit (`audit_rows`): every gold answer must grade `correct` against itself, written the way a response
+would give it (`#### n`, `\\boxed{...}`, the option letter), and every gold solution's text must grade
+`correct` against its answer (GSM8K's and MATH's worked solutions, arith's solutions, CommonsenseQA's correct
+option text, MBPP's reference code against its own asserts). Anything else is a grader or data bug
+(lm-evaluation-harness issue 2212 found ~6% of MATH-Hard golds failing against themselves).
+
+Rows are read in each dataset's Hugging Face format (field names as published): gsm8k {question, answer with
+`#### n`}; MATH / competition_math {problem, level, type, solution, optional answer}; commonsense_qa {id,
+question, choices {label, text}, answerKey}; mbpp {task_id, text, code, test_list, test_setup_code}; arith in
+the package's problem format {id, question, answer, solutions}.
+
+Run audit (`run_rates`): the share of `timeout`, `no_answer` and `error` per iteration and split of a run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from . import grade_math
+from .pool import grade_batch
+
+CHECKS = ("gold_vs_itself", "solution_vs_gold")
+
+
+class AuditDataError(ValueError):
+    """A dataset row lacks a field its task needs; the message names the file and line."""
+
+
+def _need(row: dict, where: str, **fields) -> None:
+    for name, typ in fields.items():
+        if not isinstance(row.get(name), typ):
+            raise AuditDataError(f"{where}: field '{name}' must be {typ.__name__}, got {row.get(name)!r:.60}")
+
+
+def checks_of(task: str, row: dict, where: str) -> list[tuple[str, str, str, object]]:
+    """(row id, check, response, gold) pairs that must all grade `correct` for one dataset row."""
+    if task == "arith":
+        _need(row, where, id=str, answer=str)
+        return [(row["id"], "gold_vs_itself", f"#### {row['answer']}", row["answer"])] + \
+            [(row["id"], "solution_vs_gold", s, row["answer"]) for s in row.get("solutions", [])]
+    if task == "gsm8k":
+        _need(row, where, question=str, answer=str)
+        if "####" not in row["answer"]:
+            raise AuditDataError(f"{where}: field 'answer' has no '#### n' final answer")
+        gold = row["answer"].rsplit("####", 1)[1].strip().replace(",", "")
+        return [(where, "gold_vs_itself", f"#### {gold}", gold), (where, "solution_vs_gold", row["answer"], gold)]
+    if task == "math":
+        _need(row, where, problem=str, solution=str)
+        gold = row.get("answer") or grade_math.last_boxed(row["solution"])
+        if not gold:
+            raise AuditDataError(f"{where}: no 'answer' field and no \\boxed{{...}} in 'solution'")
+        return [(where, "gold_vs_itself", "\\boxed{" + gold + "}", gold),
+                (where, "solution_vs_gold", row["solution"], gold)]
+    if task == "csqa":
+        _need(row, where, id=str, answerKey=str, choices=dict)
+        choices = row["choices"]
+        if row["answerKey"] not in choices.get("label", []):
+            raise AuditDataError(f"{where}: answerKey {row['answerKey']!r} is not one of the choice labels")
+        text = choices["text"][choices["label"].index(row["answerKey"])]
+        gold = {"answer": row["answerKey"], "choices": choices}
+        return [(row["id"], "gold_vs_itself", row["answerKey"], gold), (row["id"], "solution_vs_gold", text, gold)]
+    if task == "mbpp":
+        _need(row, where, code=str, test_list=list)
+        gold = {"tests": row["test_list"], "setup": row.get("test_setup_code") or ""}
+        return [(str(row.get("task_id", where)), "solution_vs_gold", row["code"], gold)]
+    raise AuditDataError(f"no audit for task {task!r}")
+
+
+def read_rows(path: str | Path) -> list[tuple[str, dict]]:
+    """(file:line, row) for each JSON line of a dataset file; bad JSON fails naming its line."""
+    path, rows = Path(path), []
+    if not path.exists():
+        raise FileNotFoundError(f"data file not found: {path}")
+    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise AuditDataError(f"{path}:{no}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise AuditDataError(f"{path}:{no}: expected a JSON object")
+            rows.append((f"{path.name}:{no}", row))
+    return rows
+
+
+def audit_rows(task: str, rows: list[tuple[str, dict]], timeout_s: float = 10.0, workers: int = 2) -> pd.DataFrame:
+    """Every check of every row with its grade; the audit passes when every `status` is `correct`."""
+    checks = [c for where, row in rows for c in checks_of(task, row, where)]
+    grades = grade_batch(task, [(resp, gold) for _, _, resp, gold in checks], timeout_s=timeout_s, workers=workers)
+    return pd.DataFrame({"row": [c[0] for c in checks], "check": [c[1] for c in checks],
+                         "status": [g.status for g in grades], "extracted": [g.extracted for g in grades],
+                         "detail": [g.detail for g in grades]})
+
+
+def run_rates(run_dir: str | Path) -> pd.DataFrame:
+    """Per iteration and split of a run: responses graded and the rates of timeout, no_answer and error."""
+    rows = []
+    for path in sorted(Path(run_dir).glob("iter_*/samples_*.parquet")):
+        if "status" not in pq.read_schema(path).names:  # sampled but not graded yet
+            continue
+        df = pd.read_parquet(path, columns=["status"])
+        n = len(df)
+        rows.append({"iteration": int(path.parent.name.split("_")[1]), "split": path.stem.split("_", 1)[1],
+                     "responses": n, **{s: round(float((df["status"] == s).mean()), 4) if n else 0.0
+                                        for s in ("timeout", "no_answer", "error")}})
+    if not rows:
+        raise FileNotFoundError(f"no graded sample tables (iter_*/samples_*.parquet) under {run_dir}")
+    return pd.DataFrame(rows).sort_values(["iteration", "split"]).reset_index(drop=True)

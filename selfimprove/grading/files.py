@@ -1,0 +1,60 @@
+"""JSONL in, JSONL out: the `selfimprove grade` command.
+
+Each input line is a JSON object with `response` and the gold fields of its task (`gold`; MBPP: `tests` and
+optional `setup`; CommonsenseQA: optional `choices`, see graders.gold_of). Each output line is the input
+object plus `status`, `extracted` and `detail`. A malformed line is reported with its line number and left
+out of the output; every valid line is still graded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from .graders import GoldError, gold_of
+from .pool import grade_batch
+
+
+def read_items(path: Path, task: str) -> tuple[list[tuple[int, dict, object]], list[str]]:
+    """(line number, object, gold) for every valid line, and one message per malformed line."""
+    items, problems = [], []
+    with open(path, encoding="utf-8") as f:
+        for no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                problems.append(f"{path}:{no}: not valid JSON ({e.msg} at column {e.colno})")
+                continue
+            if not isinstance(obj, dict):
+                problems.append(f"{path}:{no}: expected a JSON object, got {type(obj).__name__}")
+                continue
+            if not isinstance(obj.get("response"), str):
+                problems.append(f"{path}:{no}: field 'response' must be a string, got {obj.get('response')!r:.60}")
+                continue
+            try:
+                items.append((no, obj, gold_of(task, obj)))
+            except GoldError as e:
+                problems.append(f"{path}:{no}: {e}")
+    return items, problems
+
+
+def grade_jsonl(task: str, src: str | Path, dst: str | Path, timeout_s: float = 10.0, workers: int = 2,
+                memory_mb: int = 2048) -> tuple[Counter, list[str]]:
+    """Grade every valid line of `src` into `dst`; returns the status counts and the malformed-line messages."""
+    src, dst = Path(src), Path(dst)
+    if not src.exists():
+        raise FileNotFoundError(f"input file not found: {src}")
+    items, problems = read_items(src, task)
+    grades = grade_batch(task, [(obj["response"], gold) for _, obj, gold in items], timeout_s=timeout_s,
+                         workers=workers, memory_mb=memory_mb)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for (_, obj, _), g in zip(items, grades):
+            f.write(json.dumps({**obj, "status": g.status, "extracted": g.extracted, "detail": g.detail},
+                               ensure_ascii=False) + "\n")
+    tmp.replace(dst)
+    return Counter(g.status for g in grades), problems
