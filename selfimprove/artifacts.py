@@ -6,6 +6,7 @@ data/runs/<run>/
   iter_<t>/model/             M_t (merged weights)      iter_<t>/train_log.json  how M_t was trained
   iter_<t>/samples_<split>.parquet  the sample table    iter_<t>/train_data.parquet  the data that made M(t+1)
   iter_<t>/metrics.json       every metric of M_t       iter_<t>/notebooks/NN_stage.ipynb  executed notebooks
+  iter_<t>/per_problem.parquet  per-problem values behind the metrics (the verdict reads them)
   report/                     summary table and figures for the whole run
 
 Every file is written to a temporary name and renamed, so a killed process never leaves a half-written
@@ -64,6 +65,9 @@ class RunPaths:
 
     def metrics(self, t: int) -> Path:
         return self.iter_dir(t) / "metrics.json"
+
+    def per_problem(self, t: int) -> Path:
+        return self.iter_dir(t) / "per_problem.parquet"
 
     def notebooks(self, t: int) -> Path:
         return self.iter_dir(t) / "notebooks"

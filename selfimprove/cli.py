@@ -1,9 +1,10 @@
-"""`selfimprove` command line: data, organism, run, report.
+"""`selfimprove` command line: data, organism, run, report, metrics, grade, audit.
 
     selfimprove data arith [--out data/problems/arith] [--seed 0]   write the arith splits as JSONL
     selfimprove organism [demo]                                    build (or reuse) a recipe's organism
     selfimprove run demo [--set sample.n_samples=16] [--overwrite]  run or resume a recipe
     selfimprove report data/runs/demo                              summary table and figure of a run
+    selfimprove metrics data/runs/demo [--set bootstrap=2000]       recompute every metric; tidy table, verdict
     selfimprove grade --task math --input in.jsonl --output out.jsonl  grade responses (hard limit per line)
     selfimprove audit --task math --data math.jsonl [--run data/runs/demo]  golds against themselves; run rates
 """
@@ -47,6 +48,42 @@ def _report(args) -> int:
 
     paths = artifacts.RunPaths(args.run_dir)
     pipeline.report(paths, artifacts.Manifest.load(paths))
+    return 0
+
+
+def _key_values(items: list[str], what: str) -> dict:
+    import yaml
+
+    from .config import RecipeError
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise RecipeError(f"{what} {item!r}: expected NAME=VALUE")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _metrics(args) -> int:
+    from . import metrics, pipeline, verdict
+    from .config import build
+    from .diversity import EmbeddingError
+
+    thresholds = build(verdict.Thresholds, _key_values(args.threshold, "--threshold"), "--threshold")
+    try:
+        written = metrics.recompute(args.run_dir, _key_values(args.set, "--set"))
+    except (metrics.MetricsError, EmbeddingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"tidy table: {written[-2]} (and .csv)")
+    print("\n" + pipeline.summary_table(Path(args.run_dir)))
+    v = verdict.for_run(args.run_dir, thresholds)
+    if v is None:
+        print("\nno verdict: it needs M1 and at least one later iterate")
+    else:
+        verdict.write(v, args.run_dir, thresholds)
+        print("\n" + verdict.to_markdown(v))
     return 0
 
 
@@ -113,6 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report", help="summary table and figure of a run")
     p.add_argument("run_dir")
     p.set_defaults(fn=_report)
+    p = sub.add_parser("metrics", help="recompute every iteration's metrics from its sample tables; tidy "
+                                       "table and verdict")
+    p.add_argument("run_dir")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an evaluate setting, e.g. diversity_per_problem=8 (repeatable)")
+    p.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a verdict threshold (selfimprove.verdict.Thresholds), e.g. ood_drop=0.02")
+    p.set_defaults(fn=_metrics)
     from .grading import GRADERS
 
     for name, fn, helptext in (("grade", _grade, "grade a JSONL file of responses"),

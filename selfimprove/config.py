@@ -204,10 +204,19 @@ class EvaluateConfig(StageConfig):
     task: str = "arith"
     seed: int = 0
     ks: list[int] = _list(1, 2, 4, 8)  # k values of pass@k, each at most sample.n_eval_samples
+    diversity_per_problem: int = 4  # responses per diversity set (correct, incorrect alike), 0 for all (organism.md: 4)
+    embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"  # embedding diversity model, empty to skip
+    cache_dir: str = "data/cache"  # embedding cache folder, relative to the working directory (our choice)
+    bootstrap: int = 1000  # bootstrap resamples over problems for 95% intervals, 0 for none (our choice)
 
     def __post_init__(self):
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"'ks' must be a non-empty list of integers >= 1, got {self.ks}")
+        if self.diversity_per_problem < 0 or self.diversity_per_problem == 1:
+            raise ValueError(f"'diversity_per_problem' must be 0 (all responses) or >= 2 (a set of one response "
+                             f"has no pairs), got {self.diversity_per_problem}")
+        if self.bootstrap < 0:
+            raise ValueError(f"'bootstrap' must be >= 0 (0 = no intervals), got {self.bootstrap}")
 
 
 STAGES = {"train": TrainConfig, "sample": SampleConfig, "verify": VerifyConfig, "evaluate": EvaluateConfig}
@@ -297,6 +306,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RunConf
     if max(evaluate.ks) > sample.n_eval_samples:
         raise RecipeError(f"recipe {path}: evaluate.ks {evaluate.ks} needs sample.n_eval_samples >= "
                           f"{max(evaluate.ks)} (pass@k is defined for k <= n), got {sample.n_eval_samples}")
+    if evaluate.diversity_per_problem > sample.n_eval_samples:
+        raise RecipeError(f"recipe {path}: evaluate.diversity_per_problem {evaluate.diversity_per_problem} needs "
+                          f"sample.n_eval_samples >= {evaluate.diversity_per_problem} (no problem would have a "
+                          f"full diversity set), got {sample.n_eval_samples}")
     return cfg
 
 

@@ -1,36 +1,45 @@
-"""Evaluate stage: the metrics of M_t, computed per problem and then averaged (STYLE.md H7).
+"""Evaluate stage: every metric of M_t, computed per problem and then averaged (STYLE.md H7), with 95%
+bootstrap intervals over problems.
 
-Reads the graded iter_<t>/samples_<split>.parquet (and train_log.json of the training that made M_t);
-writes iter_<t>/metrics.json. Notebook: notebooks/40_evaluate.ipynb. Nothing here grades: every function
-reads the `correct` / `status` columns the verify stage wrote.
+Reads the graded iter_<t>/samples_<split>.parquet (and iter_1's, for the improvement sets; train_log.json
+of the training that made M_t); writes iter_<t>/metrics.json (a readable summary plus the tidy rows) and
+iter_<t>/per_problem.parquet (one row per test/OOD problem: level, greedy correctness, sample counts and
+every diversity value; the verdict reads it). Notebook: notebooks/40_evaluate.ipynb; `selfimprove metrics
+<run_dir>` recomputes every iteration with the same functions and writes the run's tidy table and verdict.
+Nothing here grades: every function reads the `correct` / `status` columns the verify stage wrote.
+
+Per split (test, ood): greedy pass@1 overall and per level, unbiased pass@k from the sampled responses,
+group disparity, diversity of correct and of incorrect responses (diversity.py), and for t >= 2 the
+improvement sets against M1 (improvement.py). On the train split: correct-answer coverage, both ways.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from . import arith, artifacts
+from . import arith, artifacts, diversity, improvement
 from .config import EvaluateConfig
+from .estimators import bootstrap_ci, disparity, paradigm_advice, pass_at_k, pass_at_k_per_problem
+
+__all__ = ["pass_at_k", "per_problem", "per_problem_table", "split_metrics", "coverage", "evaluate", "run",
+           "collect", "iteration_metrics", "write_table", "TABLE_COLUMNS"]
+
+TABLE_COLUMNS = ["iteration", "split", "metric", "subset", "k", "value", "ci_low", "ci_high", "n"]
+EVAL_SPLITS = ("test", "ood")
 
 
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k), in the numerically stable
-    product form of Chen et al. 2021 (human-eval's `estimate_pass_at_k`). Requires k <= n.
+class MetricsError(ValueError):
+    """A run's files cannot be evaluated; the message names the file and what is wrong."""
 
-    >>> pass_at_k(2, 1, 1)
-    0.5
-    >>> round(pass_at_k(10, 3, 5), 4)
-    0.9167
-    """
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+def _row(metric: str, subset: str, k, value, ci=(None, None), n: int | None = None) -> dict:
+    return dict(metric=metric, subset=subset, k=k, value=None if value is None else float(value),
+                ci_low=ci[0], ci_high=ci[1], n=n)
 
 
 def per_problem(df: pd.DataFrame, decoding: str) -> pd.DataFrame:
@@ -40,69 +49,198 @@ def per_problem(df: pd.DataFrame, decoding: str) -> pd.DataFrame:
     return pd.DataFrame({"level": g["level"].first(), "n": g.size(), "c": g["correct"].sum().astype(int)})
 
 
-def split_metrics(df: pd.DataFrame, ks: list[int]) -> dict:
-    """Greedy pass@1 overall and per level, pass@k from the sampled responses, and answer/process rates."""
+def per_problem_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per problem of a split: level, greedy_correct (NaN without a greedy response), and n / c, the
+    sampled responses and how many are correct (0 / 0 without samples)."""
+    greedy, sampled = per_problem(df, "greedy"), per_problem(df, "sample")
+    ids = greedy.index.union(sampled.index)
+    out = pd.DataFrame(index=ids.rename("problem_id"))
+    out["level"] = df.groupby("problem_id")["level"].first().reindex(ids)
+    out["greedy_correct"] = (greedy["c"] / greedy["n"]).reindex(ids)
+    out["n"] = sampled["n"].reindex(ids).fillna(0).astype(int)
+    out["c"] = sampled["c"].reindex(ids).fillna(0).astype(int)
+    return out
+
+
+def split_metrics(df: pd.DataFrame, ks: list[int], n_boot: int = 0, seed: int = 0) -> dict:
+    """Greedy pass@1 overall and per level, pass@k from the sampled responses, group disparity, answer and
+    process rates; `rows` holds the same numbers as tidy rows with 95% intervals (none when n_boot = 0)."""
     out: dict = {}
-    greedy = per_problem(df, "greedy")
+    rows: list[dict] = []
+    pp = per_problem_table(df)
+    greedy = pp[pp["greedy_correct"].notna()]
+    has_levels = bool(len(greedy)) and greedy["level"].notna().all()
     if len(greedy):
-        acc = greedy["c"] / greedy["n"]
+        acc = greedy["greedy_correct"]
         out["pass@1"] = float(acc.mean())
-        out["pass@1_by_level"] = {int(lv): float(a.mean()) for lv, a in acc.groupby(greedy["level"])} \
-            if greedy["level"].notna().all() else {}
         out["n_problems"] = int(len(greedy))
-    sampled = per_problem(df, "sample")
+        rows.append(_row("pass@1", "all", 1, acc.mean(), bootstrap_ci(acc, n_boot, seed), len(acc)))
+        out["pass@1_by_level"] = {}
+        if has_levels:
+            for lv, a in acc.groupby(greedy["level"].astype(int)):
+                out["pass@1_by_level"][int(lv)] = float(a.mean())
+                rows.append(_row("pass@1", f"L{int(lv)}", 1, a.mean(), bootstrap_ci(a, n_boot, seed), len(a)))
+            gd = disparity(acc.to_numpy(), greedy["level"].astype(int).to_numpy(), n_boot, seed)
+            if gd is not None:
+                out["group_disparity"] = {"value": gd["value"], "levels": gd["levels"], "ci": list(gd["ci"])}
+                rows.append(_row("group_disparity", f"L{gd['levels'][0]}-L{gd['levels'][1]}", None, gd["value"],
+                                 gd["ci"], len(acc)))
+    sampled = pp[pp["n"] > 0]
     if len(sampled):
         n_min = int(sampled["n"].min())
-        out["pass@k"] = {int(k): float(np.mean([pass_at_k(n, c, k) for n, c in zip(sampled["n"], sampled["c"])]))
-                         for k in ks if k <= n_min}
+        out["pass@k"] = {}
+        for k in ks:
+            if k <= n_min:
+                v = pass_at_k_per_problem(sampled["n"], sampled["c"], k)
+                out["pass@k"][int(k)] = float(v.mean())
+                rows.append(_row("pass@k", "all", int(k), v.mean(), bootstrap_ci(v, n_boot, seed), len(v)))
         out["sample_accuracy"] = float((sampled["c"] / sampled["n"]).mean())
-    rows = df[df["decoding"] == ("sample" if len(sampled) else "greedy")]
-    out["status_rates"] = {k: float(v) for k, v in rows["status"].value_counts(normalize=True).items()}
-    out["finish_length_rate"] = float((rows["finish_reason"] == "length").mean())
+    resp = df[df["decoding"] == ("sample" if len(sampled) else "greedy")]
+    out["status_rates"] = {k: float(v) for k, v in resp["status"].value_counts(normalize=True).items()}
+    out["finish_length_rate"] = float((resp["finish_reason"] == "length").mean())
     if df["task"].iloc[0] == "arith":
-        right = rows[rows["correct"]]
+        right = resp[resp["correct"]]
         # Correct answers reached through false equations are luck (organism.md, 'Lucky answers').
         out["valid_equations_share_of_correct"] = float(right["response"].map(arith.equations_valid).mean()) \
             if len(right) else None
+    out["rows"] = rows
     return out
 
 
 def coverage(df: pd.DataFrame) -> dict:
-    """Two definitions, labelled apart (paper.md §3.2): `coverage_mean`, the mean per-sample correctness on
-    the training prompts (the paper's likely definition), and `coverage_any`, the share of problems with at
-    least one correct sample (the repeated-sampling definition of Large Language Monkeys)."""
+    """Correct-answer coverage of the sampled responses, two definitions labelled apart (paper.md §3.2):
+    `coverage_mean`, the mean per-sample correctness on the training prompts (the paper's likely
+    definition, the one its paradigm advice uses), and `coverage_any`, the share of problems with at least
+    one correct sample (the repeated-sampling definition of Large Language Monkeys)."""
     pp = per_problem(df, "sample")
+    if not len(pp):
+        raise MetricsError("coverage needs sampled responses (decoding == 'sample'); the table has none")
     return {"coverage_mean": float((pp["c"] / pp["n"]).mean()), "coverage_any": float((pp["c"] > 0).mean()),
             "n_problems": int(len(pp))}
 
 
-def evaluate(paths: artifacts.RunPaths, t: int, ks: list[int]) -> dict:
-    """Every metric of M_t from the run directory."""
-    out: dict = {"iteration": t}
-    for split in ("test", "ood"):
+def diversity_rows(div: pd.DataFrame, per_problem_n: int, n_boot: int, seed: int) -> tuple[dict, list[dict]]:
+    """Means over problems (with intervals and the number of problems that have a value) of every column
+    `<metric>:<subset>` of a diversity.problem_diversity table."""
+    summary, rows = {}, []
+    for col in div.columns:
+        metric, subset = col.split(":")
+        v = div[col].dropna().to_numpy()
+        mean = float(v.mean()) if len(v) else None
+        summary[col] = {"value": mean, "n_problems": int(len(v))}
+        rows.append(_row(metric, subset, per_problem_n or None, mean, bootstrap_ci(v, n_boot, seed), len(v)))
+    return summary, rows
+
+
+def _read(path: Path, what: str) -> pd.DataFrame:
+    df = pd.read_parquet(path)
+    need = {"problem_id", "level", "decoding", "sample_idx", "response", "correct", "status", "task",
+            "finish_reason"}
+    if not need <= set(df.columns):
+        raise MetricsError(f"{path}: {what} lacks column(s) {sorted(need - set(df.columns))}; is it graded?")
+    if not len(df):
+        raise MetricsError(f"{path}: {what} has no rows")
+    if df["correct"].isna().any():
+        raise MetricsError(f"{path}: {what} has {int(df['correct'].isna().sum())} row(s) with no 'correct' value")
+    return df
+
+
+def evaluate(paths: artifacts.RunPaths, t: int, cfg: EvaluateConfig,
+             embedder: diversity.Embedder | None = None) -> tuple[dict, pd.DataFrame]:
+    """Every metric of M_t from the run directory: (metrics.json content, per-problem table)."""
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("run_dir", "iteration")}
+    out: dict = {"iteration": t, "evaluate": settings}
+    rows: list[dict] = []
+    tables = []
+    if embedder is None and cfg.embedding_model:
+        embedder = diversity.Embedder(cfg.embedding_model, cfg.cache_dir)
+    for split in EVAL_SPLITS:
         p = paths.samples(t, split)
-        if p.exists():
-            out[split] = split_metrics(pd.read_parquet(p), ks)
+        if not p.exists():
+            continue
+        df = _read(p, f"the {split} sample table of M{t}")
+        s = split_metrics(df, list(cfg.ks), cfg.bootstrap, cfg.seed)
+        split_rows = s.pop("rows")
+        pp = per_problem_table(df)
+        div = diversity.problem_diversity(df, cfg.diversity_per_problem, cfg.task, embedder)
+        s["diversity"], div_rows = diversity_rows(div, cfg.diversity_per_problem, cfg.bootstrap, cfg.seed)
+        split_rows += div_rows
+        m1_path = paths.samples(1, split)
+        if t >= 2 and m1_path.exists():
+            m1 = per_problem_table(_read(m1_path, f"the {split} sample table of M1"))
+            imp = improvement.improvement(m1, pp, cfg.bootstrap, cfg.seed)
+            split_rows += imp.pop("rows")
+            s["improvement"] = imp
+        out[split] = s
+        rows += [dict(split=split, **r) for r in split_rows]
+        tables.append(pp.join(div).reset_index().assign(split=split))
     if paths.samples(t, "train").exists():
-        out["train"] = coverage(pd.read_parquet(paths.samples(t, "train")))
+        out["train"] = coverage(_read(paths.samples(t, "train"), f"the train sample table of M{t}"))
+        rows += [dict(split="train", **_row(name, "all", None, out["train"][name], n=out["train"]["n_problems"]))
+                 for name in ("coverage_mean", "coverage_any")]
+        if t == 1:
+            cov = out["train"]["coverage_mean"]
+            out["paradigm_advice"] = {
+                "coverage_mean": cov, "advice": paradigm_advice(cov),
+                "rule": "paper §4.2 (Fig. 2): M1 coverage > 0.5 -> iterative DPO or SFT-DPO, otherwise iterative SFT"}
     if paths.train_data(t).exists():
         out["train_data_rows"] = int(len(pd.read_parquet(paths.train_data(t))))
     if paths.train_log(t).exists():
         log = json.loads(paths.train_log(t).read_text())
         out["training"] = {"paradigm": log.get("paradigm"), "rows": log.get("rows"), "summary": log.get("summary")}
-    return out
+    out["table"] = rows
+    per_problem_all = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    return out, per_problem_all
 
 
 def run(cfg: EvaluateConfig) -> list[Path]:
+    """The evaluate stage: metrics.json and per_problem.parquet of M_t."""
     paths = artifacts.RunPaths(cfg.run_dir)
-    m = evaluate(paths, cfg.iteration, list(cfg.ks))
-    for split in ("test", "ood"):
+    embedder = diversity.Embedder(cfg.embedding_model, cfg.cache_dir) if cfg.embedding_model else None
+    t0 = time.perf_counter()
+    m, pp = evaluate(paths, cfg.iteration, cfg, embedder)
+    seconds = time.perf_counter() - t0
+    for split in EVAL_SPLITS:
         if split in m:
             s = m[split]
             print(f"M{cfg.iteration} {split}: pass@1 {s['pass@1']:.3f}  by level "
                   + " ".join(f"L{k}={v:.2f}" for k, v in s["pass@1_by_level"].items())
                   + "  pass@k " + " ".join(f"@{k}={v:.3f}" for k, v in s.get("pass@k", {}).items()))
-    return [artifacts.write_json(m, paths.metrics(cfg.iteration))]
+    if "paradigm_advice" in m:
+        a = m["paradigm_advice"]
+        print(f"paradigm advice: M1 coverage_mean {a['coverage_mean']:.3f} -> {a['advice']} ({a['rule']})")
+    if embedder is not None:
+        st = embedder.stats
+        print(f"embeddings: {st['texts']} texts, {st['computed']} computed ({st['encode_s']:.1f}s encoding, "
+              f"{st['load_s']:.1f}s loading the model), the rest from the cache; evaluate took {seconds:.1f}s")
+    return [artifacts.write_json(m, paths.metrics(cfg.iteration)),
+            artifacts.write_parquet(pp, paths.per_problem(cfg.iteration))]
+
+
+def recompute(run_dir: str | Path, overrides: dict | None = None, log=print) -> list[Path]:
+    """`selfimprove metrics`: every iteration's metrics.json and per_problem.parquet again from its sample
+    tables, with the evaluate settings the run recorded (its manifest) over which `overrides` (evaluate
+    fields) go; then the run's tidy table (write_table). The same functions as the evaluate stage."""
+    from .config import RunConfig, build
+
+    paths = artifacts.RunPaths(run_dir)
+    recorded = artifacts.Manifest.load(paths).data["config"]
+    cfg = build(RunConfig, {**recorded, "evaluate": {**recorded.get("evaluate", {}), **(overrides or {})}},
+                f"run {paths.root} (its manifest config)")
+    iterations = [t for t in range(1, cfg.iterations + 1) if paths.samples(t, "test").exists()]
+    if not iterations:
+        raise MetricsError(f"{paths.root}: no iter_<t>/samples_test.parquet to evaluate")
+    written: list[Path] = []
+    embedder = None
+    for t in iterations:
+        stage_cfg = cfg.stage("evaluate", t, paths.root)
+        if embedder is None and stage_cfg.embedding_model:
+            embedder = diversity.Embedder(stage_cfg.embedding_model, stage_cfg.cache_dir)
+        t0 = time.perf_counter()
+        m, pp = evaluate(paths, t, stage_cfg, embedder)
+        written += [artifacts.write_json(m, paths.metrics(t)), artifacts.write_parquet(pp, paths.per_problem(t))]
+        log(f"M{t}: metrics in {time.perf_counter() - t0:.1f}s -> {paths.metrics(t)}")
+    return written + write_table(run_dir)
 
 
 def iteration_metrics(run_dir: str | Path) -> list[dict]:
@@ -112,18 +250,33 @@ def iteration_metrics(run_dir: str | Path) -> list[dict]:
 
 
 def collect(run_dir: str | Path) -> pd.DataFrame:
-    """Tidy long table (iteration, split, metric, level, k, value) of every evaluated iteration of a run.
-    `metric` is `pass@1` (greedy; `level` set for the per-level rows) or `pass@k` (sampled, unbiased)."""
-    rows = []
-    for m in iteration_metrics(run_dir):
-        t = m["iteration"]
-        for split in ("test", "ood"):
-            s = m.get(split)
-            if not s:
-                continue
-            rows.append(dict(iteration=t, split=split, metric="pass@1", level=None, k=1, value=s["pass@1"]))
-            for lv, v in s.get("pass@1_by_level", {}).items():
-                rows.append(dict(iteration=t, split=split, metric="pass@1", level=int(lv), k=1, value=v))
-            for k, v in s.get("pass@k", {}).items():
-                rows.append(dict(iteration=t, split=split, metric="pass@k", level=None, k=int(k), value=v))
-    return pd.DataFrame(rows, columns=["iteration", "split", "metric", "level", "k", "value"])
+    """The run's tidy long table, one row per number: (iteration, split, metric, subset, k, value, ci_low,
+    ci_high, n). `subset` is "all", a level ("L1".."L5"), a response group ("correct", "incorrect") or an
+    improvement-set baseline; `k` is the k of pass@k, the N of accuracy@N or the responses per diversity set;
+    `n` is the number of problems behind the value."""
+    rows = [dict(iteration=m["iteration"], **r) for m in iteration_metrics(run_dir) for r in m.get("table", [])]
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    table["k"] = table["k"].astype("Int64")
+    table["n"] = table["n"].astype("Int64")
+    return table
+
+
+def write_table(run_dir: str | Path) -> list[Path]:
+    """report/metrics.parquet and report/metrics_long.csv: the tidy table of every evaluated iteration."""
+    paths = artifacts.RunPaths(run_dir)
+    table = collect(run_dir)
+    paths.report.mkdir(parents=True, exist_ok=True)
+    csv = paths.report / "metrics_long.csv"
+    table.to_csv(csv, index=False)
+    return [artifacts.write_parquet(table, paths.report / "metrics.parquet"), csv]
+
+
+def per_problem_tables(run_dir: str | Path) -> dict[int, pd.DataFrame]:
+    """{t: iter_<t>/per_problem.parquet} for every iteration that has one."""
+    paths = artifacts.RunPaths(run_dir)
+    out = {}
+    for d in sorted(Path(run_dir).glob("iter_*"), key=lambda p: int(p.name[5:])):
+        t = int(d.name[5:])
+        if paths.per_problem(t).exists():
+            out[t] = pd.read_parquet(paths.per_problem(t))
+    return out

@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from . import arith, artifacts, metrics, organism
+from . import arith, artifacts, metrics, organism, verdict
 from .config import RunConfig, load_recipe, resolve_recipe
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +49,7 @@ def stage_outputs(paths: artifacts.RunPaths, stage: str, t: int, cfg) -> list[Pa
         return [paths.samples(t, s) for s in cfg.splits]
     if stage == "verify":
         return [paths.train_data(t)] if t < cfg.iterations else [paths.samples(t, "test")]
-    return [paths.metrics(t)]
+    return [paths.metrics(t), paths.per_problem(t)]
 
 
 def prepare(cfg: RunConfig, paths: artifacts.RunPaths, manifest: artifacts.Manifest, organism_root: Path,
@@ -112,6 +112,8 @@ def run(recipe: str, *, overrides: list[str] | None = None, runs_root: str | Pat
         for stage in stages_of(t):
             stage_cfg = cfg.stage(stage, t, paths.root)
             key = f"{t}/{stage}"
+            if key == "2/train":
+                log_paradigm_advice(paths, cfg.paradigm, log)
             if manifest.is_done(key, stage_outputs(paths, stage, t, stage_cfg)):
                 log(f"  [{key}] done, skipped")
             else:
@@ -138,19 +140,37 @@ def run(recipe: str, *, overrides: list[str] | None = None, runs_root: str | Pat
     return paths.root
 
 
+def log_paradigm_advice(paths: artifacts.RunPaths, paradigm: str, log=print) -> None:
+    """The paper's paradigm advice from M1's coverage (recorded in iter_1/metrics.json by the evaluate
+    stage), logged before the first training stage."""
+    if not paths.metrics(1).exists():
+        return
+    advice = json.loads(paths.metrics(1).read_text()).get("paradigm_advice")
+    if advice:
+        agrees = {"dpo": "DPO" in advice["advice"], "sft": advice["advice"] == "SFT"}.get(paradigm)
+        log(f"  paradigm advice: M1 coverage_mean {advice['coverage_mean']:.3f} -> iterative {advice['advice']} "
+            f"({advice['rule']}); this run: iterative {paradigm.upper()}"
+            + ("" if agrees is None else " (as advised)" if agrees else " (not the advised paradigm)"))
+
+
 def report(paths: artifacts.RunPaths, manifest: artifacts.Manifest,
-           figures_dir: str | Path | None = PACKAGE_ROOT / "figures", log=print) -> None:
-    """Summary table, per-stage timings and the pass@1 figure of a finished run, into report/ and (unless
-    None) `figures_dir`."""
+           figures_dir: str | Path | None = PACKAGE_ROOT / "figures", log=print,
+           thresholds: verdict.Thresholds | None = None) -> None:
+    """Summary table, per-stage timings, the tidy metrics table, the verdict and the pass@1 figure of a
+    finished run, into report/ and (unless None) `figures_dir`."""
     from . import plots
 
+    metrics.write_table(paths.root)
     table = metrics.collect(paths.root)
     summary = summary_table(paths.root)
-    paths.report.mkdir(parents=True, exist_ok=True)
-    table.to_csv(paths.report / "metrics_long.csv", index=False)
     (paths.report / "summary.md").write_text(summary + "\n")
     log("\n" + summary)
     log("\n" + timing_table(manifest))
+    thresholds = thresholds or verdict.Thresholds()
+    v = verdict.for_run(paths.root, thresholds)
+    if v is not None:
+        verdict.write(v, paths.root, thresholds)
+        log("\n" + verdict.to_markdown(v))
     fig = plots.pass1_by_iteration(table, title=f"run {paths.root.name}")
     for dest in [paths.report] + ([Path(figures_dir)] if figures_dir else []):
         dest.mkdir(parents=True, exist_ok=True)

@@ -11,17 +11,21 @@ import seaborn as sns  # noqa: E402
 
 
 def pass1_by_iteration(table: pd.DataFrame, title: str = "") -> plt.Figure:
-    """Greedy pass@1 per iteration: test overall and per level (left), test vs OOD (right).
+    """Greedy pass@1 per iteration: test overall and per level (left), test vs OOD with 95% intervals (right).
     The best iterate is marked with its gain over M1, as in the paper's Figure 1 (paper.md §3.1)."""
     sns.set_theme(style="whitegrid", context="paper")
     p1 = table[table["metric"] == "pass@1"]
     fig, (ax_l, ax_r) = plt.subplots(1, 2, figsize=(10, 3.8))
-    lv = p1[(p1["split"] == "test") & p1["level"].notna()].copy()
-    lv["level"] = lv["level"].astype(int).map(lambda x: f"level {x}")
+    lv = p1[(p1["split"] == "test") & p1["subset"].str.fullmatch(r"L\d+")].copy()
+    lv["level"] = lv["subset"].str[1:].astype(int).map(lambda x: f"level {x}")
     sns.lineplot(lv, x="iteration", y="value", hue="level", marker="o", palette="viridis", ax=ax_l)
-    overall = p1[p1["level"].isna()].copy()
+    overall = p1[p1["subset"] == "all"].copy()
     overall["split"] = overall["split"].map({"test": "test (in-domain)", "ood": "OOD (unseen templates)"})
     sns.lineplot(overall, x="iteration", y="value", hue="split", style="split", marker="o", ax=ax_r)
+    for i, (_, g) in enumerate(overall.groupby("split", sort=False)):
+        if g["ci_low"].notna().all():  # the 95% bootstrap interval over problems
+            ax_r.fill_between(g["iteration"], g["ci_low"].astype(float), g["ci_high"].astype(float), alpha=0.15,
+                              color=f"C{i}", linewidth=0)
     test = overall[overall["split"] == "test (in-domain)"].set_index("iteration")["value"]
     if len(test):
         best = int(test.idxmax())

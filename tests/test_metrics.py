@@ -1,12 +1,14 @@
 """Metrics against brute force and hand-made tables."""
 
 import itertools
+import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from selfimprove import metrics
+from selfimprove import artifacts, estimators, metrics
 
 
 @pytest.mark.parametrize("n", range(1, 11))
@@ -60,3 +62,117 @@ def test_coverage_both_definitions():
     cov = metrics.coverage(_table())
     assert cov["coverage_mean"] == pytest.approx((3 / 4 + 1 / 4 + 0) / 3)
     assert cov["coverage_any"] == pytest.approx(2 / 3)
+
+
+def test_split_metrics_rows_carry_intervals_and_disparity():
+    m = metrics.split_metrics(_table(), ks=[1, 2], n_boot=200, seed=0)
+    # levels 1 and 2 here: disparity (1.0 - 0.0) / 1.0 between the lowest and highest level present
+    assert m["group_disparity"]["value"] == 1.0 and m["group_disparity"]["levels"] == [1, 2]
+    rows = {(r["metric"], r["subset"], r["k"]): r for r in m["rows"]}
+    assert set(rows) == {("pass@1", "all", 1), ("pass@1", "L1", 1), ("pass@1", "L2", 1),
+                         ("group_disparity", "L1-L2", None), ("pass@k", "all", 1), ("pass@k", "all", 2)}
+    p1 = rows[("pass@1", "all", 1)]
+    assert p1["value"] == pytest.approx(1 / 3) and p1["n"] == 3 and 0 <= p1["ci_low"] <= p1["ci_high"] <= 1
+    assert rows[("pass@1", "L1", 1)]["ci_low"] == rows[("pass@1", "L1", 1)]["ci_high"] == 1.0  # one problem
+
+
+def test_bootstrap_interval_matches_the_normal_approximation():
+    values = [1.0] * 300 + [0.0] * 700  # p = 0.3, n = 1000: 0.3 +- 1.96 * sqrt(0.21 / 1000) = +-0.0284
+    lo, hi = estimators.bootstrap_ci(values, n_boot=2000, seed=1)
+    assert lo == pytest.approx(0.3 - 0.0284, abs=0.004) and hi == pytest.approx(0.3 + 0.0284, abs=0.004)
+    assert estimators.bootstrap_ci(values, n_boot=2000, seed=1) == (lo, hi)  # seeded: reproducible
+    assert estimators.bootstrap_ci([], 100) == (None, None)
+    assert estimators.bootstrap_ci([0.5, float("nan")], 100) == (0.5, 0.5)
+
+
+def test_disparity_by_hand_and_its_interval():
+    correct = [1] * 90 + [0] * 10 + [1] * 30 + [0] * 70  # L1 0.9, L5 0.3
+    level = [1] * 100 + [5] * 100
+    d = estimators.disparity(correct, level, n_boot=1000, seed=0)
+    assert d["value"] == pytest.approx((0.9 - 0.3) / 0.9) and d["accuracy"] == {1: 0.9, 5: 0.3}
+    lo, hi = d["ci"]
+    assert lo < d["value"] < hi and hi - lo < 0.3
+    assert estimators.disparity([0, 0, 1], [1, 1, 5], n_boot=0)["value"] is None  # L1 accuracy 0: undefined
+    assert estimators.disparity([1, 0], [3, 3]) is None  # one level only
+    ch = estimators.disparity_change(correct, [1] * 90 + [0] * 10 + [0] * 100, level, n_boot=500)
+    assert ch["value"] == pytest.approx(1.0 - (0.9 - 0.3) / 0.9) and ch["ci"][0] > 0
+
+
+def test_paradigm_advice_rule():
+    assert estimators.paradigm_advice(0.51) == "DPO or SFT-DPO"
+    assert estimators.paradigm_advice(0.5) == "SFT" and estimators.paradigm_advice(0.1) == "SFT"
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        estimators.paradigm_advice(1.5)
+
+
+def _run_dir(tmp_path):
+    """A hand-made run: M1 and M2 graded sample tables for test, OOD (and train for M1)."""
+    from dataclasses import asdict
+
+    from selfimprove.config import RunConfig
+
+    paths = artifacts.RunPaths(tmp_path / "run")
+    cfg = RunConfig(name="run", iterations=2)
+    artifacts.Manifest.open(paths, asdict(cfg), cfg.digest())
+    outcomes = {1: {"p1": (1, [1, 1, 0, 0]), "p2": (0, [1, 0, 0, 0]), "p3": (0, [0, 0, 0, 0])},
+                2: {"p1": (1, [1, 1, 1, 0]), "p2": (1, [1, 1, 0, 0]), "p3": (0, [0, 0, 0, 0])}}
+    for t, probs in outcomes.items():
+        for split in ("test", "ood", "train") if t == 1 else ("test", "ood"):
+            rows = []
+            for pid, (greedy, sampled) in probs.items():
+                level = int(pid[1]) if split != "train" else None
+                for dec, flags in (("greedy", [greedy]), ("sample", sampled)):
+                    for i, ok in enumerate(flags):
+                        resp = f"{i} + 1 = {i + 1}\n#### {i + 1}" if ok else f"{pid} {i} + 2 = 9\n#### 9"
+                        rows.append(dict(iteration=t, split=split, task="arith", problem_id=pid, level=level,
+                                         decoding=dec, sample_idx=i, response=resp, finish_reason="stop",
+                                         status="correct" if ok else "incorrect", correct=bool(ok)))
+            artifacts.write_parquet(pd.DataFrame(rows), paths.samples(t, split))
+    return paths
+
+
+def test_recompute_writes_metrics_tidy_table_and_per_problem(tmp_path, monkeypatch):
+    from selfimprove import diversity
+
+    monkeypatch.setitem(diversity._MODELS, "fake", _FakeModel())
+    paths = _run_dir(tmp_path)
+    written = metrics.recompute(paths.root, {"embedding_model": "fake", "cache_dir": str(tmp_path / "cache"),
+                                             "diversity_per_problem": 2, "bootstrap": 100, "ks": [1, 2, 4]},
+                                log=lambda *a: None)
+    assert paths.metrics(1) in written and paths.per_problem(2) in written
+    table = pd.read_parquet(paths.report / "metrics.parquet")
+    assert list(table.columns) == ["iteration", "split", "metric", "subset", "k", "value", "ci_low", "ci_high", "n"]
+    get = table.set_index(["iteration", "split", "metric", "subset", "k"])["value"]
+    assert get[(2, "test", "pass@1", "all", 1)] == pytest.approx(2 / 3)
+    assert get[(1, "train", "coverage_mean", "all", pd.NA)] == pytest.approx((0.5 + 0.25 + 0) / 3)
+    assert get[(1, "train", "coverage_any", "all", pd.NA)] == pytest.approx(2 / 3)
+    # IS(2) = {p2}; M1 had 1 of 4 samples right on p2: accuracy@1 0.25, @4 1.0
+    assert get[(2, "test", "set:improved", "all", pd.NA)] == 1
+    assert get[(2, "test", "m1_accuracy@N", "improved", 1)] == pytest.approx(0.25)
+    assert get[(2, "test", "m1_accuracy@N", "improved", 4)] == pytest.approx(1.0)
+    assert get[(2, "test", "m1_accuracy@N", "still_unsolved", 4)] == 0.0  # p3
+    # diversity sets of 2 (k = 2): M1 correct sets p1 (2 right); incorrect sets p1, p2, p3
+    div = table[(table["iteration"] == 1) & (table["split"] == "test") & (table["metric"] == "distinct_n")]
+    assert dict(zip(div["subset"], div["n"])) == {"correct": 1, "incorrect": 3} and set(div["k"]) == {2}
+    emb = table[(table["metric"] == "embedding_diversity") & table["value"].notna()]
+    assert len(emb) > 0 and emb["value"].between(0, 2).all() and (emb["value"] > 0).any()
+    m1 = json.loads(paths.metrics(1).read_text())
+    assert m1["paradigm_advice"]["advice"] == "SFT"  # coverage 0.25 <= 0.5
+    assert m1["evaluate"]["diversity_per_problem"] == 2 and "run_dir" not in m1["evaluate"]
+    pp = pd.read_parquet(paths.per_problem(2))
+    assert set(pp["split"]) == {"test", "ood"} and {"greedy_correct", "n", "c", "distinct_n:correct"} <= set(pp)
+    assert metrics.collect(paths.root).equals(metrics.collect(paths.root))
+
+
+def test_evaluate_refuses_an_ungraded_table(tmp_path):
+    paths = _run_dir(tmp_path)
+    df = pd.read_parquet(paths.samples(1, "test")).drop(columns=["correct"])
+    df.to_parquet(paths.samples(1, "test"))
+    with pytest.raises(metrics.MetricsError, match=r"samples_test.parquet: the test sample table of M1 lacks "
+                                                   r"column\(s\) \['correct'\]"):
+        metrics.recompute(paths.root, {"embedding_model": ""}, log=lambda *a: None)
+
+
+class _FakeModel:
+    def encode(self, texts, **_):
+        return np.array([[len(t), sum(map(ord, t)) % 97, 1.0] for t in texts], dtype=np.float32)

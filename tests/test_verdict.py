@@ -1,0 +1,109 @@
+"""The verdict on hand-made runs: progress, reversal and no gain, with the reasons it gives."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from selfimprove import verdict
+from selfimprove.config import RecipeError, build
+
+N_TEST, N_OOD = 400, 300
+
+
+def _first(n: int, share: float) -> np.ndarray:
+    """n problems, the first share of them correct."""
+    return (np.arange(n) < round(share * n)).astype(float)
+
+
+def _table(test_acc, ood_acc, div_correct, div_incorrect, samples_c=2, levels=(1, 5), shift=0) -> pd.DataFrame:
+    """Per-problem table as iter_<t>/per_problem.parquet. Level 1 problems come first, so greedy accuracy
+    spreads over levels as in a real run (easy first); `shift` moves the solved problems along (churn)."""
+    rows = []
+    for split, n, acc in (("test", N_TEST, test_acc), ("ood", N_OOD, ood_acc)):
+        g = np.roll(_first(n, acc), shift)
+        lv = np.where(np.arange(n) < n // 2, levels[0], levels[1])
+        for i in range(n):
+            rows.append({"split": split, "problem_id": f"{split}{i:03d}", "level": int(lv[i]),
+                         "greedy_correct": g[i], "n": 4, "c": samples_c if g[i] == 0 else 4,
+                         # diversity only on test, varying a little between problems
+                         "distinct_n:correct": div_correct + 0.01 * (i % 5) if split == "test" else np.nan,
+                         "distinct_n:incorrect": div_incorrect + 0.01 * (i % 3) if split == "test" else np.nan})
+    return pd.DataFrame(rows)
+
+
+M1 = _table(0.40, 0.50, 0.40, 0.50)
+
+
+def test_progress_when_pass1_gains_and_nothing_declines():
+    v = verdict.judge({1: M1, 2: _table(0.50, 0.50, 0.40, 0.50)}, n_boot=500)
+    assert v.label == "progress" and v.best == 2 == v.last
+    assert v.line.startswith("PROGRESS: M1->M2 (best and last): pass@1 +0.100 [")
+    assert "no decline" in v.line
+    gain = v.table[v.table["kind"] == "gain"].iloc[0]
+    assert gain["change"] == pytest.approx(0.10) and gain["ci_low"] > 0 and gain["fired"]
+    assert not v.table[v.table["kind"] == "decline"]["fired"].any()
+    # every gained problem had 2 of M1's 4 samples right: pass@4 = 1, the whole gain was within reach
+    note = v.table[v.table["kind"] == "note"].iloc[0]
+    assert note["signal"] == "share of IS(t) within M1's pass@4" and note["mt"] == pytest.approx(1.0)
+    assert note["n"] == 40 and "100% of the 40 gained problems were within M1's pass@4" in v.line
+
+
+def test_reversal_names_every_decline():
+    later = {2: _table(0.46, 0.45, 0.40, 0.50), 3: _table(0.50, 0.30, 0.25, 0.40)}
+    v = verdict.judge({1: M1, **later}, n_boot=500)
+    assert v.label == "reversal" and v.best == 3 == v.last
+    fired = set(v.table[v.table["fired"] & (v.table["kind"] == "decline")]["signal"] + "/"
+                + v.table[v.table["fired"] & (v.table["kind"] == "decline")]["split"])
+    assert {"pass@1/ood", "distinct_n (correct)/test", "distinct_n (incorrect)/test"} <= fired
+    assert v.line.startswith("REVERSAL: M1->M3 (best and last): pass@1 +0.100")
+    assert "pass@1 ood -0.200" in v.line and "distinct_n (correct) -" in v.line
+    ood = v.table[(v.table["signal"] == "pass@1") & (v.table["split"] == "ood")].iloc[0]
+    assert ood["change"] == pytest.approx(-0.20) and ood["ci_high"] < 0
+
+
+def test_reversal_by_the_last_iterate_after_a_clean_best():
+    later = {2: _table(0.55, 0.50, 0.40, 0.50), 3: _table(0.50, 0.30, 0.40, 0.50)}
+    v = verdict.judge({1: M1, **later}, n_boot=500)
+    assert (v.best, v.last, v.label) == (2, 3, "reversal")
+    assert v.line.startswith("REVERSAL: M1->M3 (last)") and "M1->M2 (best): progress" in v.line
+    assert set(v.table["comparison"]) == {"M1->M2 (best)", "M1->M3 (last)"}
+
+
+def test_no_gain_when_the_interval_covers_zero():
+    # M2 solves test problems 20..183 where M1 solved 0..159: 24 gained, 20 lost, +0.01 net
+    v = verdict.judge({1: M1, 2: _table(0.41, 0.20, 0.10, 0.10, shift=20)}, n_boot=500)
+    assert v.label == "no gain" and "is not a gain" in v.line
+    gain = v.table[v.table["kind"] == "gain"].iloc[0]
+    assert gain["ci_low"] < 0 < gain["ci_high"] and not gain["fired"]
+
+
+def test_group_disparity_signal_by_hand():
+    v = verdict.judge({1: M1, 2: _table(0.60, 0.50, 0.40, 0.50)}, n_boot=200)
+    gd = v.table[(v.table["signal"] == "group disparity (L1-L5)") & (v.table["split"] == "test")].iloc[0]
+    # M1: 160 of the 200 level-1 problems right, none of level 5 -> GD 1; M2: all 200 level-1 and 40 of
+    # level 5 -> GD (1 - 0.2) / 1 = 0.8
+    assert gd["m1"] == pytest.approx(1.0) and gd["mt"] == pytest.approx(0.8)
+    assert gd["change"] == pytest.approx(-0.2) and not gd["fired"]  # disparity fell: no decline
+
+
+def test_thresholds_change_the_verdict_and_are_validated():
+    run = {1: M1, 2: _table(0.50, 0.48, 0.38, 0.50)}  # OOD -2 points; correct distinct-n -4.8% (0.42 -> 0.40)
+    v = verdict.judge(run, n_boot=500)
+    fired = v.table[v.table["fired"] & (v.table["kind"] == "decline")]
+    assert v.label == "reversal" and list(fired["signal"] + "/" + fired["split"]) == ["pass@1/ood"]
+    assert verdict.judge(run, verdict.Thresholds(diversity_drop=0.04), n_boot=500).table.query(
+        "signal == 'distinct_n (correct)'")["fired"].item()
+    lenient = verdict.Thresholds(ood_drop=0.05, diversity_drop=0.20)
+    assert verdict.judge(run, lenient, n_boot=500).label == "progress"
+    with pytest.raises(RecipeError, match="'ood_drop' must be >= 0"):
+        build(verdict.Thresholds, {"ood_drop": -1}, "--threshold")
+    with pytest.raises(RecipeError, match="unknown key 'od_drop'"):
+        build(verdict.Thresholds, {"od_drop": 1}, "--threshold")
+
+
+def test_verdict_needs_two_iterates_and_writes_markdown():
+    with pytest.raises(ValueError, match="at least one later iterate"):
+        verdict.judge({1: M1})
+    v = verdict.judge({1: M1, 2: _table(0.50, 0.50, 0.40, 0.50)}, n_boot=100)
+    md = verdict.to_markdown(v)
+    assert md.startswith("**Verdict: PROGRESS") and "| M1->M2 (best and last) | pass@1 | test |" in md
