@@ -86,6 +86,15 @@ def test_mbpp_in_the_batch_uses_the_sandbox_and_its_timeout():
     assert "wall-clock limit" in got[1].detail  # the sandbox's own limit fired, before the worker kill
 
 
+def test_an_item_over_the_memory_limit_costs_only_itself():
+    """The worker's address-space limit ends a runaway item; its worker dies, is replaced, the batch goes on."""
+    huge = "9" * 150_000_000  # reading this 150 MB line needs more than the 256 MB the worker may map
+    got = grade_batch("gsm8k", [(huge, "1"), ("#### 1", "1")], timeout_s=20.0, workers=1, memory_mb=256)
+    assert [g.status for g in got] == ["error", "correct"]
+    assert "died" in got[0].detail
+    assert _workers_alive() == []
+
+
 def test_arguments_are_checked():
     with pytest.raises(ValueError, match="timeout_s"):
         grade_batch("gsm8k", [("#### 1", "1")], timeout_s=0)

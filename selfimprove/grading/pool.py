@@ -101,12 +101,14 @@ def grade_batch(task: str, items: list[tuple[str, object]], timeout_s: float = 1
     try:
         pool = [_Worker(task, memory_mb, sandbox_s) for _ in range(min(workers, len(items)))]
         while pending or any(w.item is not None for w in pool):
-            for w in pool:
-                while w.ready and w.item is None and pending:
+            for k, w in enumerate(pool):
+                if w.ready and w.item is None and pending:
                     i = pending.popleft()
-                    if not w.send(i, *items[i], timeout_s):
-                        pending.appendleft(i)
-                        break
+                    if not w.send(i, *items[i], timeout_s):  # it died taking the item (e.g. its memory limit)
+                        results[i] = Grade("error", None, f"grader process died reading the item (exit "
+                                                          f"{w.proc.wait()})")
+                        w.kill()
+                        pool[k] = _Worker(task, memory_mb, sandbox_s)
             now = time.monotonic()
             deadlines = [w.deadline if w.item is not None else w.started + STARTUP_S for w in pool]
             readable, _, _ = select.select([w.fd for w in pool], [], [], max(0.0, min(deadlines) - now))
