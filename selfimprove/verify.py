@@ -26,7 +26,8 @@ def grade_table(df: pd.DataFrame, problems: list[dict], task: str, timeout_s: fl
                 memory_mb: int = 2048) -> pd.DataFrame:
     """The sample table with `extracted`, `status` and `correct` (re)computed from `response`.
 
-    `problems` are the run's problem rows; their `answer` is the gold (MBPP rows carry `tests` and `setup`).
+    `problems` are the run's problem rows; their `answer` is the gold (MBPP rows carry `tests` and `setup`,
+    CommonsenseQA rows may carry the dataset's `choices`).
     """
     gold = {p["id"]: p for p in problems}
     unknown = set(df["problem_id"]) - set(gold)
@@ -36,6 +37,9 @@ def grade_table(df: pd.DataFrame, problems: list[dict], task: str, timeout_s: fl
         raise data.DataError(f"no grader for task {task!r}; graders: {', '.join(GRADERS)}")
     if task == "mbpp":
         golds = {pid: {"tests": p["tests"], "setup": p.get("setup", "")} for pid, p in gold.items()}
+    elif task == "csqa":  # with the options, a response giving an option's text is read too
+        golds = {pid: {"answer": p["answer"], "choices": p["choices"]} if p.get("choices") else p["answer"]
+                 for pid, p in gold.items()}
     else:
         golds = {pid: p["answer"] for pid, p in gold.items()}
     items = [(resp, golds[pid]) for pid, resp in zip(df["problem_id"], df["response"])]

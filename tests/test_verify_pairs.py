@@ -83,3 +83,12 @@ def test_pairs_are_seeded_and_ignore_greedy_rows():
 def test_empty_input_gives_empty_table_with_columns():
     out = pairs.make_pairs(_table({"p": ["correct"]}))
     assert out.empty and list(out.columns) == pairs.PAIR_COLUMNS
+
+
+def test_grade_table_passes_csqa_choices_and_mbpp_tests():
+    df = pd.DataFrame({"problem_id": ["q"], "response": ["river bank"]})
+    problems = [{"id": "q", "answer": "B", "choices": {"label": ["A", "B"], "text": ["bank", "river bank"]}}]
+    assert verify.grade_table(df, problems, "csqa")["status"].tolist() == ["correct"]
+    df = pd.DataFrame({"problem_id": ["m"], "response": ["```python\ndef f():\n    return 2\n```"]})
+    problems = [{"id": "m", "answer": "", "tests": ["assert f() == 2"], "setup": ""}]
+    assert verify.grade_table(df, problems, "mbpp", timeout_s=5)["status"].tolist() == ["correct"]
