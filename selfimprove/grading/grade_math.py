@@ -18,6 +18,9 @@ Equivalence (`grade_math`), in order:
    places, so on its own it equates `1/2004!` with `1/2006!` (its issue 14). Elements of tuples, sets and
    matrices are left to Math-Verify's own rule.
 
+A gold that Math-Verify cannot parse makes the item an `error`; an answer it cannot parse, whose text differs
+from the gold, is `incorrect` (the `detail` says so).
+
 Limits (our choice; the item is still counted, with the reason in `detail`): an answer longer than
 MAX_ANSWER_CHARS, or braces nested deeper than MAX_BRACE_DEPTH once redundant `{{...}}` pairs are removed,
 is an `error`; an answer whose exact value would need more than MAX_EXACT_DIGITS digits (power towers like
