@@ -206,6 +206,8 @@ class EvaluateConfig(StageConfig):
     ks: list[int] = _list(1, 2, 4, 8)  # k values of pass@k, each at most sample.n_eval_samples
     diversity_per_problem: int = 4  # responses per diversity set (correct, incorrect alike), 0 for all (organism.md: 4)
     embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"  # embedding diversity model, empty to skip
+    embedding_problems: int = 100  # problems per split and group whose sets are embedded, 0 for all (our choice)
+    embedding_splits: list[str] = _list("test")  # splits with embedding diversity (paper Figure 4: in-domain)
     cache_dir: str = "data/cache"  # embedding cache folder, relative to the working directory (our choice)
     bootstrap: int = 1000  # bootstrap resamples over problems for 95% intervals, 0 for none (our choice)
 
@@ -215,6 +217,10 @@ class EvaluateConfig(StageConfig):
         if self.diversity_per_problem < 0 or self.diversity_per_problem == 1:
             raise ValueError(f"'diversity_per_problem' must be 0 (all responses) or >= 2 (a set of one response "
                              f"has no pairs), got {self.diversity_per_problem}")
+        if not set(self.embedding_splits) <= {"test", "ood"}:
+            raise ValueError(f"'embedding_splits' must be a subset of ['test', 'ood'], got {self.embedding_splits}")
+        if self.embedding_problems < 0:
+            raise ValueError(f"'embedding_problems' must be >= 0 (0 = every problem), got {self.embedding_problems}")
         if self.bootstrap < 0:
             raise ValueError(f"'bootstrap' must be >= 0 (0 = no intervals), got {self.bootstrap}")
 

