@@ -277,7 +277,7 @@ def embedding_subset(problem_ids, limit: int) -> list:
 def problem_diversity(samples: pd.DataFrame, per_problem: int, task: str,
                       embedder: Embedder | None, embedding_problems: int = 0) -> pd.DataFrame:
     """One row per problem: `<metric>:<subset>` for every diversity metric and subset (NaN where the problem
-    has no value, see the module docstring). `embedder` None skips embedding diversity; `embedding_problems`
+    has no value, see the module docstring). `embedder` None leaves embedding diversity out; `embedding_problems`
     > 0 embeds the sets of at most that many problems per subset (embedding_subset), the costly part."""
     sets = response_sets(samples, per_problem)
     pids = sorted(samples["problem_id"].unique())
@@ -287,7 +287,8 @@ def problem_diversity(samples: pd.DataFrame, per_problem: int, task: str,
         out[f"distinct_n:{subset}"] = pd.Series({p: distinct_n_avg(by_pid[p]) for p in ids}, dtype=float)
         out[f"distinct_equations:{subset}"] = pd.Series(
             {p: distinct_equations(by_pid[p], task) for p in ids}, dtype=float)
-        out[f"embedding_diversity:{subset}"] = np.nan
+        if embedder is not None:
+            out[f"embedding_diversity:{subset}"] = np.nan
     if embedder is not None:
         sets = {subset: {p: by_pid[p] for p in embedding_subset(by_pid, embedding_problems)}
                 for subset, by_pid in sets.items()}
