@@ -21,11 +21,11 @@ demo: $(STAMP)
 	$(BIN)/selfimprove run demo
 
 test: $(STAMP)
-	$(BIN)/ruff check selfimprove tests notebooks
+	$(BIN)/ruff check selfimprove tests notebooks bench
 	$(BIN)/python -m pytest selfimprove tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check selfimprove tests notebooks
+	$(BIN)/ruff check selfimprove tests notebooks bench
 
 clean-runs:
 	rm -rf data/runs

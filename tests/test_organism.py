@@ -73,3 +73,48 @@ def test_ood_pool_never_overlaps_the_splits():
     assert {r["template"] for r in pool} <= set(arith.OOD_TEMPLATES)
     taken = {r["question"] for rows in splits.values() for r in rows}
     assert not taken & {r["question"] for r in pool}
+
+
+def test_muon_orthogonalizes_and_trains_the_hidden_matrices_only():
+    import torch
+
+    muon = organism._muon_class()
+    g = torch.randn(24, 64, generator=torch.Generator().manual_seed(0))
+    for m in (g, g.T):  # wide and tall
+        s = torch.linalg.svdvals(muon.orthogonalize(m, 5))
+        # the quintic iteration maps every singular value into about [0.7, 1.2] (KellerJordan/Muon), whatever
+        # the input's spread: here from svdvals(g), a factor of ~6 apart
+        assert s.min() > 0.6 and s.max() < 1.25, s
+    model = organism.build_model(TINY, organism.train_tokenizer(["Mia has 1 card.\n1 + 2 = 3\n#### 3"] * 5, 300))
+    muon_opt, adamw = organism.make_optimizers(model, "muon", 1e-3, 0.02)
+    hidden = {id(p) for group in muon_opt.param_groups for p in group["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in hidden}
+    assert names and all(p.ndim == 2 for n, p in model.named_parameters() if id(p) in hidden)
+    assert not any("embed" in n or "norm" in n for n in names)
+    assert len(hidden) + sum(len(g["params"]) for g in adamw.param_groups) == len(list(model.parameters()))
+
+
+def test_muon_build_learns(tmp_path):
+    import torch
+
+    from selfimprove import arith
+
+    cfg = organism.OrganismConfig(**{**TINY.__dict__, "optimizer": "muon"})
+    record = organism.build(cfg, tmp_path / "muon", log=lambda *a: None)
+    assert record["config"]["optimizer"] == "muon"
+    rows = arith.generate(cfg.arith)["train"]
+    tok = organism.train_tokenizer([f"{r['question']}\n{s}" for r in rows for s in r["solutions"]], 300)
+    examples = organism._sft_examples(tok, rows)
+    for muon_lr in (0.0, 0.02):  # Muon alone moves the hidden matrices; the loss falls
+        model = organism.build_model(cfg, tok)
+        before = {n: p.detach().clone() for n, p in model.named_parameters() if "layers" in n and p.ndim == 2}
+        losses = organism.train_lm(model, examples, steps=40, batch_size=8, lr=1e-2, warmup=5, seed=0,
+                                   pad_id=tok.pad_token_id, optimizer="muon", muon_lr=muon_lr, log=lambda *a: None)
+        moved = [not torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before]
+        assert all(moved) if muon_lr else not any(moved)
+        assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
+
+
+def test_unknown_optimizer_is_named():
+    with pytest.raises(ValueError, match="'optimizer' must be one of"):
+        organism.OrganismConfig(optimizer="sgd")
