@@ -64,15 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
         for i, batch in enumerate(batches):
             if i == args.warmup:
                 t0 = time.perf_counter()
-            width = max(len(ids) for ids, _ in batch)
-            ids = torch.full((len(batch), width), tok.pad_token_id)
-            labels = torch.full((len(batch), width), -100)
-            attn = torch.zeros((len(batch), width), dtype=torch.long)
-            for j, (seq, start) in enumerate(batch):
-                ids[j, :len(seq)] = torch.tensor(seq)
-                labels[j, start:len(seq)] = torch.tensor(seq[start:])
-                attn[j, :len(seq)] = 1
-            model(input_ids=ids, attention_mask=attn, labels=labels).loss.backward()
+            model(**organism.collate(batch, tok.pad_token_id)).loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             for opt in opts:
                 opt.step()

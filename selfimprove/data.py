@@ -20,20 +20,27 @@ class DataError(ValueError):
     """A problem file or row is malformed; the message names the file, line and field."""
 
 
-def load_jsonl(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"problem file not found: {path}")
-    rows, ids = [], set()
-    for no, line in enumerate(path.read_text().splitlines(), 1):
+def json_objects(path: Path, error: type[Exception] = ValueError):
+    """(line number, object) for each non-blank line of a JSONL file; a line that is not a JSON object raises
+    `error` naming the file and the line."""
+    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{no}: not valid JSON ({e.msg})") from None
+            raise error(f"{path}:{no}: not valid JSON ({e.msg})") from None
         if not isinstance(row, dict):
-            raise DataError(f"{path}:{no}: expected a JSON object, got {type(row).__name__}")
+            raise error(f"{path}:{no}: expected a JSON object, got {type(row).__name__}")
+        yield no, row
+
+
+def load_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"problem file not found: {path}")
+    rows, ids = [], set()
+    for no, row in json_objects(path, DataError):
         for key, typ in REQUIRED.items():
             if not isinstance(row.get(key), typ):
                 raise DataError(f"{path}:{no}: field '{key}' must be a {typ.__name__}, got {row.get(key)!r}")

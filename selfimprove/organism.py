@@ -194,6 +194,21 @@ def make_optimizers(model, name: str, lr: float, muon_lr: float) -> list:
 OPTIMIZERS = ("adamw", "muon")
 
 
+def collate(batch: list[tuple[list[int], int]], pad_id: int) -> dict:
+    """Right-padded input_ids, attention_mask and labels (-100 before each example's loss start) of a batch."""
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.full((len(batch), width), pad_id)
+    labels = torch.full((len(batch), width), -100)
+    attn = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, (seq, start) in enumerate(batch):
+        ids[i, :len(seq)] = torch.tensor(seq)
+        labels[i, start:len(seq)] = torch.tensor(seq[start:])
+        attn[i, :len(seq)] = 1
+    return {"input_ids": ids, "attention_mask": attn, "labels": labels}
+
+
 def train_lm(model, examples, *, steps: int, batch_size: int, lr: float, warmup: int, seed: int,
              pad_id: int, optimizer: str = "adamw", muon_lr: float = 0.02, log=print) -> list[float]:
     """Training loop with warmup + cosine decay. `examples` are (token ids, index where the loss starts)."""
@@ -210,15 +225,7 @@ def train_lm(model, examples, *, steps: int, batch_size: int, lr: float, warmup:
     model.train()
     losses = []
     for step, batch in enumerate(_batches(examples, batch_size, steps, rng)):
-        width = max(len(ids) for ids, _ in batch)
-        ids = torch.full((len(batch), width), pad_id)
-        labels = torch.full((len(batch), width), -100)
-        attn = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, (seq, start) in enumerate(batch):
-            ids[i, :len(seq)] = torch.tensor(seq)
-            labels[i, start:len(seq)] = torch.tensor(seq[start:])
-            attn[i, :len(seq)] = 1
-        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        loss = model(**collate(batch, pad_id)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         for opt, sched in zip(opts, scheds):

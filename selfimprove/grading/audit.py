@@ -16,12 +16,12 @@ Run audit (`run_rates`): the share of `timeout`, `no_answer` and `error` per ite
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 
+from ..data import json_objects
 from . import grade_math
 from .pool import grade_batch
 
@@ -74,19 +74,10 @@ def checks_of(task: str, row: dict, where: str) -> list[tuple[str, str, str, obj
 
 def read_rows(path: str | Path) -> list[tuple[str, dict]]:
     """(file:line, row) for each JSON line of a dataset file; bad JSON fails naming its line."""
-    path, rows = Path(path), []
+    path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data file not found: {path}")
-    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise AuditDataError(f"{path}:{no}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise AuditDataError(f"{path}:{no}: expected a JSON object")
-            rows.append((f"{path.name}:{no}", row))
-    return rows
+    return [(f"{path.name}:{no}", row) for no, row in json_objects(path, AuditDataError)]
 
 
 def audit_rows(task: str, rows: list[tuple[str, dict]], timeout_s: float = 10.0, workers: int = 2) -> pd.DataFrame:
