@@ -52,16 +52,14 @@ def _report(args) -> int:
 
 
 def _key_values(items: list[str], what: str) -> dict:
-    import yaml
-
-    from .config import RecipeError
+    from .config import RecipeError, load_yaml
 
     out = {}
     for item in items:
         if "=" not in item:
             raise RecipeError(f"{what} {item!r}: expected NAME=VALUE")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = load_yaml(value)
     return out
 
 

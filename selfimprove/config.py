@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -23,6 +24,23 @@ import yaml
 TASKS = ("arith",)  # tasks whose problems a run can prepare; later tasks add their loaders here
 PARADIGMS = ("dpo",)  # F_t for t >= 2 (paper.md §2.3)
 SPLITS = ("train", "test", "ood")
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-4` as a float: YAML 1.1 (PyYAML) wants a dot (`1.0e-4`) and would
+    hand the string '1e-4' to a float field; YAML 1.2's float syntax, as in recipes people write."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+               r"|[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str):
+    """A recipe or a command-line value as YAML (`learning_rate: 1e-4` is a float)."""
+    return yaml.load(text, Loader=_YamlLoader)
 
 
 class RecipeError(ValueError):
@@ -285,7 +303,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             target = target.setdefault(s, {})
             if not isinstance(target, dict):
                 raise RecipeError(f"override {item!r}: '{s}' is not a section")
-        target[leaf] = yaml.safe_load(value)
+        target[leaf] = load_yaml(value)
     return out
 
 
@@ -295,7 +313,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RunConf
     if not path.exists():
         raise RecipeError(f"recipe not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise RecipeError(f"recipe {path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):

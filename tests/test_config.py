@@ -73,6 +73,15 @@ def test_overrides_layer_over_the_recipe(tmp_path):
         config.load_recipe(p, ["sample.n_sample=6"])
 
 
+def test_exponent_floats_without_a_dot_are_floats(tmp_path):
+    # PyYAML (YAML 1.1) reads 1e-4 as a string; recipes and --set read it as a float
+    p = _write(tmp_path, "train: {learning_rate: 1e-4, beta: 2E-1}")
+    cfg = config.load_recipe(p)
+    assert cfg.stage("train", 2, "x").learning_rate == 1e-4 and cfg.stage("train", 2, "x").beta == 0.2
+    assert config.load_recipe(p, ["train.learning_rate=3e-4"]).stage("train", 2, "x").learning_rate == 3e-4
+    assert [config.load_yaml(t) for t in ("1e-4", "-2e3", "1e", "1.5.3", "7")] == [1e-4, -2000.0, "1e", "1.5.3", 7]
+
+
 def test_config_hash_changes_with_any_value(tmp_path):
     p = _write(tmp_path, "sample: {n_samples: 4}")
     assert config.load_recipe(p).digest() == config.load_recipe(p).digest()
