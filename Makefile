@@ -18,7 +18,7 @@ $(STAMP): requirements/cpu.txt pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/selfimprove run demo
+	$(BIN)/selfimprove run demo --figures-dir figures
 
 test: $(STAMP)
 	$(BIN)/ruff check selfimprove tests notebooks bench

@@ -39,7 +39,8 @@ def _run(args) -> int:
     from . import pipeline
 
     pipeline.run(args.recipe, overrides=args.set, runs_root=args.runs_root, organism_root=args.organism_root,
-                 overwrite=args.overwrite, log_output=args.verbose, stop_after=args.stop_after)
+                 overwrite=args.overwrite, log_output=args.verbose, stop_after=args.stop_after,
+                 figures_dir=args.figures_dir)
     return 0
 
 
@@ -47,7 +48,7 @@ def _report(args) -> int:
     from . import artifacts, pipeline
 
     paths = artifacts.RunPaths(args.run_dir)
-    pipeline.report(paths, artifacts.Manifest.load(paths))
+    pipeline.report(paths, artifacts.Manifest.load(paths), figures_dir=args.figures_dir)
     return 0
 
 
@@ -145,8 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--overwrite", action="store_true", help="delete a run made with another config")
     run_p.add_argument("--verbose", action="store_true", help="stream the notebooks' output")
     run_p.add_argument("--stop-after", default=None, metavar="T/STAGE", help="stop after this stage, e.g. 2/train")
+    run_p.add_argument("--figures-dir", default=None, metavar="DIR",
+                     help="also write the run's figures here (make demo: figures/); they always go to <run>/report/")
     p = sub.add_parser("report", help="summary table and figure of a run")
     p.add_argument("run_dir")
+    p.add_argument("--figures-dir", default=None, metavar="DIR",
+                     help="also write the run's figures here (make demo: figures/); they always go to <run>/report/")
     p.set_defaults(fn=_report)
     p = sub.add_parser("metrics", help="recompute every iteration's metrics from its sample tables; tidy "
                                        "table and verdict")

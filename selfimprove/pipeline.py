@@ -101,7 +101,7 @@ def execute_stage(stage: str, stage_cfg, out_nb: Path, log_output: bool) -> None
 
 def run(recipe: str, *, overrides: list[str] | None = None, runs_root: str | Path = "data/runs",
         organism_root: str | Path = "data/organism", overwrite: bool = False, log_output: bool = False,
-        stop_after: str | None = None, figures_dir: str | Path | None = PACKAGE_ROOT / "figures", log=print) -> Path:
+        stop_after: str | None = None, figures_dir: str | Path | None = None, log=print) -> Path:
     """Run (or resume) a recipe; returns the run directory. `stop_after` ("<t>/<stage>") ends early."""
     cfg = load_recipe(resolve_recipe(recipe, RECIPES), overrides)
     paths = artifacts.RunPaths(Path(runs_root) / cfg.name)
@@ -154,10 +154,10 @@ def log_paradigm_advice(paths: artifacts.RunPaths, paradigm: str, log=print) -> 
 
 
 def report(paths: artifacts.RunPaths, manifest: artifacts.Manifest,
-           figures_dir: str | Path | None = PACKAGE_ROOT / "figures", log=print,
+           figures_dir: str | Path | None = None, log=print,
            thresholds: verdict.Thresholds | None = None) -> None:
     """Summary table, per-stage timings, the tidy metrics table, the verdict and the pass@1 figure of a
-    finished run, into report/ and (unless None) `figures_dir`."""
+    finished run, into report/ and, when given, `figures_dir` (`make demo` passes figures/)."""
     from . import plots
 
     metrics.write_table(paths.root)

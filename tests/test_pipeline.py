@@ -62,6 +62,18 @@ def test_tiny_run_produces_every_artifact(tiny_run):
     assert "| M2 |" in (paths.report / "summary.md").read_text()
 
 
+def test_report_writes_figures_elsewhere_only_when_asked(tiny_run, tmp_path, capsys):
+    from selfimprove import cli
+
+    repo_figure = pipeline.PACKAGE_ROOT / "figures" / "pass1_by_iteration.png"
+    before = repo_figure.stat().st_mtime_ns if repo_figure.exists() else None
+    assert cli.main(["report", str(tiny_run)]) == 0
+    assert (repo_figure.stat().st_mtime_ns if repo_figure.exists() else None) == before
+    assert cli.main(["report", str(tiny_run), "--figures-dir", str(tmp_path / "figs")]) == 0
+    assert (tmp_path / "figs" / "pass1_by_iteration.png").stat().st_size > 10_000
+    assert "| M2 |" in capsys.readouterr().out
+
+
 def test_dpo_changed_the_model(tiny_run):
     from safetensors.torch import load_file
 
