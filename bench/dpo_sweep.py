@@ -47,15 +47,13 @@ def main(argv: list[str] | None = None) -> dict:
     import pandas as pd
 
     from selfimprove import artifacts, train
-    from selfimprove.config import TrainConfig, build, load_yaml
+    from selfimprove.config import TrainConfig, apply_overrides, build
     from selfimprove.data import load_split
 
     paths = artifacts.RunPaths(args.run_dir)
     recipe = artifacts.Manifest.load(paths).data["config"]
     fields = {**recipe.get("train", {}), **{k: recipe[k] for k in ("seed", "task", "paradigm", "iterations")}}
-    for kv in args.set:
-        key, _, value = kv.partition("=")
-        fields[key] = load_yaml(value)
+    fields = apply_overrides(fields, args.set)
     cfg = build(TrainConfig, {**fields, "run_dir": str(args.run_dir), "iteration": 2}, "--set")
     pairs = pd.read_parquet(paths.train_data(1))
     out_dir = Path("/tmp/dpo_sweep") / args.name

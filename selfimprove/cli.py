@@ -146,13 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--overwrite", action="store_true", help="delete a run made with another config")
     run_p.add_argument("--verbose", action="store_true", help="stream the notebooks' output")
     run_p.add_argument("--stop-after", default=None, metavar="T/STAGE", help="stop after this stage, e.g. 2/train")
-    run_p.add_argument("--figures-dir", default=None, metavar="DIR",
-                     help="also write the run's figures here (make demo: figures/); they always go to <run>/report/")
     p = sub.add_parser("report", help="summary table and figure of a run")
     p.add_argument("run_dir")
-    p.add_argument("--figures-dir", default=None, metavar="DIR",
-                     help="also write the run's figures here (make demo: figures/); they always go to <run>/report/")
     p.set_defaults(fn=_report)
+    for q in (run_p, p):
+        q.add_argument("--figures-dir", default=None, metavar="DIR",
+                       help="also write the run's figures here (make demo: figures/); they always go to <run>/report/")
     p = sub.add_parser("metrics", help="recompute every iteration's metrics from its sample tables; tidy "
                                        "table and verdict")
     p.add_argument("run_dir")

@@ -186,8 +186,9 @@ def make_optimizers(model, name: str, lr: float, muon_lr: float) -> list:
     adamw = dict(weight_decay=0.0, betas=(0.9, 0.98))
     if name == "adamw":
         return [torch.optim.AdamW(model.parameters(), lr=lr, **adamw)]
-    hidden = [p for n, p in model.named_parameters() if p.ndim == 2 and "embed" not in n and "lm_head" not in n]
-    rest = [p for n, p in model.named_parameters() if not any(p is h for h in hidden)]
+    hidden, rest = [], []
+    for n, p in model.named_parameters():
+        (hidden if p.ndim == 2 and "embed" not in n and "lm_head" not in n else rest).append(p)
     return [_muon_class()(hidden, lr=muon_lr), torch.optim.AdamW(rest, lr=lr, **adamw)]
 
 
