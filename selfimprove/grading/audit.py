@@ -6,7 +6,8 @@ would give it (`#### n`, `\\boxed{...}`, the option letter), and every gold solu
 option text, MBPP's reference code against its own asserts). Anything else is a grader or data bug
 (lm-evaluation-harness issue 2212 found ~6% of MATH-Hard golds failing against themselves).
 
-Rows are read in each dataset's Hugging Face format (field names as published): gsm8k {question, answer with
+Rows are read in each dataset's Hugging Face format (field names as published), by the parsers the task
+loaders use (selfimprove/tasks.py): gsm8k {question, answer with
 `#### n`}; MATH / competition_math {problem, level, type, solution, optional answer}; commonsense_qa {id,
 question, choices {label, text}, answerKey}; mbpp {task_id, text, code, test_list, test_setup_code}; arith in
 the package's problem format {id, question, answer, solutions}.
@@ -22,54 +23,36 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from ..data import json_objects
-from . import grade_math
+from ..tasks import LOADERS, TaskDataError, need
 from .pool import grade_batch
 
 CHECKS = ("gold_vs_itself", "solution_vs_gold")
 
-
-class AuditDataError(ValueError):
-    """A dataset row lacks a field its task needs; the message names the file and line."""
-
-
-def _need(row: dict, where: str, **fields) -> None:
-    for name, typ in fields.items():
-        if not isinstance(row.get(name), typ):
-            raise AuditDataError(f"{where}: field '{name}' must be {typ.__name__}, got {row.get(name)!r:.60}")
+AuditDataError = TaskDataError  # a dataset row lacks a field its task needs; the message names the file and line
 
 
 def checks_of(task: str, row: dict, where: str) -> list[tuple[str, str, str, object]]:
-    """(row id, check, response, gold) pairs that must all grade `correct` for one dataset row."""
+    """(row id, check, response, gold) pairs that must all grade `correct` for one dataset row (rows are read by
+    the task loaders' parsers, tasks.LOADERS, so the audit checks the data exactly as a run reads it)."""
     if task == "arith":
-        _need(row, where, id=str, answer=str)
+        need(row, where, id=str, answer=str)
         return [(row["id"], "gold_vs_itself", f"#### {row['answer']}", row["answer"])] + \
             [(row["id"], "solution_vs_gold", s, row["answer"]) for s in row.get("solutions", [])]
+    if task not in LOADERS:
+        raise AuditDataError(f"no audit for task {task!r}")
+    p = LOADERS[task].parse(row, where)
+    gold = p["answer"]
     if task == "gsm8k":
-        _need(row, where, question=str, answer=str)
-        if "####" not in row["answer"]:
-            raise AuditDataError(f"{where}: field 'answer' has no '#### n' final answer")
-        gold = row["answer"].rsplit("####", 1)[1].strip().replace(",", "")
-        return [(where, "gold_vs_itself", f"#### {gold}", gold), (where, "solution_vs_gold", row["answer"], gold)]
+        return [(where, "gold_vs_itself", f"#### {gold}", gold), (where, "solution_vs_gold", p["solutions"][0], gold)]
     if task == "math":
-        _need(row, where, problem=str, solution=str)
-        gold = row.get("answer") or grade_math.last_boxed(row["solution"])
-        if not gold:
-            raise AuditDataError(f"{where}: no 'answer' field and no \\boxed{{...}} in 'solution'")
         return [(where, "gold_vs_itself", "\\boxed{" + gold + "}", gold),
-                (where, "solution_vs_gold", row["solution"], gold)]
+                (where, "solution_vs_gold", p["solutions"][0], gold)]
     if task == "csqa":
-        _need(row, where, id=str, answerKey=str, choices=dict)
-        choices = row["choices"]
-        if row["answerKey"] not in choices.get("label", []):
-            raise AuditDataError(f"{where}: answerKey {row['answerKey']!r} is not one of the choice labels")
-        text = choices["text"][choices["label"].index(row["answerKey"])]
-        gold = {"answer": row["answerKey"], "choices": choices}
-        return [(row["id"], "gold_vs_itself", row["answerKey"], gold), (row["id"], "solution_vs_gold", text, gold)]
-    if task == "mbpp":
-        _need(row, where, code=str, test_list=list)
-        gold = {"tests": row["test_list"], "setup": row.get("test_setup_code") or ""}
-        return [(str(row.get("task_id", where)), "solution_vs_gold", row["code"], gold)]
-    raise AuditDataError(f"no audit for task {task!r}")
+        text = p["choices"]["text"][p["choices"]["label"].index(gold)]
+        gold = {"answer": gold, "choices": p["choices"]}
+        return [(p["id"], "gold_vs_itself", p["answer"], gold), (p["id"], "solution_vs_gold", text, gold)]
+    gold = {"tests": p["tests"], "setup": p["setup"]}  # mbpp: the reference code against its own asserts
+    return [(str(row.get("task_id", where)), "solution_vs_gold", p["answer"], gold)]
 
 
 def read_rows(path: str | Path) -> list[tuple[str, dict]]:
