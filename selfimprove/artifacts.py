@@ -4,6 +4,7 @@ data/runs/<run>/
   manifest.json               config, its hash, versions, seeds, every stage's state, durations, output hashes
   problems/<split>.jsonl      the task's problems this run uses
   iter_<t>/model/             M_t (merged weights)      iter_<t>/train_log.json  how M_t was trained
+  iter_<t>/adapter/           M_t's LoRA adapter on M1, only with train.merge_adapter: false
   iter_<t>/samples_<split>.parquet  the sample table    iter_<t>/train_data.parquet  the data that made M(t+1)
   iter_<t>/metrics.json       every metric of M_t       iter_<t>/notebooks/NN_stage.ipynb  executed notebooks
   iter_<t>/per_problem.parquet  per-problem values behind the metrics (the verdict reads them)
@@ -54,6 +55,10 @@ class RunPaths:
     def model(self, t: int) -> Path:
         return self.iter_dir(t) / "model"
 
+    def adapter(self, t: int) -> Path:
+        """M_t's LoRA adapter over M1, kept when a recipe trains one adapter on (train.merge_adapter: false)."""
+        return self.iter_dir(t) / "adapter"
+
     def samples(self, t: int, split: str) -> Path:
         return self.iter_dir(t) / f"samples_{split}.parquet"
 
@@ -102,6 +107,26 @@ def replace_dir(src: Path, dst: Path) -> Path:
         shutil.rmtree(old)
     else:
         src.replace(dst)
+    return dst
+
+
+def link_copy(src: Path, dst: Path) -> Path:
+    """`src` (a file or a folder) at `dst` as hard links where the file system allows, else as copies; put
+    in place atomically. Safe to share: every artifact is rewritten by rename, never in place."""
+    def link(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    tmp = _tmp(dst)
+    if src.is_dir():
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp, copy_function=link)
+        return replace_dir(tmp, dst)
+    tmp.unlink(missing_ok=True)
+    link(src, tmp)
+    tmp.replace(dst)
     return dst
 
 
@@ -184,10 +209,10 @@ class Manifest:
         self.data["stages"][key] = {"state": "running", "started": _now(), "attempts": prev.get("attempts", 0) + 1}
         self.save()
 
-    def finish(self, key: str, outputs: list[Path], seconds: float, root: Path) -> None:
+    def finish(self, key: str, outputs: list[Path], seconds: float, root: Path, **extra) -> None:
         st = self.data["stages"][key]
         st.update(state="done", ended=_now(), seconds=round(seconds, 2),
-                  outputs={str(p.relative_to(root)): sha256(p) for p in outputs})
+                  outputs={str(p.relative_to(root)): sha256(p) for p in outputs}, **extra)
         self.save()
 
     def fail(self, key: str, error: str) -> None:

@@ -1,9 +1,13 @@
-"""`selfimprove` command line: data, organism, run, report, metrics, grade, audit.
+"""`selfimprove` command line: data, organism, run, report, figures, grid, recipes, metrics, grade, audit.
 
     selfimprove data arith [--out data/problems/arith] [--seed 0]   write the arith splits as JSONL
+    selfimprove data gsm8k [--train F --test F --ood F] [--set levels=[1,5]]  a real task's splits (tasks.py)
     selfimprove organism [demo]                                    build (or reuse) a recipe's organism
     selfimprove run demo [--set sample.n_samples=16] [--overwrite]  run or resume a recipe
     selfimprove report data/runs/demo                              summary table and figure of a run
+    selfimprove figures data/runs/demo [more runs or studies] --out figures   the paper's figures, PNG and PDF
+    selfimprove grid paper [--dry-run] [--only 'paper_mistral*']   run many recipes, resume; one metrics table
+    selfimprove recipes paper [--check]                           write the generated recipes (paper, small)
     selfimprove metrics data/runs/demo [--set bootstrap=2000]       recompute every metric; tidy table, verdict
     selfimprove grade --task math --input in.jsonl --output out.jsonl  grade responses (hard limit per line)
     selfimprove audit --task math --data math.jsonl [--run data/runs/demo]  golds against themselves; run rates
@@ -17,10 +21,21 @@ from pathlib import Path
 
 
 def _data(args) -> int:
-    from . import arith
+    from . import arith, tasks
+    from .config import build
 
-    cfg = arith.ArithConfig(seed=args.seed)
-    for p in arith.write_jsonl(arith.generate(cfg), Path(args.out), cfg):
+    out = Path(args.out or f"data/problems/{args.task}")
+    given = {k: v for k in ("source", "train", "test", "ood") if (v := getattr(args, k))}
+    if args.task == "arith":
+        if given or args.set:
+            print("error: --source, --train, --test, --ood and --set are for the real tasks", file=sys.stderr)
+            return 2
+        cfg = arith.ArithConfig(seed=args.seed)
+        written = arith.write_jsonl(arith.generate(cfg), out, cfg)
+    else:
+        cfg = build(tasks.DataConfig, {**_key_values(args.set, "--set"), **given}, "selfimprove data")
+        written = tasks.write_problems(args.task, cfg, out)
+    for p in written:
         print(p)
     return 0
 
@@ -49,6 +64,39 @@ def _report(args) -> int:
 
     paths = artifacts.RunPaths(args.run_dir)
     pipeline.report(paths, artifacts.Manifest.load(paths), figures_dir=args.figures_dir)
+    return 0
+
+
+def _figures(args) -> int:
+    from . import plots
+
+    try:
+        table = plots.runs_table(args.runs)
+    except plots.PlotsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for name, written in plots.render_all(table, args.out).items():
+        print(f"{name}: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _grid(args) -> int:
+    from . import grid
+
+    result = grid.run(args.recipes, runs_root=args.runs_root, organism_root=args.organism_root, only=args.only,
+                      overrides=args.set, dry_run=args.dry_run)
+    return 1 if result.failures else 0
+
+
+def _recipes(args) -> int:
+    from . import grid
+
+    written = grid.write_recipes(args.kind, args.out, check=args.check)
+    if args.check:
+        for f in written:
+            print(f"out of date: {f} (run `selfimprove recipes {args.kind}`)", file=sys.stderr)
+        return 1 if written else 0
+    print("\n".join(str(f) for f in written))
     return 0
 
 
@@ -128,8 +176,16 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("data", help="write a task's problems as JSONL")
-    p.add_argument("task", choices=["arith"])
-    p.add_argument("--out", default="data/problems/arith")
+    from .config import TASKS
+
+    p.add_argument("task", choices=TASKS)
+    p.add_argument("--out", default=None, help="output folder (default data/problems/<task>)")
+    for split in ("source", "train", "test", "ood"):
+        p.add_argument(f"--{split}", default="", help="real tasks: hub id or local copy of the dataset" if
+                       split == "source" else f"real tasks: {split} problems, a local JSON/JSONL/Parquet file "
+                       "(the dataset's own fields) or a split of the source")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="real tasks: any tasks.DataConfig field, e.g. subjects=[algebra] (repeatable)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=_data)
     for name, fn, helptext in (("organism", _organism, "build or reuse the model organism of a recipe"),
@@ -152,6 +208,27 @@ def main(argv: list[str] | None = None) -> int:
     for q in (run_p, p):
         q.add_argument("--figures-dir", default=None, metavar="DIR",
                        help="also write the run's figures here (make demo: figures/); they always go to <run>/report/")
+    p = sub.add_parser("figures", help="the paper's figures and the reversal dashboard of runs, PNG and PDF")
+    p.add_argument("runs", nargs="+", help="run directories and/or study directories (one run per paradigm)")
+    p.add_argument("--out", default="figures", help="folder for <figure>.png and <figure>.pdf")
+    p.set_defaults(fn=_figures)
+    p = sub.add_parser("grid", help="validate many recipes, run or resume them one after another, and collect "
+                                    "their metrics into one table (<runs-root>/grid/)")
+    p.add_argument("recipes", help="a folder of recipes (or its name in notebooks/params: paper, small), a glob "
+                                   "pattern or a file")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (recipes, runs, which are done) only")
+    p.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                   help="run only runs whose name or recipe file stem matches this glob, e.g. '*/dpo' (repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value in every recipe, e.g. sample.n_samples=16 (repeatable)")
+    p.add_argument("--runs-root", default="data/runs")
+    p.add_argument("--organism-root", default="data/organism")
+    p.set_defaults(fn=_grid)
+    p = sub.add_parser("recipes", help="write the generated recipes: paper (notebooks/params/paper/) or small")
+    p.add_argument("kind", choices=["paper", "small"])
+    p.add_argument("--out", default=None, help="folder (default notebooks/params/<kind>/)")
+    p.add_argument("--check", action="store_true", help="write nothing; fail if a committed file differs")
+    p.set_defaults(fn=_recipes)
     p = sub.add_parser("metrics", help="recompute every iteration's metrics from its sample tables; tidy "
                                        "table and verdict")
     p.add_argument("run_dir")
@@ -181,10 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .grading.audit import AuditDataError
     from .pipeline import StageError
+    from .tasks import TaskDataError
 
     try:
         return args.fn(args)
-    except (RecipeError, DataError, StageError, AuditDataError, FileExistsError, FileNotFoundError) as e:
+    except (RecipeError, DataError, StageError, AuditDataError, TaskDataError, FileExistsError,
+            FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

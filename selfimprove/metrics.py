@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import arith, artifacts, diversity, improvement
+from . import arith, artifacts, diversity, improvement, profiling
 from .config import EvaluateConfig
 from .estimators import bootstrap_ci, disparity, paradigm_advice, pass_at_k, pass_at_k_per_problem
 
@@ -189,7 +189,8 @@ def evaluate(paths: artifacts.RunPaths, t: int, cfg: EvaluateConfig,
         out["train_data_rows"] = int(len(pd.read_parquet(paths.train_data(t))))
     if paths.train_log(t).exists():
         log = json.loads(paths.train_log(t).read_text())
-        out["training"] = {"paradigm": log.get("paradigm"), "rows": log.get("rows"), "summary": log.get("summary")}
+        out["training"] = {"paradigm": log.get("paradigm"), "kind": log.get("kind", "dpo"), "rows": log.get("rows"),
+                           "summary": log.get("summary")}
     out["table"] = rows
     per_problem_all = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     return out, per_problem_all
@@ -215,6 +216,8 @@ def run(cfg: EvaluateConfig) -> list[Path]:
         st = embedder.stats
         print(f"embeddings: {st['texts']} texts, {st['computed']} computed ({st['encode_s']:.1f}s encoding, "
               f"{st['load_s']:.1f}s loading the model), the rest from the cache; evaluate took {seconds:.1f}s")
+    profiling.record(cfg.run_dir, cfg.iteration, "evaluate", embedder.stats["encode_s"] if embedder else 0.0,
+                     "embedding model encode calls")
     return [artifacts.write_json(m, paths.metrics(cfg.iteration)),
             artifacts.write_parquet(pp, paths.per_problem(cfg.iteration))]
 

@@ -274,24 +274,28 @@ def build(cfg: OrganismConfig, out_dir: Path, log=print) -> dict:
     eos = tokenizer.eos_token_id
     pre = [(ids + [eos], 0) for ids in _encode(tokenizer, raw)]
     log(f"M0: pretraining {cfg.pretrain_steps} steps on {len(pre)} raw solved problems")
+    t_train = time.time()
     pre_losses = train_lm(model, pre, steps=cfg.pretrain_steps, batch_size=cfg.batch_size, lr=cfg.learning_rate,
                           warmup=cfg.warmup_steps, seed=cfg.seed, pad_id=tokenizer.pad_token_id,
                           optimizer=cfg.optimizer, muon_lr=cfg.muon_lr, log=log)
+    train_s = time.time() - t_train
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     for name in ("M0", "M1"):
         if name == "M1":
             sft = _sft_examples(tokenizer, train + ood_pool)
             log(f"M1: gold SFT {cfg.sft_steps} steps on {len(sft)} gold solutions")
+            t_train = time.time()
             sft_losses = train_lm(model, sft, steps=cfg.sft_steps, batch_size=cfg.batch_size,
                                   lr=cfg.learning_rate, warmup=cfg.warmup_steps, seed=cfg.seed + 1,
                                   pad_id=tokenizer.pad_token_id, optimizer=cfg.optimizer,
                                   muon_lr=cfg.muon_lr, log=log)
+            train_s += time.time() - t_train
         model.save_pretrained(tmp / name)
         tokenizer.save_pretrained(tmp / name)
     record = {"config": asdict(cfg), "digest": cfg.digest(), "n_params": n_params, "vocab": len(tokenizer),
               "pretrain_final_loss": _tail_mean(pre_losses), "sft_final_loss": _tail_mean(sft_losses),
-              "seconds": round(time.time() - t0, 1)}
+              "seconds": round(time.time() - t0, 1), "train_s": round(train_s, 1)}  # train_s: the training loops
     (tmp / "build.json").write_text(json.dumps(record, indent=2) + "\n")
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.replace(out_dir)  # build.json inside a renamed folder marks a complete build

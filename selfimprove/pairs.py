@@ -1,11 +1,16 @@
-"""DPO pairs from graded samples: (prompt, chosen = a correct response, rejected = an incorrect one) of one
-problem, Algorithm 1 line 7 (paper.md §2.2). The paper does not give its pairing rule (paper.md §2.5, §8).
+"""The data that trains M(t+1) from M_t's graded samples, Algorithm 1 line 7 (paper.md §2.2): DPO pairs
+(prompt, chosen = a correct response, rejected = an incorrect one) of one problem, or SFT rows (prompt,
+completion = a correct response). The paper gives neither its pairing rule nor an SFT cap (paper.md §2.5, §8).
 
 Rules (`PAIRINGS`):
 - `disjoint` (default): shuffle the problem's correct and incorrect responses and zip them, so each response
   is used at most once: min(#correct, #incorrect) pairs, capped at P. This is the released code of DIVE, the
   same lab's re-implementation (`get_preference_data.py`, paper.md §2.5).
 - `cross`: draw up to P distinct (correct, incorrect) combinations; responses may repeat across pairs.
+
+SFT rows (`make_sft_rows`): the problem's correct responses, identical texts once (`dedup`), at most
+`max_per_problem` drawn at random (0 = all): the paper's "all correct self-samples" with a cap, so one easy
+problem cannot fill an iteration (our choice, VerifyConfig).
 
 Responses graded `no_answer` count as incorrect (they fail R(x, y) = 1); `timeout` and `error` rows are left
 out, since their correctness is unknown. Problems with no correct or no incorrect response give no pair.
@@ -18,6 +23,7 @@ import random
 import pandas as pd
 
 PAIR_COLUMNS = ["problem_id", "level", "prompt", "chosen", "rejected", "chosen_idx", "rejected_idx"]
+SFT_COLUMNS = ["problem_id", "level", "prompt", "completion", "sample_idx"]
 REJECTABLE = ("incorrect", "no_answer")
 
 
@@ -58,3 +64,30 @@ def make_pairs(df: pd.DataFrame, *, rule: str = "disjoint", max_pairs: int = 4, 
             rows.append({"problem_id": pid, "level": first["level"], "prompt": first["prompt"], "chosen": g,
                          "rejected": b, "chosen_idx": int(gi), "rejected_idx": int(bi)})
     return pd.DataFrame(rows, columns=PAIR_COLUMNS)
+
+
+def make_sft_rows(df: pd.DataFrame, *, max_per_problem: int = 4, dedup: bool = True, seed: int = 0) -> pd.DataFrame:
+    """SFT rows from a graded sample table (only `decoding == "sample"` rows), ordered by problem id.
+
+    >>> df = pd.DataFrame({"problem_id": ["p"] * 4, "level": [1] * 4, "prompt": ["q"] * 4,
+    ...                    "decoding": ["sample"] * 4, "sample_idx": [0, 1, 2, 3], "response": ["a", "a", "b", "c"],
+    ...                    "status": ["correct", "correct", "incorrect", "correct"]})
+    >>> make_sft_rows(df, max_per_problem=0)[["completion", "sample_idx"]].values.tolist()
+    [['a', 0], ['c', 3]]
+    """
+    rng = random.Random(seed)
+    rows = []
+    sampled = df[(df["decoding"] == "sample") & (df["status"] == "correct")].sort_values(["problem_id", "sample_idx"])
+    for pid, group in sampled.groupby("problem_id", sort=True):
+        keep, seen = [], set()
+        for i, r in zip(group["sample_idx"], group["response"]):
+            if dedup and r in seen:
+                continue
+            seen.add(r)
+            keep.append((int(i), r))
+        if max_per_problem and len(keep) > max_per_problem:
+            keep = sorted(rng.sample(keep, max_per_problem))
+        first = group.iloc[0]
+        rows += [{"problem_id": pid, "level": first["level"], "prompt": first["prompt"], "completion": r,
+                  "sample_idx": i} for i, r in keep]
+    return pd.DataFrame(rows, columns=SFT_COLUMNS)

@@ -3,8 +3,15 @@
 `selfimprove run <recipe>` validates the whole recipe, prepares the run directory (problems, the organism's
 M1 as iter_1/model), then for t = 1..T executes the stage notebooks with papermill (DESIGN.md):
 
-    t = 1:      20_sample, 30_verify, 40_evaluate              (M1 is the gold-SFT model)
+    t = 1:      20_sample, 30_verify, 40_evaluate              (M1 is the organism's gold-SFT model; a recipe
+                                                                with its own `model` runs 10_train first: M0 -> M1)
     t = 2..T:   10_train, 20_sample, 30_verify, 40_evaluate
+
+A recipe whose `paradigm` is a list is a study: one run per paradigm in <runs_root>/<name>/<paradigm>/, run
+one after another. A stage whose inputs and settings are the same in a sibling run (config.share_key: the same
+recipe apart from the paradigm and the same training kinds so far; M1's sampling is the same for all three
+paradigms, and SFT-DPO's M2 is DPO's M2) is taken from it as hard links and marked `shared_from` in the
+manifest, rather than computed again.
 
 Executed copies land in iter_<t>/notebooks/ (the run's log). The manifest records each stage as running,
 then done with its duration and output hashes; a rerun skips done stages and redoes an interrupted one from
@@ -23,7 +30,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from . import arith, artifacts, metrics, organism, verdict
+from . import arith, artifacts, metrics, organism, profiling, verdict
 from .config import RunConfig, load_recipe, resolve_recipe
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -37,16 +44,38 @@ class StageError(RuntimeError):
     """A stage notebook failed; the message names the stage, the error and where its log is."""
 
 
-def stages_of(t: int) -> list[str]:
-    return (["train"] if t >= 2 else []) + ["sample", "verify", "evaluate"]
+def sync_parameter_cells() -> list[Path]:
+    """Rewrite the `parameters` cell of each stage notebook from its stage dataclass (config.parameters_cell);
+    run after adding a config field: `python -c "from selfimprove import pipeline; pipeline.sync_parameter_cells()"`."""
+    import nbformat
+
+    from .config import STAGES, parameters_cell
+
+    changed = []
+    for stage, name in STAGE_NOTEBOOKS.items():
+        path = NOTEBOOKS / name
+        nb = nbformat.read(path, as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        source = parameters_cell(STAGES[stage])
+        if cell.source != source:
+            cell.source = source
+            nbformat.write(nb, path)
+            changed.append(path)
+    return changed
+
+
+def stages_of(t: int, gold_sft: bool = False) -> list[str]:
+    """The stages of iteration t; with `gold_sft` (a recipe naming its own `model`) M1 is trained at t = 1."""
+    return (["train"] if t >= 2 or gold_sft else []) + ["sample", "verify", "evaluate"]
 
 
 def stage_outputs(paths: artifacts.RunPaths, stage: str, t: int, cfg) -> list[Path]:
     """The files a finished stage leaves; a stage counts as done only while they all exist."""
     if stage == "train":
-        return [paths.model(t), paths.train_log(t)]
-    if stage == "sample":
-        return [paths.samples(t, s) for s in cfg.splits]
+        keep_adapter = not cfg.merge_adapter and cfg.lora_r
+        return [paths.model(t), paths.train_log(t)] + ([paths.adapter(t)] if keep_adapter else [])
+    if stage == "sample":  # OOD only where the task has an OOD split (paper §3.5 defines one for GSM8K)
+        return [paths.samples(t, s) for s in cfg.splits if s != "ood" or paths.problems("ood").exists()]
     if stage == "verify":
         return [paths.train_data(t)] if t < cfg.iterations else [paths.samples(t, "test")]
     return [paths.metrics(t), paths.per_problem(t)]
@@ -54,22 +83,34 @@ def stage_outputs(paths: artifacts.RunPaths, stage: str, t: int, cfg) -> list[Pa
 
 def prepare(cfg: RunConfig, paths: artifacts.RunPaths, manifest: artifacts.Manifest, organism_root: Path,
             log=print) -> None:
-    """Problems and M1 for the run (the `prepare` stage): built once, then recorded and skipped."""
+    """Problems, and for the organism its M1, for the run (the `prepare` stage): built once, then recorded and
+    skipped. A recipe with its own `model` makes M1 in the train stage of iteration 1 (gold SFT)."""
     key = "prepare"
-    outputs = [paths.problems(s) for s in ("train", "test", "ood")] + [paths.model(1)]
+    own_model = bool(getattr(cfg, "model", ""))
+    outputs = [paths.problems(s) for s in ("train", "test")] + ([] if own_model else [paths.model(1)])
     if manifest.is_done(key, outputs):
         return
     manifest.start(key)
     t0 = time.time()
-    org_cfg = cfg.organism_config()
-    org_dir = organism.ensure(org_cfg, organism_root, log=log)
-    arith.write_jsonl(arith.generate(org_cfg.arith), paths.root / "problems", org_cfg.arith)
-    tmp = paths.model(1).with_name("model.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(org_dir / "M1", tmp)
-    artifacts.replace_dir(tmp, paths.model(1))
-    manifest.data["organism"] = json.loads((org_dir / "build.json").read_text())
-    manifest.finish(key, outputs, time.time() - t0, paths.root)
+    if cfg.task == "arith":
+        org_cfg = cfg.organism_config()
+        arith.write_jsonl(arith.generate(org_cfg.arith), paths.root / "problems", org_cfg.arith)
+    else:
+        from . import tasks
+
+        tasks.prepare_problems(cfg, paths)
+    if not own_model:
+        org_cfg = cfg.organism_config()
+        built = not (organism_root / org_cfg.digest() / "build.json").exists()
+        org_dir = organism.ensure(org_cfg, organism_root, log=log)
+        manifest.data["organism_built_here"] = built
+        tmp = paths.model(1).with_name("model.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(org_dir / "M1", tmp)
+        artifacts.replace_dir(tmp, paths.model(1))
+        manifest.data["organism"] = json.loads((org_dir / "build.json").read_text())
+    ood = [paths.problems("ood")] if paths.problems("ood").exists() else []  # not every task has one
+    manifest.finish(key, outputs + ood, time.time() - t0, paths.root)
 
 
 @contextlib.contextmanager
@@ -88,34 +129,151 @@ def _stderr_to(path: Path):
             os.close(saved)
 
 
+def last_progress(text: str) -> str | None:
+    """The newest tqdm bar in a stream of terminal output (bars redraw themselves after a carriage return).
+
+    >>> last_progress("Loading\\r 10%|#  | 1/10\\r 20%|## | 2/10 [00:01<00:04]")
+    '20%|## | 2/10 [00:01<00:04]'
+    """
+    import re
+
+    bars = [s.strip() for s in re.split(r"[\r\n]", text) if "%|" in s]
+    return bars[-1] if bars else None
+
+
+@contextlib.contextmanager
+def _live_progress(log_path: Path, prefix: str, interval: float = 1.0):
+    """While a stage runs, show its newest progress bar (from the kernel's stderr log) on one terminal line."""
+    import threading
+
+    if not sys.stdout.isatty():
+        yield
+        return
+    stop = threading.Event()
+
+    def show():
+        shown = ""
+        while not stop.wait(interval):
+            try:
+                with open(log_path, "rb") as fh:
+                    fh.seek(max(0, log_path.stat().st_size - 4096))
+                    bar = last_progress(fh.read().decode("utf-8", "replace"))
+            except OSError:
+                continue
+            if bar and bar != shown:
+                sys.stdout.write("\r\033[K" + (prefix + bar)[:160])
+                sys.stdout.flush()
+                shown = bar
+        sys.stdout.write("\r\033[K")
+        sys.stdout.flush()
+
+    thread = threading.Thread(target=show, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def execute_stage(stage: str, stage_cfg, out_nb: Path, log_output: bool) -> None:
-    """Execute one stage notebook with papermill in a fresh kernel; its stderr goes to <notebook>.stderr.log."""
+    """Execute one stage notebook with papermill in a fresh kernel; its stderr goes to <notebook>.stderr.log,
+    and its progress bars show on the terminal's last line while it runs."""
     import papermill as pm
 
     out_nb.parent.mkdir(parents=True, exist_ok=True)
-    with _stderr_to(out_nb.with_suffix(".stderr.log")):
+    log_path = out_nb.with_suffix(".stderr.log")
+    os.environ["SELFIMPROVE_PROGRESS"] = "text"  # the kernel inherits it: text bars, which the log can show
+    with _stderr_to(log_path), _live_progress(log_path, f"    {stage}: "), open(log_path, "a") as kernel_stderr:
         pm.execute_notebook(str(NOTEBOOKS / STAGE_NOTEBOOKS[stage]), str(out_nb), parameters=asdict(stage_cfg),
                             cwd=str(PACKAGE_ROOT), progress_bar=False, log_output=log_output,
-                            kernel_name="python3")
+                            stderr_file=kernel_stderr, kernel_name="python3")
+
+
+def stage_files(paths: artifacts.RunPaths, stage: str, t: int, cfg) -> list[Path]:
+    """Everything a stage writes: its outputs, and for verify the sample tables it grades in place."""
+    files = stage_outputs(paths, stage, t, cfg)
+    if stage == "verify":
+        files += [paths.samples(t, s) for s in ("train", "test", "ood") if paths.samples(t, s) not in files]
+    return files
+
+
+def find_shared(key: str, share_key: str, siblings: list[Path]) -> Path | None:
+    """A sibling run of the study that finished stage `key` with the same share key (config.share_key)."""
+    for root in siblings:
+        try:
+            st = artifacts.Manifest.load(artifacts.RunPaths(root)).data["stages"].get(key, {})
+        except (FileNotFoundError, ValueError):
+            continue
+        if st.get("state") == "done" and st.get("share_key") == share_key \
+                and all((root / rel).exists() for rel in st.get("outputs", {})):
+            return root
+    return None
+
+
+def copy_stage(src_root: Path, paths: artifacts.RunPaths, stage: str, t: int, stage_cfg) -> None:
+    """Take a finished stage over from a sibling run: its files (hard links) and its executed notebook."""
+    src = artifacts.RunPaths(src_root)
+    for dst in stage_files(paths, stage, t, stage_cfg):
+        rel = dst.relative_to(paths.root)
+        if (src.root / rel).exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            artifacts.link_copy(src.root / rel, dst)
+    nb = src.notebooks(t) / STAGE_NOTEBOOKS[stage]
+    for f in (nb, nb.with_suffix(".stderr.log")):
+        if f.exists():
+            paths.notebooks(t).mkdir(parents=True, exist_ok=True)
+            artifacts.link_copy(f, paths.notebooks(t) / f.name)
 
 
 def run(recipe: str, *, overrides: list[str] | None = None, runs_root: str | Path = "data/runs",
         organism_root: str | Path = "data/organism", overwrite: bool = False, log_output: bool = False,
         stop_after: str | None = None, figures_dir: str | Path | None = None, log=print) -> Path:
-    """Run (or resume) a recipe; returns the run directory. `stop_after` ("<t>/<stage>") ends early."""
+    """Run (or resume) a recipe; returns the run directory, or for a study (a list of paradigms) the study
+    directory holding one run per paradigm. `stop_after` ("<t>/<stage>") ends early (each run of a study)."""
     cfg = load_recipe(resolve_recipe(recipe, RECIPES), overrides)
+    if not cfg.is_study:
+        return run_config(cfg, runs_root=runs_root, organism_root=organism_root, overwrite=overwrite,
+                          log_output=log_output, stop_after=stop_after, figures_dir=figures_dir, log=log)
+    study = Path(runs_root) / cfg.name
+    roots = [Path(runs_root) / cfg.member(p).name for p in cfg.paradigms]
+    for p, root in zip(cfg.paradigms, roots):
+        run_config(cfg.member(p), runs_root=runs_root, organism_root=organism_root, overwrite=overwrite,
+                   log_output=log_output, stop_after=stop_after, figures_dir=None, log=log,
+                   siblings=[r for r in roots if r != root], report_run=stop_after is None)
+    if stop_after is None:
+        report_study(study, roots, figures_dir=figures_dir, log=log)
+    return study
+
+
+def run_config(cfg: RunConfig, *, runs_root: str | Path = "data/runs", organism_root: str | Path = "data/organism",
+               overwrite: bool = False, log_output: bool = False, stop_after: str | None = None,
+               figures_dir: str | Path | None = None, log=print, siblings: list[Path] = (),
+               report_run: bool = True) -> Path:
+    """Run (or resume) one validated single-paradigm config; a stage that a sibling run (`siblings`, the
+    other runs of a study) finished with the same share key is copied from it instead of rerun."""
     paths = artifacts.RunPaths(Path(runs_root) / cfg.name)
     manifest = artifacts.Manifest.open(paths, asdict(cfg), cfg.digest(), overwrite=overwrite)
     log(f"run {cfg.name}: {paths.root}  (T={cfg.iterations}, paradigm={cfg.paradigm}, config {cfg.digest()})")
     prepare(cfg, paths, manifest, Path(organism_root), log=log)
+    gold_sft = bool(getattr(cfg, "model", ""))
     for t in range(1, cfg.iterations + 1):
-        for stage in stages_of(t):
+        for stage in stages_of(t, gold_sft):
             stage_cfg = cfg.stage(stage, t, paths.root)
             key = f"{t}/{stage}"
+            share_key = cfg.share_key(stage, t)
             if key == "2/train":
                 log_paradigm_advice(paths, cfg.paradigm, log)
-            if manifest.is_done(key, stage_outputs(paths, stage, t, stage_cfg)):
+            done = manifest.is_done(key, stage_outputs(paths, stage, t, stage_cfg))
+            shared = None if done else find_shared(key, share_key, list(siblings))
+            if done:
                 log(f"  [{key}] done, skipped")
+            elif shared is not None:
+                manifest.start(key)
+                copy_stage(shared, paths, stage, t, stage_cfg)
+                manifest.finish(key, stage_outputs(paths, stage, t, stage_cfg), 0.0, paths.root,
+                                share_key=share_key, shared_from=str(shared))
+                log(f"  [{key}] the same as in {shared.name}: taken from there")
             else:
                 log(f"  [{key}] running {STAGE_NOTEBOOKS[stage]}")
                 stale = artifacts.clean_stale(paths.iter_dir(t)) if paths.iter_dir(t).exists() else []
@@ -132,11 +290,13 @@ def run(recipe: str, *, overrides: list[str] | None = None, runs_root: str | Pat
                     raise StageError(f"stage {key} failed: {reason}\n  executed notebook: {out_nb}\n"
                                      f"  kernel stderr: {out_nb.with_suffix('.stderr.log')}\n"
                                      "  Finished stages are kept; fix the cause and run the same command again.") from e
-                manifest.finish(key, stage_outputs(paths, stage, t, stage_cfg), time.time() - t0, paths.root)
+                manifest.finish(key, stage_outputs(paths, stage, t, stage_cfg), time.time() - t0, paths.root,
+                                share_key=share_key)
                 log(f"  [{key}] done in {time.time() - t0:.1f}s")
             if key == stop_after:
                 return paths.root
-    report(paths, manifest, figures_dir=figures_dir, log=log)
+    if report_run:  # a study's runs leave the paper's figures to the study report
+        report(paths, manifest, figures_dir=figures_dir, log=log, all_figures=not siblings)
     return paths.root
 
 
@@ -155,7 +315,7 @@ def log_paradigm_advice(paths: artifacts.RunPaths, paradigm: str, log=print) -> 
 
 def report(paths: artifacts.RunPaths, manifest: artifacts.Manifest,
            figures_dir: str | Path | None = None, log=print,
-           thresholds: verdict.Thresholds | None = None) -> None:
+           thresholds: verdict.Thresholds | None = None, all_figures: bool = True) -> None:
     """Summary table, per-stage timings, the tidy metrics table, the verdict and the pass@1 figure of a
     finished run, into report/ and, when given, `figures_dir` (`make demo` passes figures/)."""
     from . import plots
@@ -176,6 +336,45 @@ def report(paths: artifacts.RunPaths, manifest: artifacts.Manifest,
         dest.mkdir(parents=True, exist_ok=True)
         fig.savefig(dest / "pass1_by_iteration.png", dpi=150, bbox_inches="tight")
         log(f"figure: {dest / 'pass1_by_iteration.png'}")
+    if all_figures:
+        dirs = [paths.report] + ([Path(figures_dir)] if figures_dir else [])
+        written = plots.render_all(plots.runs_table([paths.root]), dirs)
+        log(f"figures ({', '.join(written)}): PNG and PDF in {', '.join(str(d) for d in dirs)}")
+
+
+def study_table(roots: list[Path]) -> str:
+    """Markdown, one row per paradigm run of a study: greedy test pass@1 of every M_t, the best iterate and its
+    gain over M1 (paper Figure 1), OOD pass@1 of M1 and of the best iterate, and the run's verdict."""
+    rows, width = [], 0
+    for root in roots:
+        ms = metrics.iteration_metrics(root)
+        p1 = [m.get("test", {}).get("pass@1", float("nan")) for m in ms]
+        ood = [m.get("ood", {}).get("pass@1", float("nan")) for m in ms]
+        width = max(width, len(p1))
+        best = max(range(len(p1)), key=lambda i: p1[i]) if p1 else 0
+        v = verdict.for_run(root) if len(ms) > 1 else None
+        manifest = json.loads(artifacts.RunPaths(root).manifest.read_text())
+        rows.append([manifest["config"]["paradigm"], *[f"{x:.3f}" for x in p1],
+                     f"M{best + 1} ({(p1[best] - p1[0]) * 100:+.1f})" if p1 else "",
+                     f"{ood[0]:.3f} -> {ood[best]:.3f}" if ood else "", v.label.upper() if v else ""])
+    header = ["paradigm", *[f"M{t} pass@1" for t in range(1, width + 1)], "best (gain, points)",
+              "OOD pass@1 M1 -> best", "verdict"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def report_study(study: Path, roots: list[Path], figures_dir: str | Path | None = None, log=print) -> None:
+    """The paradigms side by side: a table in <study>/report/summary.md and the printed log, and the paper's
+    figures with the reversal dashboard (plots.FIGURES) into <study>/report and, when given, `figures_dir`."""
+    from . import plots
+
+    table = study_table(roots)
+    (study / "report").mkdir(parents=True, exist_ok=True)
+    (study / "report" / "summary.md").write_text(table + "\n")
+    log("\nstudy " + study.name + ": the paradigms side by side (greedy test pass@1)\n\n" + table)
+    dirs = [study / "report"] + ([Path(figures_dir)] if figures_dir else [])
+    written = plots.render_all(plots.runs_table(roots), dirs)
+    log(f"figures ({', '.join(written)}): PNG and PDF in {', '.join(str(d) for d in dirs)}")
 
 
 def summary_table(run_dir: Path) -> str:
@@ -189,7 +388,9 @@ def summary_table(run_dir: Path) -> str:
         levels = test.get("pass@1_by_level", {})
         ks = test.get("pass@k", {})
         train = m.get("training", {}).get("summary", {})
-        rows.append([f"M{m['iteration']}", f"{test.get('pass@1', float('nan')):.3f}",
+        kind = m.get("training", {}).get("kind", "gold SFT" if m["iteration"] == 1 else "")
+        rows.append([f"M{m['iteration']}", kind.upper() if kind != "gold SFT" else kind,
+                     f"{test.get('pass@1', float('nan')):.3f}",
                      *[f"{levels[k]:.2f}" for k in sorted(levels, key=int)],
                      *[f"{ks[k]:.3f}" for k in sorted(ks, key=int)],
                      f"{ood.get('pass@1', float('nan')):.3f}",
@@ -197,7 +398,7 @@ def summary_table(run_dir: Path) -> str:
                      f"{train['rewards/margins']['last']:.2f}" if "rewards/margins" in train else "",
                      f"{train['logps/chosen']['last']:.1f}" if "logps/chosen" in train else ""])
     first = all_metrics[0]["test"]
-    header = ["model", "test pass@1", *[f"L{k}" for k in sorted(first.get("pass@1_by_level", {}), key=int)],
+    header = ["model", "F_t", "test pass@1", *[f"L{k}" for k in sorted(first.get("pass@1_by_level", {}), key=int)],
               *[f"pass@{k} (sampled)" for k in sorted(first.get("pass@k", {}), key=int)], "OOD pass@1",
               "train coverage", "DPO margin", "logp chosen"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -205,10 +406,37 @@ def summary_table(run_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def stage_compute(root: Path, manifest: artifacts.Manifest, key: str) -> float | None:
+    """Seconds of model compute (forward/backward) inside stage `key` (profiling.py); None where not recorded.
+    The prepare stage counts the organism's training loops when it built the organism."""
+    st = manifest.data["stages"].get(key, {})
+    if st.get("shared_from"):
+        return 0.0
+    if key == "prepare":
+        org = manifest.data.get("organism", {})
+        return org.get("train_s", 0.0) if manifest.data.get("organism_built_here") else 0.0
+    t, stage = key.split("/")
+    if stage == "verify":
+        return 0.0  # grading runs no model
+    rec = profiling.read(root, int(t), stage)
+    return rec["compute_s"] if rec else None
+
+
 def timing_table(manifest: artifacts.Manifest) -> str:
+    """Per stage: wall seconds, model compute seconds inside it, and the rest (overhead: kernel start,
+    imports, model loads, tokenising, grading, I/O); shared stages cost nothing."""
+    root = manifest.path.parent
     st = manifest.data["stages"]
-    lines = ["| stage | seconds | attempts |", "|---|---|---|"]
-    lines += [f"| {k} | {v.get('seconds', '')} | {v.get('attempts', '')} |" for k, v in st.items()]
-    total = sum(v.get("seconds", 0) for v in st.values())
-    lines.append(f"| total | {total:.1f} | |")
+    lines = ["| stage | seconds | model compute s | other s | attempts | note |", "|---|---|---|---|---|---|"]
+    wall = compute = 0.0
+    for k, v in st.items():
+        c = stage_compute(root, manifest, k)
+        s = v.get("seconds", 0) or 0
+        wall += s
+        compute += c or 0
+        note = f"from {Path(v['shared_from']).name}" if v.get("shared_from") else ""
+        lines.append(f"| {k} | {s:.1f} | {'' if c is None else f'{c:.1f}'} | {'' if c is None else f'{s - c:.1f}'} | "
+                     f"{v.get('attempts', '')} | {note} |")
+    share = f"{(wall - compute) / wall:.0%} of wall" if wall else ""
+    lines.append(f"| total | {wall:.1f} | {compute:.1f} | {wall - compute:.1f} | | other = {share} |")
     return "\n".join(lines)

@@ -2,8 +2,8 @@
 
 Reads iter_<t>/samples_<split>.parquet and the run's problems; adds `extracted`, `status` and `correct` to
 each sample table (same rows, columns added), and, while t < T, writes iter_<t>/train_data.parquet (DPO
-pairs, see pairs.py). Notebook: notebooks/30_verify.ipynb. The evaluate stage only reads these columns;
-nothing downstream grades again (STYLE.md H6).
+pairs or SFT rows, as the paradigm's F_(t+1) needs; see pairs.py). Notebook: notebooks/30_verify.ipynb. The
+evaluate stage only reads these columns; nothing downstream grades again (STYLE.md H6).
 
 Grading is `grading.grade_batch`: worker processes with a hard wall-clock limit per item (VerifyConfig
 `timeout_s`, `workers`, `memory_mb`); the statuses and each task's rules are in selfimprove/grading/.
@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import artifacts, data, pairs
-from .config import VerifyConfig
+from .config import VerifyConfig, train_kind
 from .grading import GRADERS, STATUSES, grade_batch
 
 __all__ = ["GRADERS", "STATUSES", "grade_table", "run"]
@@ -28,27 +28,44 @@ def grade_table(df: pd.DataFrame, problems: list[dict], task: str, timeout_s: fl
 
     `problems` are the run's problem rows; their `answer` is the gold (MBPP rows carry `tests` and `setup`,
     CommonsenseQA rows may carry the dataset's `choices`).
+    A problem row's own `task` (GSM8K's OOD split holds MATH problems) picks its grader; else `task`.
     """
     gold = {p["id"]: p for p in problems}
     unknown = set(df["problem_id"]) - set(gold)
     if unknown:
         raise data.DataError(f"{len(unknown)} sampled problem ids are not in the problem file, e.g. {min(unknown)}")
-    if task not in GRADERS:
-        raise data.DataError(f"no grader for task {task!r}; graders: {', '.join(GRADERS)}")
-    if task == "mbpp":
-        golds = {pid: {"tests": p["tests"], "setup": p.get("setup", "")} for pid, p in gold.items()}
-    elif task == "csqa":  # with the options, a response giving an option's text is read too
-        golds = {pid: {"answer": p["answer"], "choices": p["choices"]} if p.get("choices") else p["answer"]
-                 for pid, p in gold.items()}
-    else:
-        golds = {pid: p["answer"] for pid, p in gold.items()}
-    items = [(resp, golds[pid]) for pid, resp in zip(df["problem_id"], df["response"])]
-    results = grade_batch(task, items, timeout_s=timeout_s, workers=workers, memory_mb=memory_mb)
+    row_task = {pid: p.get("task") or task for pid, p in gold.items()}
+    missing = sorted(set(row_task.values()) - set(GRADERS))
+    if missing:
+        raise data.DataError(f"no grader for task {missing[0]!r}; graders: {', '.join(GRADERS)}")
+
+    def gold_of(p: dict, t: str):
+        if t == "mbpp":
+            return {"tests": p["tests"], "setup": p.get("setup", "")}
+        if t == "csqa" and p.get("choices"):  # with the options, a response giving an option's text is read too
+            return {"answer": p["answer"], "choices": p["choices"]}
+        return p["answer"]
+
+    tasks = [row_task[pid] for pid in df["problem_id"]]
+    results: list = [None] * len(df)
+    for t in sorted(set(tasks)):
+        idx = [i for i, x in enumerate(tasks) if x == t]
+        items = [(df["response"].iat[i], gold_of(gold[df["problem_id"].iat[i]], t)) for i in idx]
+        for i, r in zip(idx, grade_batch(t, items, timeout_s=timeout_s, workers=workers, memory_mb=memory_mb)):
+            results[i] = r
     out = df.drop(columns=[c for c in ("extracted", "status", "correct") if c in df.columns])
     out["extracted"] = [r.extracted for r in results]
     out["status"] = [r.status for r in results]
     out["correct"] = out["status"] == "correct"
     return out
+
+
+def build_train_data(graded: pd.DataFrame, cfg: VerifyConfig) -> pd.DataFrame:
+    """The data for M(t+1): DPO pairs or SFT rows, as the paradigm's F_(t+1) needs (config.train_kind)."""
+    seed = cfg.seed * 1000 + cfg.iteration
+    if train_kind(cfg.paradigm, cfg.iteration + 1) == "dpo":
+        return pairs.make_pairs(graded, rule=cfg.pairing, max_pairs=cfg.max_pairs_per_problem, seed=seed)
+    return pairs.make_sft_rows(graded, max_per_problem=cfg.sft_max_per_problem, dedup=cfg.sft_dedup, seed=seed)
 
 
 def run(cfg: VerifyConfig) -> list[Path]:
@@ -64,9 +81,10 @@ def run(cfg: VerifyConfig) -> list[Path]:
         print(f"{split}: {len(df)} responses graded: {counts}")
         written.append(artifacts.write_parquet(df, src))
         if split == "train" and cfg.iteration < cfg.iterations:
-            table = pairs.make_pairs(df, rule=cfg.pairing, max_pairs=cfg.max_pairs_per_problem,
-                                     seed=cfg.seed * 1000 + cfg.iteration)
-            print(f"train data for M{cfg.iteration + 1}: {len(table)} DPO pairs from "
+            table = build_train_data(df, cfg)
+            kind = train_kind(cfg.paradigm, cfg.iteration + 1)
+            print(f"train data for M{cfg.iteration + 1} ({kind.upper()}): {len(table)} "
+                  f"{'DPO pairs' if kind == 'dpo' else 'SFT rows'} from "
                   f"{table['problem_id'].nunique() if len(table) else 0} problems")
             written.append(artifacts.write_parquet(table, paths.train_data(cfg.iteration)))
     return written

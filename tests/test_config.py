@@ -25,9 +25,9 @@ def test_every_committed_recipe_loads(path):
     assert cfg.stage("sample", 1, "x").n_eval_samples >= max(cfg.stage("evaluate", 1, "x").ks)
 
 
-def test_demo_recipe_is_iterative_dpo_with_at_least_four_iterations():
+def test_demo_recipe_runs_all_three_paradigms_with_at_least_four_iterations():
     cfg = config.load_recipe(pipeline.RECIPES / "demo.yaml")
-    assert cfg.paradigm == "dpo" and cfg.iterations >= 4
+    assert cfg.is_study and sorted(cfg.paradigms) == ["dpo", "sft", "sft-dpo"] and cfg.iterations >= 4
 
 
 @pytest.mark.parametrize("text,message", [
@@ -42,8 +42,9 @@ def test_demo_recipe_is_iterative_dpo_with_at_least_four_iterations():
     ("paradigm: ppo", r"'paradigm' must be one of"),
     ("sample: {seed: 3}", r"'seed' is set at the top level"),
     ("train: {paradigm: dpo}", r"section 'train': 'paradigm' is set at the top level"),
-    ("sample: {n_sample: 3}", r"valid keys: backend, batch_size, max_new_tokens, n_eval_samples, n_samples, "
-                              r"problems_per_iteration, temperature, threads, top_p$"),
+    ("sample: {n_sample: 3}", r"valid keys: backend, batch_size, data_parallel_size, dtype, enforce_eager, "
+                              r"gpu_memory_utilization, max_model_len, max_new_tokens, n_eval_samples, n_samples, "
+                              r"problems_per_iteration, temperature, tensor_parallel_size, threads, top_p$"),
     ("organism: {hiden_size: 3}", r"section 'organism': unknown key 'hiden_size'"),
     ("organism: {data: {n_tran: 3}}", r"organism.data: unknown key 'n_tran' \(did you mean 'n_train'\?\)"),
     ("evaluate: {ks: [1, 16]}\nsample: {n_eval_samples: 8}", r"n_eval_samples >= 16"),
@@ -100,6 +101,9 @@ def test_notebook_parameters_are_the_stage_fields(stage):
     params = pm.inspect_notebook(str(nb))
     cls = config.STAGES[stage]
     assert set(params) == {f.name for f in fields(cls)}
+    cell = next(c for c in __import__("nbformat").read(nb, 4).cells if "parameters" in c.metadata.get("tags", []))
+    assert cell.source == config.parameters_cell(cls), \
+        "stale parameters cell: python -c 'from selfimprove import pipeline; pipeline.sync_parameter_cells()'"
     # the defaults in the notebook are the dataclass defaults, so the notebook runs on its own
     ns = {}
     source = next(c for c in __import__("nbformat").read(nb, 4).cells if "parameters" in c.metadata.get("tags", []))

@@ -92,3 +92,13 @@ def test_grade_table_passes_csqa_choices_and_mbpp_tests():
     df = pd.DataFrame({"problem_id": ["m"], "response": ["```python\ndef f():\n    return 2\n```"]})
     problems = [{"id": "m", "answer": "", "tests": ["assert f() == 2"], "setup": ""}]
     assert verify.grade_table(df, problems, "mbpp", timeout_s=5)["status"].tolist() == ["correct"]
+
+
+def test_grade_table_grades_each_row_with_its_problems_task():
+    # GSM8K's OOD split holds MATH problems: their answers are LaTeX and need the MATH grader
+    problems = [{"id": "g", "question": "q", "answer": "5"},
+                {"id": "m", "question": "q", "answer": "5\\sqrt{2}", "task": "math"}]
+    df = pd.DataFrame({"problem_id": ["g", "m", "m"],
+                       "response": ["so #### 5", "It is $\\boxed{5\\sqrt{2}}$.", "It is $\\boxed{5}$."]})
+    out = verify.grade_table(df, problems, "gsm8k", workers=1)
+    assert out["status"].tolist() == ["correct", "correct", "incorrect"]

@@ -1,0 +1,161 @@
+"""The three paradigms: which F_t each iteration trains with, the SFT data, what a study shares between its
+runs, and a tiny study run end to end (real SFT and DPO training through the stage notebooks)."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from selfimprove import artifacts, config, pairs, pipeline, profiling, train
+
+
+def test_train_kinds_follow_the_paper():
+    # paper.md §2.3: SFT-DPO's t = 2 equals DPO's, then it alternates
+    assert [config.train_kind("sft-dpo", t) for t in range(1, 6)] == [None, "dpo", "sft", "dpo", "sft"]
+    assert [config.train_kind("sft", t) for t in range(2, 6)] == ["sft"] * 4
+    assert [config.train_kind("dpo", t) for t in range(2, 6)] == ["dpo"] * 4
+    with pytest.raises(ValueError, match="unknown paradigm"):
+        config.train_kind("ppo", 2)
+
+
+def _study(**kw) -> config.RunConfig:
+    raw = {"name": "s", "iterations": 4, "paradigm": ["sft", "dpo", "sft-dpo"], **kw}
+    return config.build(config.RunConfig, raw, "test")
+
+
+def test_share_keys_match_exactly_where_the_stage_is_the_same():
+    s = _study()
+    sft, dpo, mix = (s.member(p) for p in ("sft", "dpo", "sft-dpo"))
+    # M1's samples are the same for every paradigm
+    assert sft.share_key("sample", 1) == dpo.share_key("sample", 1) == mix.share_key("sample", 1)
+    # verify at t = 1 builds SFT rows for the SFT run and pairs for the others
+    assert sft.share_key("verify", 1) != dpo.share_key("verify", 1) == mix.share_key("verify", 1)
+    # SFT-DPO's M2 is DPO's M2, but its data for M3 are SFT rows
+    assert dpo.share_key("train", 2) == mix.share_key("train", 2)
+    assert dpo.share_key("sample", 2) == mix.share_key("sample", 2)
+    assert dpo.share_key("verify", 2) != mix.share_key("verify", 2)
+    assert dpo.share_key("train", 3) != mix.share_key("train", 3)
+    # any other setting separates them
+    other = _study(seed=1).member("dpo")
+    assert other.share_key("sample", 1) != dpo.share_key("sample", 1)
+
+
+def test_study_recipe_validation():
+    assert _study().is_study and _study().member("sft").name == "s/sft"
+    with pytest.raises(config.RecipeError, match="list of distinct ones"):
+        _study(paradigm=["sft", "sft"])
+    with pytest.raises(config.RecipeError, match="'paradigm' must be one of"):
+        _study(paradigm=["sft", "rlhf"])
+    with pytest.raises(config.RecipeError, match="is a study"):
+        _study().stage("train", 2, "x")
+
+
+def test_train_config_choices_are_checked():
+    base = {"run_dir": "x", "iteration": 2}
+    for key, bad in (("ref_model", "m0"), ("data_mode", "all"), ("backend", "deepspeed"), ("precision", "fp8")):
+        with pytest.raises(config.RecipeError, match=f"'{key}' must be one of"):
+            config.build(config.TrainConfig, {**base, key: bad}, "test")
+    with pytest.raises(config.RecipeError, match="needs lora_r > 0"):
+        config.build(config.TrainConfig, {**base, "merge_adapter": False, "lora_r": 0}, "test")
+
+
+def _graded(statuses: dict[str, list[str]]) -> pd.DataFrame:
+    rows = []
+    for pid, sts in statuses.items():
+        for i, s in enumerate(sts):
+            rows.append({"problem_id": pid, "level": 1, "prompt": f"q{pid}", "decoding": "sample", "sample_idx": i,
+                         "response": f"{pid}-r{i % 3}", "status": s})
+    rows.append({"problem_id": "a", "level": 1, "prompt": "qa", "decoding": "greedy", "sample_idx": 0,
+                 "response": "greedy", "status": "correct"})
+    return pd.DataFrame(rows)
+
+
+def test_sft_rows_keep_correct_distinct_responses_capped():
+    df = _graded({"a": ["correct"] * 6, "b": ["incorrect", "timeout", "correct"], "c": ["incorrect"] * 3})
+    rows = pairs.make_sft_rows(df, max_per_problem=2, dedup=True, seed=0)
+    assert list(rows.columns) == pairs.SFT_COLUMNS
+    assert rows.groupby("problem_id").size().to_dict() == {"a": 2, "b": 1}  # c has no correct response
+    assert rows[rows.problem_id == "a"]["completion"].is_unique  # a's responses repeat every 3 samples
+    assert "greedy" not in set(rows["completion"])  # only sampled responses train
+    assert len(pairs.make_sft_rows(df, max_per_problem=0, dedup=False)) == 7
+    assert len(pairs.make_sft_rows(df, max_per_problem=0, dedup=True)) == 4
+
+
+def test_accumulated_data_takes_the_same_kind_from_earlier_iterations(tmp_path):
+    paths = artifacts.RunPaths(tmp_path)
+    sft = pd.DataFrame({"problem_id": ["p"], "prompt": ["q"], "completion": ["a"]})
+    dpo = pd.DataFrame({"problem_id": ["p"], "prompt": ["q"], "chosen": ["a"], "rejected": ["b"]})
+    for t, table in ((1, dpo), (2, sft), (3, dpo), (4, sft)):  # SFT-DPO: data for M2..M5
+        paths.iter_dir(t).mkdir(parents=True)
+        artifacts.write_parquet(table, paths.train_data(t))
+    cfg = config.build(config.TrainConfig, {"run_dir": str(tmp_path), "iteration": 5, "iterations": 5,
+                                            "paradigm": "sft-dpo", "data_mode": "accumulate"}, "test")
+    assert train.iteration_data(cfg, paths)["source_iteration"].tolist() == [2, 4]
+    fresh = config.build(config.TrainConfig, {**cfg.__dict__, "data_mode": "fresh"}, "test")
+    assert train.iteration_data(fresh, paths)["source_iteration"].tolist() == [4]
+    wrong = config.build(config.TrainConfig, {**cfg.__dict__, "paradigm": "dpo", "data_mode": "fresh"}, "test")
+    with pytest.raises(train.TrainError, match="built for another paradigm"):
+        train.iteration_data(wrong, paths)
+
+
+def test_unsloth_backend_fails_before_loading_without_cuda(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = config.build(config.TrainConfig, {"run_dir": "x", "iteration": 2, "backend": "unsloth"}, "test")
+    with pytest.raises(train.TrainError, match="needs a CUDA GPU"):
+        train.check_backend(cfg)
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory, organism_root):
+    runs = tmp_path_factory.mktemp("study")
+    lines = []
+    root = pipeline.run("tiny", overrides=["paradigm=[dpo, sft-dpo, sft]", "iterations=3", "name=study"],
+                        runs_root=runs, organism_root=organism_root, log=lines.append)
+    return root, lines
+
+
+@pytest.mark.slow
+def test_a_study_runs_every_paradigm_and_shares_what_is_the_same(tiny_study):
+    root, lines = tiny_study
+    runs = {p: artifacts.RunPaths(root / p) for p in ("dpo", "sft-dpo", "sft")}
+    stages = {p: json.loads(r.manifest.read_text())["stages"] for p, r in runs.items()}
+    # what each run trained with, as the paper's paradigms say
+    kinds = {p: [json.loads(r.train_log(t).read_text())["kind"] for t in (2, 3)] for p, r in runs.items()}
+    assert kinds == {"dpo": ["dpo", "dpo"], "sft-dpo": ["dpo", "sft"], "sft": ["sft", "sft"]}
+    assert set(pd.read_parquet(runs["sft"].train_data(1)).columns) >= {"prompt", "completion"}
+    assert set(pd.read_parquet(runs["sft-dpo"].train_data(2)).columns) >= {"prompt", "completion"}
+    assert set(pd.read_parquet(runs["dpo"].train_data(2)).columns) >= {"prompt", "chosen", "rejected"}
+    # shared: M1's sampling for all; SFT-DPO's M2 and its samples from DPO; nothing shared that differs
+    assert stages["sft-dpo"]["1/sample"]["shared_from"].endswith("dpo")
+    assert stages["sft-dpo"]["2/train"]["shared_from"].endswith("dpo")
+    assert stages["sft-dpo"]["2/sample"]["shared_from"].endswith("dpo")
+    assert "shared_from" not in stages["sft-dpo"]["2/verify"] and "shared_from" not in stages["sft-dpo"]["3/train"]
+    assert "shared_from" not in stages["sft"]["1/verify"] and "shared_from" not in stages["sft"]["2/train"]
+    assert stages["sft"]["1/sample"].get("shared_from")
+    assert artifacts.sha256(runs["dpo"].model(2)) == artifacts.sha256(runs["sft-dpo"].model(2))
+    assert artifacts.sha256(runs["dpo"].model(3)) != artifacts.sha256(runs["sft-dpo"].model(3))
+    # the SFT iterations moved the model and logged their loss
+    assert artifacts.sha256(runs["sft"].model(2)) != artifacts.sha256(runs["sft"].model(1))
+    log = json.loads(runs["sft"].train_log(2).read_text())
+    assert log["rows"] > 0 and "loss" in log["summary"]
+    # model compute is recorded beside wall time; shared stages cost nothing
+    wall = stages["dpo"]["1/sample"]["seconds"]
+    assert 0 < profiling.read(runs["dpo"].root, 1, "sample")["compute_s"] < wall
+    assert 0 < profiling.read(runs["sft"].root, 2, "train")["compute_s"] < stages["sft"]["2/train"]["seconds"]
+    timing = pipeline.timing_table(artifacts.Manifest.load(runs["sft-dpo"]))
+    assert "| 2/train | 0.0 | 0.0 | 0.0 |" in timing and "from dpo" in timing
+    # one comparison table, a row per paradigm
+    summary = (root / "report" / "summary.md").read_text()
+    assert all(f"| {p} |" in summary for p in runs)
+    assert any("taken from there" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_a_shared_stage_resumes_like_a_computed_one(tiny_study, organism_root):
+    root, _ = tiny_study
+    lines = []
+    pipeline.run("tiny", overrides=["paradigm=[dpo, sft-dpo, sft]", "iterations=3", "name=study"],
+                 runs_root=root.parent, organism_root=organism_root, log=lines.append)
+    assert not any("running" in line for line in lines)  # every stage of every run is done or shared
