@@ -1,0 +1,58 @@
+"""GPU tier (`-m gpu`, STYLE.md H11): vLLM sampling and an Unsloth LoRA DPO step on a randomly initialised
+Llama-3-shaped model saved locally (no downloads), each in its own process as bench/gpu_smoke.py runs them.
+Skipped where no CUDA GPU is visible, so the default `make test` reports them as skipped.
+
+    pip install -r requirements/gpu.txt && pip install --no-deps -e . && python -m pytest -m gpu tests/test_gpu.py
+"""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the gpu tier)")]
+SMOKE = Path(__file__).resolve().parent.parent / "bench" / "gpu_smoke.py"
+
+
+def _smoke():
+    spec = importlib.util.spec_from_file_location("gpu_smoke", SMOKE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    return _smoke()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, smoke):
+    out = tmp_path_factory.mktemp("gpu") / "model"
+    info = smoke.build_model(out, layers=1)
+    assert info["parameters"] > 2e8  # one Llama-3-8B-shaped layer and the embeddings
+    return out
+
+
+def test_machine_check_reports_the_gpu(smoke):
+    info = smoke.check_machine()
+    assert info["gpu"] and info["versions"]["vllm"] and info["versions"]["unsloth"]
+
+
+def test_vllm_samples_n_responses_per_prompt(smoke, model_dir):
+    pytest.importorskip("vllm")
+    out = smoke._child("vllm", model_dir, ["--prompts", "8", "--n", "4", "--max-tokens", "16"])
+    assert out["ok"], out.get("error")
+    assert out["sample"]["completions"] == 8 * 4 and out["sample"]["tokens"] == 8 * 4 * 16
+    assert out["greedy"]["completions"] == 8 and out["sample"]["tokens_per_s"] > 0
+
+
+def test_unsloth_lora_dpo_step_changes_the_adapter(smoke, model_dir):
+    pytest.importorskip("unsloth")
+    out = smoke._child("unsloth", model_dir, ["--dpo-steps", "1", "--dpo-batch", "2"])
+    assert out["ok"], out.get("error")
+    changed, total = map(int, out["lora_b_changed"].split("/"))
+    assert total == 7 and changed == total  # LoRA B of every linear layer of the one decoder layer moved
+    assert len(out["loss"]) == 1 and out["loss"][0] > 0
