@@ -1,14 +1,537 @@
-"""Figures from the tidy metrics table (metrics.collect); each function takes a DataFrame, returns a Figure."""
+"""The paper's figures, from the tidy metrics table of one run or many (metrics.collect; runs_table).
+
+Every function takes that table and returns a matplotlib Figure; `save` writes it as PNG and PDF. The
+figures (paper.md §3 and §5, the authors' project page):
+
+- figure1_pass1: greedy test pass@1 per iteration, a panel per (model, task), a line per paradigm, the best
+  iterate M_t* (t >= 2, as verdict.py) marked with its gain over M1 above and its pass@1 below (Figure 1).
+- figure2_coverage: M1's correct-answer coverage of its training problems beside the best iterate of each
+  paradigm, the best paradigm starred (Figure 2, right).
+- figure3_improvement_sets: M1's accuracy@N on each improvement set IS(t), with M1's accuracy@N on all
+  problems and on the ones it gets wrong greedily as baselines (Figure 3; paper.md §7 R3 asked for them).
+- figure4_diversity: distinct-n, embedding and distinct-equation diversity per iteration, correct and
+  incorrect responses apart (Figure 4).
+- figure5_ood_disparity: OOD pass@1 beside in-domain pass@1, and group disparity per iteration (Figure 5).
+- reversal_dashboard: one page with pass@1 beside pass@k, diversity, OOD and disparity.
+
+A paradigm keeps one colour in every figure (PARADIGM_COLORS); every axis is labelled; a panel whose data
+are missing says so instead of failing. `selfimprove figures <run or study dirs> --out figures` renders
+them all; notebooks/50_analysis.ipynb does the same, showing each figure.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 import matplotlib
 
-matplotlib.use("Agg")  # files, not windows: the pipeline runs headless
+if "ipykernel" not in sys.modules:  # a notebook keeps its inline backend, to show the figures
+    matplotlib.use("Agg")  # files, not windows: the pipeline runs headless
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from . import metrics  # noqa: E402
+from .estimators import paradigm_advice  # noqa: E402
+
+# One colour per paradigm in every figure (our choice: seaborn's colorblind palette, entries 0, 1, 2).
+PARADIGM_COLORS = {"sft": "#0173b2", "dpo": "#de8f05", "sft-dpo": "#029e73"}
+PARADIGM_LABELS = {"sft": "Iterative SFT", "dpo": "Iterative DPO", "sft-dpo": "Iterative SFT-DPO"}
+DEFAULT_PARADIGM = "dpo"  # a manifest without a paradigm key predates the field, whose default is DPO (config.py)
+DIVERSITY_LABELS = {"distinct_n": "distinct-n, n = 1..5 (syntactic)",
+                    "embedding_diversity": "1 - mean cosine similarity (semantic)",
+                    "distinct_equations": "share of distinct equations (logical)"}
+SUBSET_STYLES = {"correct": "-", "incorrect": "--"}  # correct vs incorrect responses (Figure 4)
+SPLIT_STYLES = {"ood": "-", "test": "--"}  # group disparity: OOD (the paper's Figure 5) and in-domain
+ITERATION_LABEL = "iteration t (model M_t)"
+PANEL_W, PANEL_H = 3.7, 2.9  # inches per panel (our choice)
+RUN_COLUMNS = ["run", "task", "model", "paradigm"]
+
+
+class PlotsError(ValueError):
+    """A run or study directory cannot be read for figures; the message names the path."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading: run and study directories -> one tidy table.
+
+def _run_dirs(path: Path) -> list[tuple[str, Path]]:
+    """(name, run dir) for a run directory, or for each run of a study directory (a subfolder with a
+    manifest.json, named after its paradigm)."""
+    if not path.is_dir():
+        raise PlotsError(f"{path}: no such directory (expected a run or a study directory)")
+    if (path / "manifest.json").exists():
+        return [(path.name, path)]
+    subs = sorted(p for p in path.iterdir() if (p / "manifest.json").exists())
+    if not subs:
+        raise PlotsError(f"{path}: neither a run (no manifest.json) nor a study (no subfolder with a manifest.json)")
+    return [(f"{path.name}/{p.name}", p) for p in subs]
+
+
+def _model_name(config: dict) -> str:
+    model = config.get("model")
+    if isinstance(model, dict):
+        model = model.get("name") or model.get("path")
+    return str(model) if model else "organism"  # no model key: the built-in organism of the task (our label)
+
+
+def runs_table(paths) -> pd.DataFrame:
+    """The tidy metrics table (metrics.collect) of every run in `paths` (run and/or study directories), with
+    columns run, task, model and paradigm from each run's manifest config. A study expands into its runs."""
+    paths = [paths] if isinstance(paths, str | Path) else list(paths)
+    if not paths:
+        raise PlotsError("no run or study directory given")
+    runs: dict[Path, str] = {}
+    for p in paths:
+        for name, d in _run_dirs(Path(p)):
+            runs.setdefault(d.resolve(), name)
+    tables = []
+    for d, name in runs.items():
+        config = json.loads((d / "manifest.json").read_text()).get("config", {})
+        paradigm = config.get("paradigm", DEFAULT_PARADIGM)
+        if paradigm not in PARADIGM_COLORS:
+            raise PlotsError(f"{d / 'manifest.json'}: paradigm {paradigm!r} is not one of {list(PARADIGM_COLORS)}")
+        table = metrics.collect(d)
+        if not len(table):
+            raise PlotsError(f"{d}: no evaluated iteration (no iter_<t>/metrics.json with rows)")
+        tables.append(table.assign(run=name, task=config.get("task", "?"), model=_model_name(config),
+                                   paradigm=paradigm))
+    out = pd.concat(tables, ignore_index=True)
+    return out[RUN_COLUMNS + metrics.TABLE_COLUMNS]
+
+
+def _prepare(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy with numeric values and the run columns (a single run's metrics.collect table lacks them)."""
+    missing = set(metrics.TABLE_COLUMNS) - set(table.columns)
+    if missing:
+        raise PlotsError(f"the metrics table lacks column(s) {sorted(missing)}; build it with runs_table()")
+    t = table.copy()
+    for col, default in zip(RUN_COLUMNS, ("run", "?", "organism", DEFAULT_PARADIGM)):
+        if col not in t.columns:
+            t[col] = default
+    for col in ("value", "ci_low", "ci_high"):
+        t[col] = pd.to_numeric(t[col], errors="coerce")
+    t["iteration"] = t["iteration"].astype(int)
+    return t
+
+
+def _select(t: pd.DataFrame, split: str, metric: str, subset: str | None = "all", k=None) -> pd.DataFrame:
+    rows = t[(t["split"] == split) & (t["metric"] == metric)]
+    if subset is not None:
+        rows = rows[rows["subset"] == subset]
+    if k is not None:
+        rows = rows[rows["k"] == k]
+    return rows[rows["value"].notna()].sort_values(["run", "iteration"])
+
+
+def _groups(t: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(title, rows) per (model, task), in a stable order."""
+    return [(f"{model} · {task}", g) for (model, task), g in t.groupby(["model", "task"], sort=True)]
+
+
+def _paradigms(t: pd.DataFrame) -> list[str]:
+    return [p for p in PARADIGM_COLORS if p in set(t["paradigm"])]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Drawing helpers.
+
+def _grid(nrows: int, ncols: int, title: str) -> tuple[plt.Figure, np.ndarray]:
+    sns.set_theme(style="whitegrid", context="paper")  # close to the paper's light-grid line plots
+    fig, axes = plt.subplots(nrows, ncols, figsize=(PANEL_W * ncols, PANEL_H * nrows + 0.6), squeeze=False,
+                             layout="constrained")
+    fig.suptitle(title)
+    return fig, axes
+
+
+def _frame(ax, xlabel: str, ylabel: str, title: str = "", iterations: bool = True) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=9)
+    if iterations:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _missing(ax, what: str) -> None:
+    """Say in the panel what is missing (a figure renders what exists, never fails on a gap)."""
+    ax.text(0.5, 0.5, f"no data:\n{what}", transform=ax.transAxes, ha="center", va="center", fontsize=8,
+            color="0.35", wrap=True, gid="missing")
+
+
+def _label(t: pd.DataFrame, run: str, paradigm: str) -> str:
+    """The paradigm's name, with the run's when several runs of that paradigm share the table's panels."""
+    n_runs = t.loc[t["paradigm"] == paradigm, "run"].nunique()
+    return PARADIGM_LABELS[paradigm] + (f" ({run})" if n_runs > 1 else "")
+
+
+def _marker(t: pd.DataFrame, run: str, paradigm: str) -> str:
+    """Runs of one paradigm share its colour and differ by marker (o, s, ^, D, v, then again)."""
+    runs = sorted(t.loc[t["paradigm"] == paradigm, "run"].unique())
+    return "os^Dv"[runs.index(run) % 5] if run in runs else "o"
+
+
+def _draw(ax, t: pd.DataFrame, rows: pd.DataFrame, scale: float = 1.0, ls: str = "-", bands: bool = True,
+          labelled: bool = True) -> None:
+    """One line per run, in its paradigm's colour, with its 95% interval as a band where recorded."""
+    for run, g in rows.groupby("run", sort=False):
+        p = g["paradigm"].iloc[0]
+        color = PARADIGM_COLORS[p]
+        (line,) = ax.plot(g["iteration"], g["value"] * scale, color=color, ls=ls, marker=_marker(t, run, p), ms=4,
+                          label=_label(t, run, p) if labelled else "_nolegend_")
+        line.set_gid(f"paradigm:{p}")
+        if bands and g["ci_low"].notna().all() and g["ci_high"].notna().all():
+            ax.fill_between(g["iteration"], g["ci_low"] * scale, g["ci_high"] * scale, color=color, alpha=0.12,
+                            linewidth=0)
+
+
+def _m1_line(ax, rows: pd.DataFrame, scale: float = 1.0) -> None:
+    """A dotted reference at M1's value (the same model in every run of a (model, task))."""
+    m1 = rows.loc[rows["iteration"] == 1, "value"]
+    if len(m1):
+        ax.axhline(float(m1.mean()) * scale, color="0.4", ls=":", lw=1, label="_nolegend_")
+
+
+def _legend(fig: plt.Figure, extra: list[Line2D] | None = None) -> None:
+    """One legend for the figure: each labelled line once (paradigms, runs), then style proxies."""
+    seen: dict[str, object] = {}
+    for ax in fig.axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    order = list(PARADIGM_LABELS.values())  # paradigms in one order everywhere; runs of one paradigm together
+    labels = sorted(seen, key=lambda lab: next((i for i, p in enumerate(order) if lab.startswith(p + " (")
+                                                or lab == p), len(order)))
+    handles = [seen[lab] for lab in labels] + (extra or [])
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5), frameon=False)
+
+
+def _style_proxies(styles: dict[str, str], names: dict[str, str]) -> list[Line2D]:
+    return [Line2D([], [], color="0.3", ls=ls, label=names[key]) for key, ls in styles.items()]
+
+
+def best_iterate(rows: pd.DataFrame) -> dict | None:
+    """M_t* of one run's pass@1 rows: the highest value among t >= 2 (verdict.py's choice; the paper's
+    largest marker), with its gain over M1. None without M1 and a later iterate.
+
+    >>> best_iterate(pd.DataFrame({"iteration": [1, 2, 3], "value": [0.40, 0.47, 0.45]}))
+    {'t': 2, 'value': 0.47, 'gain': 0.06999999999999995}
+    """
+    by_t = rows.set_index("iteration")["value"]
+    later = by_t[by_t.index >= 2]
+    if 1 not in by_t.index or not len(later):
+        return None
+    t = int(later.idxmax())
+    return {"t": t, "value": float(later[t]), "gain": float(later[t] - by_t[1])}
+
+
+def gain_text(gain: float) -> str:
+    """The gain over M1 in points of pass@1, as the paper prints it above the best marker (e.g. '+1.5')."""
+    return f"{gain * 100:+.1f}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The figures.
+
+def figure1_pass1(table: pd.DataFrame, split: str = "test") -> plt.Figure:
+    """Figure 1: greedy pass@1 (%) per iteration, a panel per (model, task), a line per paradigm (run), its
+    95% interval as a band; the best iterate M_t* (t >= 2) enlarged, its gain over M1 above and its pass@1
+    below (paper.md §3.1)."""
+    t = _prepare(table)
+    groups = _groups(t)
+    fig, axes = _grid(1, len(groups), f"Figure 1. Greedy {split} pass@1 per iteration")
+    for ax, (title, g) in zip(axes[0], groups):
+        _frame(ax, ITERATION_LABEL, f"greedy {split} pass@1 (%)", title)
+        rows = _select(g, split, "pass@1")
+        if rows.empty:
+            _missing(ax, f"no pass@1 on the {split} split")
+            continue
+        _draw(ax, t, rows, scale=100)
+        bests = [(run, PARADIGM_COLORS[r["paradigm"].iloc[0]], best_iterate(r)) for run, r in rows.groupby("run")]
+        bests = [b for b in bests if b[2] is not None]
+        lo, hi = ax.get_ylim()
+        for j, (run, color, best) in enumerate(bests):
+            y = best["value"] * 100
+            # Best iterates at nearly the same point (within 6% of the axis) stack their labels apart.
+            near = [b for b in bests[:j] if b[2]["t"] == best["t"] and abs(b[2]["value"] * 100 - y) < 0.06 * (hi - lo)]
+            ax.scatter([best["t"]], [y], s=110, color=color, edgecolor="black", zorder=5, gid=f"best:{run}")
+            ax.annotate(gain_text(best["gain"]), (best["t"], y), textcoords="offset points",
+                        xytext=(0, 8 + 11 * len(near)), ha="center", fontsize=8, color=color, fontweight="bold",
+                        gid=f"gain:{run}")
+            ax.annotate(f"{y:.1f}", (best["t"], y), textcoords="offset points", xytext=(0, -16 - 9 * len(near)),
+                        ha="center", fontsize=7, color=color, gid=f"value:{run}")
+        if rows["iteration"].max() < 2:
+            _missing(ax, "only M1: no best iterate")
+    _legend(fig, [Line2D([], [], ls="", marker="o", ms=9, markerfacecolor="white", markeredgecolor="black",
+                         label="best iterate M_t* (gain over M1 above, pass@1 below, points)")])
+    return fig
+
+
+def coverage_table(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    """The data of Figure 2: per (model, task), M1's coverage (mean, any) and the advice it gives, M1's
+    pass@1 (%) and each paradigm's best-iterate pass@1 (%), and the best paradigm (the paper's table)."""
+    t = _prepare(table)
+    out = []
+    for (model, task), g in t.groupby(["model", "task"], sort=True):
+        row: dict = {"model": model, "task": task}
+        for name in ("coverage_mean", "coverage_any"):
+            v = _select(g, "train", name)
+            v = v.loc[v["iteration"] == 1, "value"]
+            row[name] = float(v.mean()) if len(v) else np.nan
+        row["advice"] = paradigm_advice(row["coverage_mean"]) if np.isfinite(row["coverage_mean"]) else ""
+        p1 = _select(g, split, "pass@1")
+        m1 = p1.loc[p1["iteration"] == 1, "value"]
+        row["M1"] = float(m1.mean()) * 100 if len(m1) else np.nan
+        for p in PARADIGM_COLORS:
+            bests = [best_iterate(r) for _, r in p1[p1["paradigm"] == p].groupby("run")]
+            bests = [b["value"] * 100 for b in bests if b]
+            row[p] = float(np.mean(bests)) if bests else np.nan  # the mean over runs of that paradigm
+        scores = {p: row[p] for p in PARADIGM_COLORS if np.isfinite(row[p])}
+        row["best"] = max(scores, key=scores.get) if scores else ""
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def figure2_coverage(table: pd.DataFrame, split: str = "test") -> plt.Figure:
+    """Figure 2: M1's correct-answer coverage of its training problems (left; the paper's rule: above 0.5
+    favours DPO or SFT-DPO, paper.md §3.2) beside each paradigm's best-iterate pass@1 with M1's as a black
+    tick and the best paradigm starred (right)."""
+    cov = coverage_table(table, split)
+    fig, axes = _grid(1, 2, "Figure 2. M1's correct-answer coverage and the best paradigm")
+    ax_c, ax_b = axes[0]
+    x = np.arange(len(cov))
+    names = [f"{m}\n{k}" for m, k in zip(cov["model"], cov["task"])]
+    _frame(ax_c, "model and task", "M1 coverage of training problems", "M1 coverage (advice above the bars)",
+           iterations=False)
+    _frame(ax_b, "model and task", f"best-iterate greedy {split} pass@1 (%)", "M_t* per paradigm (best: ★)",
+           iterations=False)
+    for ax in (ax_c, ax_b):
+        ax.set_xticks(x, names)
+    if cov["coverage_mean"].notna().any():
+        ax_c.bar(x - 0.18, cov["coverage_mean"], 0.36, color="0.55", label="coverage, mean per-sample (paper)")
+        ax_c.bar(x + 0.18, cov["coverage_any"], 0.36, color="0.8", label="coverage, any correct (Monkeys)")
+        ax_c.axhline(0.5, color="black", ls="--", lw=1, label="0.5: the paper's paradigm rule")
+        for xi, (v, advice) in enumerate(zip(cov["coverage_mean"], cov["advice"])):
+            if advice:
+                ax_c.annotate(f"→ {advice}", (xi - 0.18, max(v, 0.5)), textcoords="offset points", xytext=(0, 4),
+                              ha="center", fontsize=7)
+        ax_c.set_ylim(0, 1.3)
+        ax_c.legend(fontsize=7, loc="upper right")
+    else:
+        _missing(ax_c, "no M1 coverage (M1 sampled no training problems: T = 1?)")
+    present = [p for p in PARADIGM_COLORS if cov[p].notna().any()] if len(cov) else []
+    if not present:
+        _missing(ax_b, "no best iterate (every run needs M1 and a later iterate)")
+        return fig
+    width = 0.8 / len(present)
+    for i, p in enumerate(present):
+        xs = x - 0.4 + width * (i + 0.5)
+        bars = ax_b.bar(xs, cov[p], width, color=PARADIGM_COLORS[p], label=PARADIGM_LABELS[p])
+        for b in bars:
+            b.set_gid(f"paradigm:{p}")
+        for xi, v, m1, best in zip(xs, cov[p], cov["M1"], cov["best"]):
+            star = " ★" if best == p and len(present) > 1 else ""
+            if np.isfinite(v):
+                ax_b.annotate(gain_text((v - m1) / 100) + star, (xi, v), textcoords="offset points", xytext=(0, 2),
+                              ha="center", fontsize=8, gid=f"best:{p}" if star else f"gain:{p}")
+    ax_b.scatter(x, cov["M1"], marker="_", s=600, color="black", zorder=5, label="M1 (gain over it above bars)")
+    top = np.nanmax(cov[present].to_numpy()) if len(cov) else 100
+    ax_b.set_ylim(0, min(100, top * 1.45) if top > 0 else 1)
+    ax_b.legend(fontsize=7, loc="upper right", ncol=2)
+    if len(present) == 1:
+        ax_b.text(0.5, 0.93, f"only {PARADIGM_LABELS[present[0]]}: no best paradigm to compare",
+                  transform=ax_b.transAxes, ha="center", fontsize=7, color="0.35", gid="missing")
+    return fig
+
+
+def _shade(color: str, i: int, n: int) -> tuple:
+    """The i-th of n shades of a paradigm's colour, light to full (later IS(t) darker)."""
+    return sns.light_palette(color, n_colors=n + 1)[i + 1]
+
+
+def figure3_improvement_sets(table: pd.DataFrame, split: str = "test") -> plt.Figure:
+    """Figure 3: M1's accuracy@N (%; unbiased pass@N from M1's samples) on each improvement set IS(t)
+    (problems M_t solves greedily and M1 does not), in shades of the paradigm's colour, against M1's
+    accuracy@N on all problems (black dashed) and on all it gets wrong greedily (grey dotted); a panel per
+    (model, task) and paradigm (paper.md §3.3; the baselines answer reviewer R3, §7). With several runs of
+    one paradigm, the panel shows the first by name (their IS(t) differ; our choice, to keep it readable)."""
+    t = _prepare(table)
+    keys = [(title, p, g[g["paradigm"] == p]) for title, g in _groups(t) for p in _paradigms(g)]
+    fig, axes = _grid(1, max(len(keys), 1), f"Figure 3. M1's accuracy@N on the improvement sets IS(t) ({split})")
+    for ax, (title, p, g) in zip(axes[0], keys):
+        _frame(ax, "N, samples drawn from M1 (log scale)", "M1 accuracy@N (%)", f"{title} · {PARADIGM_LABELS[p]}",
+               iterations=False)
+        rows = g[(g["split"] == split) & (g["metric"] == "m1_accuracy@N")]
+        sets = rows[rows["subset"] == "improved"]
+        if sets.empty:
+            _missing(ax, "no improvement sets (they need M1 and a later iterate with samples)")
+            continue
+        ax.set_xscale("log", base=2)
+        ns = sorted(rows["k"].dropna().astype(int).unique())
+        ax.set_xticks(ns, [str(n) for n in ns])
+        iters = sorted(sets["iteration"].unique())
+        run0 = sorted(sets["run"].unique())[0]
+        for i, it in enumerate(iters):
+            s = sets[(sets["iteration"] == it) & (sets["run"] == run0)].sort_values("k")
+            n_prob = int(s["n"].iloc[0]) if len(s) else 0
+            line, = ax.plot(s["k"].astype(int), s["value"] * 100, marker="o", ms=4,
+                            color=_shade(PARADIGM_COLORS[p], i, len(iters)), label=f"IS({it}), {n_prob} problems")
+            line.set_gid(f"paradigm:{p}")
+            if s["value"].isna().all():
+                ax.text(0.03, 0.95 - 0.08 * i, f"IS({it}) is empty", transform=ax.transAxes, fontsize=7, va="top",
+                        color="0.35", gid="missing")
+        for subset, style, name in (("all", "--", "all problems"), ("m1_wrong", ":", "all M1 gets wrong greedily")):
+            b = rows[(rows["subset"] == subset) & (rows["iteration"] == iters[0]) & (rows["run"] == run0)]
+            b = b.sort_values("k")
+            if len(b):
+                ax.plot(b["k"].astype(int), b["value"] * 100, color="black" if subset == "all" else "0.5", ls=style,
+                        label=f"{name}, {int(b['n'].iloc[0])} problems")
+        ax.axhline(100, color="tab:red", ls=":", lw=1)
+        ax.set_ylim(-3, 105)
+        ax.legend(fontsize=6.5, loc="lower right")
+    if not keys:
+        _frame(axes[0][0], "N, samples drawn from M1 (log scale)", "M1 accuracy@N (%)", iterations=False)
+        _missing(axes[0][0], "no runs")
+    return fig
+
+
+def figure4_diversity(table: pd.DataFrame, split: str = "test") -> plt.Figure:
+    """Figure 4: output diversity per iteration, correct (solid) and incorrect (dashed) responses apart, a
+    column per measure (syntactic, semantic, logical; paper.md §3.4), a row per (model, task)."""
+    t = _prepare(table)
+    groups = _groups(t)
+    fig, axes = _grid(len(groups), len(DIVERSITY_LABELS), f"Figure 4. Output diversity per iteration ({split})")
+    for row_axes, (title, g) in zip(axes, groups):
+        for ax, (metric, label) in zip(row_axes, DIVERSITY_LABELS.items()):
+            _frame(ax, ITERATION_LABEL, label, title)
+            drawn = False
+            for subset, ls in SUBSET_STYLES.items():
+                rows = _select(g, split, metric, subset)
+                if len(rows):
+                    _draw(ax, t, rows, ls=ls, bands=False, labelled=subset == "correct")
+                    drawn = True
+            if not drawn:
+                _missing(ax, f"no {metric} on the {split} split" + (" (embedding off or not this split)"
+                                                                    if metric == "embedding_diversity" else ""))
+    _legend(fig, _style_proxies(SUBSET_STYLES, {"correct": "correct responses", "incorrect": "incorrect responses"}))
+    return fig
+
+
+def _disparity(ax, t: pd.DataFrame, g: pd.DataFrame) -> None:
+    _frame(ax, ITERATION_LABEL, "group disparity x100, (low - high) / low", "")
+    drawn = False
+    for split, ls in SPLIT_STYLES.items():
+        rows = _select(g, split, "group_disparity", None)
+        if len(rows):
+            _draw(ax, t, rows, scale=100, ls=ls, bands=split == "ood", labelled=False)
+            drawn = True
+    if not drawn:
+        _missing(ax, "no group disparity (it needs two difficulty levels)")
+
+
+def figure5_ood_disparity(table: pd.DataFrame) -> plt.Figure:
+    """Figure 5: greedy pass@1 in-domain (test) beside OOD, and group disparity per iteration (x100, as the
+    paper plots it; OOD solid, in-domain dashed), a row per (model, task) (paper.md §3.5-3.6)."""
+    t = _prepare(table)
+    groups = _groups(t)
+    fig, axes = _grid(len(groups), 3, "Figure 5. OOD and in-domain pass@1, and group disparity")
+    for (ax_in, ax_ood, ax_gd), (title, g) in zip(axes, groups):
+        for ax, split, name in ((ax_in, "test", "in-domain (test)"), (ax_ood, "ood", "OOD")):
+            _frame(ax, ITERATION_LABEL, f"greedy {name} pass@1 (%)", f"{title} · {name}")
+            rows = _select(g, split, "pass@1")
+            if rows.empty:
+                _missing(ax, f"no {name} split in these runs")
+            else:
+                _draw(ax, t, rows, scale=100)
+                _m1_line(ax, rows, 100)
+        _disparity(ax_gd, t, g)
+        ax_gd.set_title(f"{title} · group disparity", fontsize=9)
+    _legend(fig, _style_proxies(SPLIT_STYLES, {"ood": "disparity on OOD", "test": "disparity in-domain"})
+            + [Line2D([], [], color="0.4", ls=":", label="M1's value")])
+    return fig
+
+
+def reversal_dashboard(table: pd.DataFrame, split: str = "test") -> plt.Figure:
+    """One page to tell progress from reversal: pass@1 beside pass@k (largest k), diversity (distinct-n and
+    embedding; correct solid, incorrect dashed), OOD pass@1 and group disparity, two rows per (model, task),
+    M1's value dotted. Reversal reads as pass@1 up while the others fall (disparity: rises; paper.md §3.7)."""
+    t = _prepare(table)
+    groups = _groups(t)
+    fig, axes = _grid(2 * len(groups), 3, "Reversal dashboard: pass@1 beside pass@k, diversity, OOD and disparity")
+    for i, (title, g) in enumerate(groups):
+        (a_p1, a_pk, a_ood), (a_dn, a_emb, a_gd) = axes[2 * i], axes[2 * i + 1]
+        for ax, sp, name in ((a_p1, split, "pass@1 (greedy)"), (a_ood, "ood", "OOD pass@1 (greedy)")):
+            _frame(ax, ITERATION_LABEL, f"{name}, %", f"{title} · {sp}")
+            rows = _select(g, sp, "pass@1")
+            if rows.empty:
+                _missing(ax, f"no {sp} split")
+            else:
+                _draw(ax, t, rows, scale=100)
+                _m1_line(ax, rows, 100)
+        pk = _select(g, split, "pass@k", None)
+        k = int(pk["k"].max()) if len(pk) else None
+        _frame(a_pk, ITERATION_LABEL, f"pass@{k or 'k'} (sampled, unbiased), %", f"{title} · {split}")
+        if k is None:
+            _missing(a_pk, "no pass@k (no sampled responses)")
+        else:
+            rows = pk[pk["k"] == k]
+            _draw(a_pk, t, rows, scale=100)
+            _m1_line(a_pk, rows, 100)
+        for ax, metric in ((a_dn, "distinct_n"), (a_emb, "embedding_diversity")):
+            _frame(ax, ITERATION_LABEL, DIVERSITY_LABELS[metric], f"{title} · {split}")
+            drawn = False
+            for subset, ls in SUBSET_STYLES.items():
+                rows = _select(g, split, metric, subset)
+                if len(rows):
+                    _draw(ax, t, rows, ls=ls, bands=False, labelled=False)
+                    drawn = True
+            if not drawn:
+                _missing(ax, f"no {metric}")
+        _disparity(a_gd, t, g)
+        a_gd.set_title(f"{title} · group disparity", fontsize=9)
+    _legend(fig, _style_proxies(SUBSET_STYLES, {"correct": "diversity: correct", "incorrect": "diversity: incorrect"})
+            + _style_proxies(SPLIT_STYLES, {"ood": "disparity: OOD", "test": "disparity: in-domain"})
+            + [Line2D([], [], color="0.4", ls=":", label="M1's value")])
+    return fig
+
+
+FIGURES = {"figure1_pass1": figure1_pass1, "figure2_coverage": figure2_coverage,
+           "figure3_improvement_sets": figure3_improvement_sets, "figure4_diversity": figure4_diversity,
+           "figure5_ood_disparity": figure5_ood_disparity, "reversal_dashboard": reversal_dashboard}
+
+
+def save(fig: plt.Figure, name: str, dirs) -> list[Path]:
+    """Write `fig` as <dir>/<name>.png (150 dpi) and <dir>/<name>.pdf into each of `dirs` (a path or a list);
+    returns the written paths."""
+    if not name or "/" in name or "\\" in name or Path(name).suffix:
+        raise PlotsError(f"figure name {name!r}: give a bare name without a folder or suffix, e.g. 'figure1_pass1'")
+    dirs = [dirs] if isinstance(dirs, str | Path) else list(dirs)
+    written = []
+    for d in map(Path, dirs):
+        d.mkdir(parents=True, exist_ok=True)
+        for ext in ("png", "pdf"):
+            fig.savefig(d / f"{name}.{ext}", dpi=150, bbox_inches="tight")
+            written.append(d / f"{name}.{ext}")
+    return written
+
+
+def render_all(table: pd.DataFrame, dirs) -> dict[str, list[Path]]:
+    """Every figure of FIGURES, saved as PNG and PDF into `dirs`: {name: written paths}."""
+    out = {}
+    for name, make in FIGURES.items():
+        fig = make(table)
+        out[name] = save(fig, name, dirs)
+        plt.close(fig)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The single-run figure of pipeline.report (kept as it was).
 
 def pass1_by_iteration(table: pd.DataFrame, title: str = "") -> plt.Figure:
     """Greedy pass@1 per iteration: test overall and per level (left), test vs OOD with 95% intervals (right).
