@@ -35,28 +35,9 @@ def runs_of(path: Path) -> list[Path]:
 
 
 def profile(path: Path) -> dict:
-    from selfimprove import artifacts, pipeline
+    from selfimprove import pipeline
 
-    rows = []
-    for root in runs_of(path):
-        manifest = artifacts.Manifest.load(artifacts.RunPaths(root))
-        for key, st in manifest.data["stages"].items():
-            if st.get("state") != "done":
-                continue
-            compute = pipeline.stage_compute(root, manifest, key)
-            rows.append({"run": root.name, "stage": key, "kind": key.split("/")[-1], "wall_s": st.get("seconds", 0.0),
-                         "compute_s": compute, "shared": bool(st.get("shared_from"))})
-    kinds = {}
-    for r in rows:
-        k = kinds.setdefault(r["kind"], {"stages": 0, "shared": 0, "wall_s": 0.0, "compute_s": 0.0})
-        k["stages"] += 1
-        k["shared"] += r["shared"]
-        k["wall_s"] += r["wall_s"]
-        k["compute_s"] += r["compute_s"] or 0.0
-    wall = sum(k["wall_s"] for k in kinds.values())
-    compute = sum(k["compute_s"] for k in kinds.values())
-    return {"rows": rows, "kinds": kinds, "wall_s": round(wall, 1), "compute_s": round(compute, 1),
-            "overhead_share": round((wall - compute) / wall, 3) if wall else None}
+    return pipeline.time_by_stage(runs_of(path))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -73,15 +54,9 @@ def main(argv: list[str] | None = None) -> dict:
                            "platform": platform.platform()}, versions=artifacts.versions())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print("| stage | stages (shared) | wall s | model compute s | other s | other share |")
-    print("|---|---|---|---|---|---|")
-    for kind, k in result["kinds"].items():
-        other = k["wall_s"] - k["compute_s"]
-        share = f"{other / k['wall_s']:.0%}" if k["wall_s"] else ""
-        print(f"| {kind} | {k['stages']} ({k['shared']}) | {k['wall_s']:.1f} | {k['compute_s']:.1f} | {other:.1f} | "
-              f"{share} |")
-    print(f"| all stages | {len(result['rows'])} | {result['wall_s']:.1f} | {result['compute_s']:.1f} | "
-          f"{result['wall_s'] - result['compute_s']:.1f} | {result['overhead_share']:.0%} |")
+    from selfimprove import pipeline
+
+    print(pipeline.time_by_stage_table(result))
     if args.wall_s:
         print(f"\ncommand wall {args.wall_s:.1f}s: {args.wall_s - result['wall_s']:.1f}s outside the stages "
               f"(install, imports, reports); model compute is {result['compute_s'] / args.wall_s:.0%} of it")

@@ -2,13 +2,14 @@
 in one process, so that the ratios hold on a noisy machine.
 
     .venv/bin/python bench/sampling.py [--recipe tiny | --model DIR] [--problems 60] [--n 8] [--max-new-tokens 48]
-                                       [--backends transformers,vllm-eager,vllm] [--out bench/results/sampling.json]
+        [--backends transformers,compact,vllm-eager,vllm] [--out bench/results/sampling.json]
 
 The model is a recipe's organism M1 (built into data/organism on first use) or any model directory; the prompts
 are the first `--problems` test problems of the arith task. Each backend samples n responses per prompt at the
 sample stage's temperature and top_p (selfimprove.config.SampleConfig), once untimed on a few prompts (warm-up,
 and for vLLM the graph compilation of a non-eager engine) and then timed. Backends: transformers
-(TransformersSampler, batch_size of SampleConfig), vllm-eager (VLLMSampler, enforce_eager) and vllm (VLLMSampler
+(TransformersSampler, batch_size of SampleConfig), compact (CompactSampler: the same forward, finished
+sequences leave the batch), vllm-eager (VLLMSampler, enforce_eager) and vllm (VLLMSampler
 with vLLM's default compilation); vLLM in float32 as the transformers backend. Engine start-up is reported
 apart from the throughput. Writes JSON and prints a Markdown table with machine, versions and date.
 """
@@ -29,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 BACKENDS = {  # name -> (SAMPLERS key, constructor options)
     "transformers": ("transformers", {}),
+    "compact": ("compact", {}),
     "vllm-eager": ("vllm", {"dtype": "float32", "enforce_eager": True}),
     "vllm": ("vllm", {"dtype": "float32"}),
 }
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--problems", type=int, default=60)
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--backends", default="transformers,vllm-eager,vllm")
+    ap.add_argument("--backends", default="transformers,compact,vllm-eager,vllm")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "sampling.json"))
     args = ap.parse_args(argv)
     names = args.backends.split(",")

@@ -372,6 +372,8 @@ def report_study(study: Path, roots: list[Path], figures_dir: str | Path | None 
     (study / "report").mkdir(parents=True, exist_ok=True)
     (study / "report" / "summary.md").write_text(table + "\n")
     log("\nstudy " + study.name + ": the paradigms side by side (greedy test pass@1)\n\n" + table)
+    log("\nwhere the time went, all runs (model compute: forward/backward inside the stage; profiling.py)\n\n"
+        + time_by_stage_table(time_by_stage(roots)))
     dirs = [study / "report"] + ([Path(figures_dir)] if figures_dir else [])
     written = plots.render_all(plots.runs_table(roots), dirs)
     log(f"figures ({', '.join(written)}): PNG and PDF in {', '.join(str(d) for d in dirs)}")
@@ -420,6 +422,44 @@ def stage_compute(root: Path, manifest: artifacts.Manifest, key: str) -> float |
         return 0.0  # grading runs no model
     rec = profiling.read(root, int(t), stage)
     return rec["compute_s"] if rec else None
+
+
+def time_by_stage(roots: list[Path]) -> dict:
+    """Wall and model-compute seconds per stage kind over runs (shared stages cost nothing): {"kinds": {kind:
+    {stages, shared, wall_s, compute_s}}, "wall_s", "compute_s", "other_share", "rows": one per stage}."""
+    rows, kinds = [], {}
+    for root in roots:
+        manifest = artifacts.Manifest.load(artifacts.RunPaths(root))
+        for key, st in manifest.data["stages"].items():
+            if st.get("state") != "done":
+                continue
+            compute = stage_compute(root, manifest, key)
+            rows.append({"run": root.name, "stage": key, "wall_s": st.get("seconds", 0.0), "compute_s": compute,
+                         "shared": bool(st.get("shared_from"))})
+            k = kinds.setdefault(key.split("/")[-1], {"stages": 0, "shared": 0, "wall_s": 0.0, "compute_s": 0.0})
+            k["stages"] += 1
+            k["shared"] += bool(st.get("shared_from"))
+            k["wall_s"] += st.get("seconds", 0.0)
+            k["compute_s"] += compute or 0.0
+    wall = sum(k["wall_s"] for k in kinds.values())
+    compute = sum(k["compute_s"] for k in kinds.values())
+    return {"rows": rows, "kinds": kinds, "wall_s": round(wall, 1), "compute_s": round(compute, 1),
+            "other_share": round((wall - compute) / wall, 3) if wall else None}
+
+
+def time_by_stage_table(timing: dict) -> str:
+    """Markdown of time_by_stage: per stage kind and in all, wall against model compute."""
+    lines = ["| stage | stages (shared) | wall s | model compute s | other s | other share |",
+             "|---|---|---|---|---|---|"]
+    for kind, k in timing["kinds"].items():
+        other = k["wall_s"] - k["compute_s"]
+        share = f"{other / k['wall_s']:.0%}" if k["wall_s"] else ""
+        lines.append(f"| {kind} | {k['stages']} ({k['shared']}) | {k['wall_s']:.1f} | {k['compute_s']:.1f} | "
+                     f"{other:.1f} | {share} |")
+    share = f"{timing['other_share']:.0%}" if timing["other_share"] is not None else ""
+    lines.append(f"| all | {len(timing['rows'])} | {timing['wall_s']:.1f} | {timing['compute_s']:.1f} | "
+                 f"{timing['wall_s'] - timing['compute_s']:.1f} | {share} |")
+    return "\n".join(lines)
 
 
 def timing_table(manifest: artifacts.Manifest) -> str:

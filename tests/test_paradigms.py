@@ -150,6 +150,7 @@ def test_a_study_runs_every_paradigm_and_shares_what_is_the_same(tiny_study):
     summary = (root / "report" / "summary.md").read_text()
     assert all(f"| {p} |" in summary for p in runs)
     assert any("taken from there" in line for line in lines)
+    assert any("where the time went" in line and "| sample |" in line for line in lines)
 
 
 @pytest.mark.slow
