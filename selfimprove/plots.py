@@ -434,6 +434,17 @@ def _disparity(ax, t: pd.DataFrame, g: pd.DataFrame) -> None:
         _missing(ax, "no group disparity (it needs two difficulty levels)")
 
 
+def _pass1_panel(ax, t: pd.DataFrame, g: pd.DataFrame, split: str, ylabel: str, title: str, missing: str) -> None:
+    """Greedy pass@1 (%) of `split` per iteration, one line per run, M1's value dotted."""
+    _frame(ax, ITERATION_LABEL, ylabel, title)
+    rows = _select(g, split, "pass@1")
+    if rows.empty:
+        _missing(ax, missing)
+    else:
+        _draw(ax, t, rows, scale=100)
+        _m1_line(ax, rows, 100)
+
+
 def figure5_ood_disparity(table: pd.DataFrame) -> plt.Figure:
     """Figure 5: greedy pass@1 in-domain (test) beside OOD, and group disparity per iteration (x100, as the
     paper plots it; OOD solid, in-domain dashed), a row per (model, task) (paper.md §3.5-3.6)."""
@@ -442,13 +453,8 @@ def figure5_ood_disparity(table: pd.DataFrame) -> plt.Figure:
     fig, axes = _grid(len(groups), 3, "Figure 5. OOD and in-domain pass@1, and group disparity")
     for (ax_in, ax_ood, ax_gd), (title, g) in zip(axes, groups):
         for ax, split, name in ((ax_in, "test", "in-domain (test)"), (ax_ood, "ood", "OOD")):
-            _frame(ax, ITERATION_LABEL, f"greedy {name} pass@1 (%)", f"{title} · {name}")
-            rows = _select(g, split, "pass@1")
-            if rows.empty:
-                _missing(ax, f"no {name} split in these runs")
-            else:
-                _draw(ax, t, rows, scale=100)
-                _m1_line(ax, rows, 100)
+            _pass1_panel(ax, t, g, split, f"greedy {name} pass@1 (%)", f"{title} · {name}",
+                         f"no {name} split in these runs")
         _disparity(ax_gd, t, g)
         ax_gd.set_title(f"{title} · group disparity", fontsize=9)
     _legend(fig, _style_proxies(SPLIT_STYLES, {"ood": "disparity on OOD", "test": "disparity in-domain"})
@@ -466,13 +472,7 @@ def reversal_dashboard(table: pd.DataFrame, split: str = "test") -> plt.Figure:
     for i, (title, g) in enumerate(groups):
         (a_p1, a_pk, a_ood), (a_dn, a_emb, a_gd) = axes[2 * i], axes[2 * i + 1]
         for ax, sp, name in ((a_p1, split, "pass@1 (greedy)"), (a_ood, "ood", "OOD pass@1 (greedy)")):
-            _frame(ax, ITERATION_LABEL, f"{name}, %", f"{title} · {sp}")
-            rows = _select(g, sp, "pass@1")
-            if rows.empty:
-                _missing(ax, f"no {sp} split")
-            else:
-                _draw(ax, t, rows, scale=100)
-                _m1_line(ax, rows, 100)
+            _pass1_panel(ax, t, g, sp, f"{name}, %", f"{title} · {sp}", f"no {sp} split")
         pk = _select(g, split, "pass@k", None)
         k = int(pk["k"].max()) if len(pk) else None
         _frame(a_pk, ITERATION_LABEL, f"pass@{k or 'k'} (sampled, unbiased), %", f"{title} · {split}")

@@ -61,8 +61,6 @@ class TransformersSampler:
     def generate(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
                  batch_size: int, seed: int) -> list[list[Completion]]:
         """`n` completions per prompt; temperature 0 means greedy (then n must be 1)."""
-        import torch
-
         tok = self.tokenizer
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         per_batch = max(1, batch_size // n)  # batch_size counts sequences, not prompts
@@ -70,16 +68,25 @@ class TransformersSampler:
         for b, start in enumerate(progress(range(0, len(order), per_batch), f"{len(prompts)} prompts x {n}")):
             idx = order[start:start + per_batch]
             enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-            torch.manual_seed(seed * 1_000_003 + b)
-            kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p, num_return_sequences=n,
-                          top_k=0) if temperature > 0 else dict(do_sample=False)
-            with torch.inference_mode():
-                gen = self.model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-                                          eos_token_id=tok.eos_token_id, **kwargs)
-            new = gen[:, enc["input_ids"].shape[1]:]
+            done = self._batch(enc, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                               seed=seed * 1_000_003 + b)
             for j, i in enumerate(idx):
-                out[i] = [self._completion(new[j * n + s]) for s in range(n)]
+                out[i] = done[j * n:(j + 1) * n]
         return out  # type: ignore[return-value]
+
+    def _batch(self, enc, *, n: int, temperature: float, top_p: float, max_new_tokens: int,
+               seed: int) -> list[Completion]:
+        """`n` completions for each prompt of a tokenised batch, prompt by prompt, with `model.generate`."""
+        import torch
+
+        tok = self.tokenizer
+        torch.manual_seed(seed)
+        kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p, num_return_sequences=n,
+                      top_k=0) if temperature > 0 else dict(do_sample=False)
+        with torch.inference_mode():
+            gen = self.model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+                                      eos_token_id=tok.eos_token_id, **kwargs)
+        return [self._completion(row) for row in gen[:, enc["input_ids"].shape[1]:]]
 
     def _completion(self, ids) -> Completion:
         ids = ids.tolist()
@@ -244,23 +251,14 @@ class CompactSampler(TransformersSampler):
     samples; the draws differ from `generate`'s (another random stream), not their distribution.
     """
 
-    def generate(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
-                 batch_size: int, seed: int) -> list[list[Completion]]:
+    def _batch(self, enc, *, n: int, temperature: float, top_p: float, max_new_tokens: int,
+               seed: int) -> list[Completion]:
         import torch
 
-        tok = self.tokenizer
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        per_batch = max(1, batch_size // n)  # batch_size counts sequences, not prompts
-        out: list[list[Completion] | None] = [None] * len(prompts)
-        for b, start in enumerate(progress(range(0, len(order), per_batch), f"{len(prompts)} prompts x {n}")):
-            idx = order[start:start + per_batch]
-            enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
-            seqs = self.decode(enc["input_ids"].repeat_interleave(n, 0), enc["attention_mask"].repeat_interleave(n, 0),
-                               temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, generator=gen)
-            for j, i in enumerate(idx):
-                out[i] = [self._finish(seqs[j * n + s]) for s in range(n)]
-        return out  # type: ignore[return-value]
+        gen = torch.Generator().manual_seed(seed)
+        seqs = self.decode(enc["input_ids"].repeat_interleave(n, 0), enc["attention_mask"].repeat_interleave(n, 0),
+                           temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, generator=gen)
+        return [self._finish(ids) for ids in seqs]
 
     def decode(self, input_ids, attention_mask, *, temperature: float, top_p: float, max_new_tokens: int,
                generator) -> list[list[int]]:

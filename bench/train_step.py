@@ -1,0 +1,104 @@
+"""Benchmark: seconds per optimizer step of the train stage's SFT and DPO, per training backend, in one process.
+
+    .venv/bin/python bench/train_step.py [--recipe demo | --model DIR] [--backends trl[,unsloth]] [--rows 64]
+        [--batch-size 8] [--out bench/results/train_step.json]
+
+The model is a recipe's organism M1 (built into data/organism on first use) or any model directory. The data
+are gold solutions of arith training problems: SFT rows (prompt, gold solution) and DPO pairs (prompt, a gold
+solution, the same solution with its answer changed). Each (backend, kind) trains `--rows` rows with the
+train stage's own functions (selfimprove.train.train_sft / train_dpo, LoRA as TrainConfig sets it) and reports
+the mean seconds of its optimizer steps (forward, backward, update; profiling.trainer_callback) and tokens per
+second over them. `unsloth` needs a CUDA GPU. Writes JSON and prints a Markdown
+table with machine, versions and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _model(args) -> tuple[Path, object]:
+    from selfimprove import arith, config, organism, pipeline
+
+    if args.model:
+        return Path(args.model), arith.ArithConfig()
+    org_cfg = config.load_recipe(pipeline.RECIPES / f"{args.recipe}.yaml").organism_config()
+    return organism.ensure(org_cfg, ROOT / "data" / "organism") / "M1", org_cfg.arith
+
+
+def tables(tokenizer, arith_cfg, rows: int):
+    import pandas as pd
+
+    from selfimprove import arith, data
+
+    problems = arith.generate(arith_cfg)["train"][:rows]
+    prompts = [data.render_prompt(tokenizer, p) for p in problems]
+    gold = [p["solutions"][0] for p in problems]
+    wrong = [g.rsplit("#### ", 1)[0] + f"#### {int(p['answer']) + 1}" for g, p in zip(gold, problems)]
+    return (pd.DataFrame({"prompt": prompts, "completion": gold}),
+            pd.DataFrame({"prompt": prompts, "chosen": gold, "rejected": wrong}))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", default="demo")
+    ap.add_argument("--model", default="")
+    ap.add_argument("--backends", default="trl")
+    ap.add_argument("--rows", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--out", default=str(ROOT / "bench/results/train_step.json"))
+    args = ap.parse_args(argv)
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from selfimprove import artifacts, config, train
+
+    model, arith_cfg = _model(args)
+    sft, dpo = tables(AutoTokenizer.from_pretrained(model), arith_cfg, args.rows)
+    results = []
+    for backend in args.backends.split(","):
+        for kind, table in (("sft", sft), ("dpo", dpo)):
+            cfg = config.build(config.TrainConfig, {"run_dir": "-", "iteration": 2, "backend": backend,
+                                                    "batch_size": args.batch_size, "warmup_steps": 0}, "bench")
+            train.check_backend(cfg)
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                trainer, _ = train.TRAINERS[kind](cfg, model, table, Path(tmp) / "model.tmp")
+                wall = time.perf_counter() - t0
+            n_steps = max(1, trainer.state.global_step)
+            compute = trainer.compute_seconds  # the optimizer steps (train._train)
+            ds = trainer.train_dataset
+            tokens = sum(map(len, ds["input_ids"])) if kind == "sft" else \
+                2 * sum(map(len, ds["prompt_ids"])) + sum(map(len, ds["chosen_ids"])) + \
+                sum(map(len, ds["rejected_ids"]))  # both sequences of a pair carry the prompt
+            results.append({"backend": backend, "kind": kind, "steps": n_steps, "wall_s": round(wall, 2),
+                            "step_s": round(compute / n_steps, 4), "tokens": int(tokens),
+                            "tokens_per_s": round(tokens / compute, 1) if compute else None})
+    out = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
+           "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+           "versions": artifacts.versions(), "model": str(model), "rows": args.rows,
+           "batch_size": args.batch_size, "results": results}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"{out['date']}, {out['machine']}, {out['cuda'] or 'CPU'}; torch {out['torch']}; {args.rows} rows, "
+          f"batch {args.batch_size}, LoRA as TrainConfig\n")
+    print("| backend | kind | steps | s/step (forward, backward, update) | tokens/s | stage wall s |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['backend']} | {r['kind'].upper()} | {r['steps']} | {r['step_s']} | {r['tokens_per_s']} | "
+              f"{r['wall_s']} |")
+    return out
+
+
+if __name__ == "__main__":
+    main()
