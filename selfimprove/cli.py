@@ -4,7 +4,7 @@
     selfimprove data gsm8k [--train F --test F --ood F] [--set levels=[1,5]]  a real task's splits (tasks.py)
     selfimprove organism [demo]                                    build (or reuse) a recipe's organism
     selfimprove run demo [--set sample.n_samples=16] [--overwrite]  run or resume a recipe
-    selfimprove report data/runs/demo                              summary table and figure of a run
+    selfimprove report data/runs/demo                              summary tables and figures of a run or study
     selfimprove figures data/runs/demo [more runs or studies] --out figures   the paper's figures, PNG and PDF
     selfimprove grid paper [--dry-run] [--only 'paper_mistral*']   run many recipes, resume; one metrics table
     selfimprove recipes paper [--check]                           write the generated recipes (paper, small)
@@ -62,6 +62,13 @@ def _run(args) -> int:
 def _report(args) -> int:
     from . import artifacts, pipeline
 
+    runs = pipeline.study_runs(Path(args.run_dir))
+    if runs:  # a study: every run's report, then the paradigms side by side
+        for root in runs:
+            paths = artifacts.RunPaths(root)
+            pipeline.report(paths, artifacts.Manifest.load(paths), all_figures=False)
+        pipeline.report_study(Path(args.run_dir), runs, figures_dir=args.figures_dir)
+        return 0
     paths = artifacts.RunPaths(args.run_dir)
     pipeline.report(paths, artifacts.Manifest.load(paths), figures_dir=args.figures_dir)
     return 0

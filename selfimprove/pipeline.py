@@ -363,6 +363,11 @@ def study_table(roots: list[Path]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
+def study_runs(path: Path) -> list[Path]:
+    """The runs of a study folder (subfolders with a manifest), [] for anything else."""
+    return [] if (path / "manifest.json").exists() else sorted(p.parent for p in path.glob("*/manifest.json"))
+
+
 def report_study(study: Path, roots: list[Path], figures_dir: str | Path | None = None, log=print) -> None:
     """The paradigms side by side: a table in <study>/report/summary.md and the printed log, and the paper's
     figures with the reversal dashboard (plots.FIGURES) into <study>/report and, when given, `figures_dir`."""
@@ -375,8 +380,13 @@ def report_study(study: Path, roots: list[Path], figures_dir: str | Path | None 
     log("\nwhere the time went, all runs (model compute: forward/backward inside the stage; profiling.py)\n\n"
         + time_by_stage_table(time_by_stage(roots)))
     dirs = [study / "report"] + ([Path(figures_dir)] if figures_dir else [])
-    written = plots.render_all(plots.runs_table(roots), dirs)
+    table = plots.runs_table(roots)
+    written = plots.render_all(table, dirs)
     log(f"figures ({', '.join(written)}): PNG and PDF in {', '.join(str(d) for d in dirs)}")
+    fig = plots.pass1_by_iteration(table, title=f"study {study.name}: pass@1 by level and OOD, per paradigm")
+    for dest in dirs:
+        fig.savefig(dest / "pass1_by_iteration.png", dpi=150, bbox_inches="tight")
+        log(f"figure: {dest / 'pass1_by_iteration.png'}")
 
 
 def summary_table(run_dir: Path) -> str:

@@ -535,10 +535,21 @@ def render_all(table: pd.DataFrame, dirs) -> dict[str, list[Path]]:
 
 def pass1_by_iteration(table: pd.DataFrame, title: str = "") -> plt.Figure:
     """Greedy pass@1 per iteration: test overall and per level (left), test vs OOD with 95% intervals (right).
-    The best iterate is marked with its gain over M1, as in the paper's Figure 1 (paper.md §3.1)."""
+    The best iterate is marked with its gain over M1, as in the paper's Figure 1 (paper.md §3.1). A table of
+    several runs (runs_table, a `paradigm` column) gets one row of the two panels per paradigm."""
     sns.set_theme(style="whitegrid", context="paper")
+    groups = list(table.groupby("paradigm", sort=False)) if "paradigm" in table.columns else [("", table)]
+    fig, axes = plt.subplots(len(groups), 2, figsize=(10, 3.8 * len(groups)), squeeze=False)
+    for (paradigm, t), (ax_l, ax_r) in zip(groups, axes):
+        _pass1_by_iteration_row(t, ax_l, ax_r, PARADIGM_LABELS.get(paradigm, paradigm))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _pass1_by_iteration_row(table: pd.DataFrame, ax_l, ax_r, name: str) -> None:
     p1 = table[table["metric"] == "pass@1"]
-    fig, (ax_l, ax_r) = plt.subplots(1, 2, figsize=(10, 3.8))
     lv = p1[(p1["split"] == "test") & p1["subset"].str.fullmatch(r"L\d+")].copy()
     lv["level"] = lv["subset"].str[1:].astype(int).map(lambda x: f"level {x}")
     sns.lineplot(lv, x="iteration", y="value", hue="level", marker="o", palette="viridis", ax=ax_l)
@@ -556,14 +567,11 @@ def pass1_by_iteration(table: pd.DataFrame, title: str = "") -> plt.Figure:
         ax_r.scatter([best], [test[best]], s=140, zorder=5, color="C0", edgecolor="black")
         ax_r.annotate(f"{gain * 100:+.1f}", (best, test[best]), textcoords="offset points", xytext=(0, 9),
                       ha="center")
-    for ax, name in ((ax_l, "Test pass@1 by level (greedy)"), (ax_r, "Pass@1, in-domain vs OOD (greedy)")):
+    prefix = f"{name}: " if name else ""
+    for ax, panel in ((ax_l, "test pass@1 by level (greedy)"), (ax_r, "pass@1, in-domain vs OOD (greedy)")):
         ax.set_xlabel("iteration t (model M_t)")
         ax.set_ylabel("pass@1")
-        ax.set_title(name)
+        ax.set_title(prefix + panel)
         ax.set_xticks(sorted(table["iteration"].unique()))
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=8, title=None, loc="upper right")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig

@@ -187,6 +187,11 @@ def _train(trainer) -> None:
     """`trainer.train()`, its optimizer steps timed (profiling: forward, backward and update)."""
     clock = profiling.Clock()
     trainer.add_callback(profiling.trainer_callback(clock))
+    if os.environ.get("SELFIMPROVE_PROGRESS") == "text":  # a stage run by `selfimprove run`: a text bar, which the
+        import tqdm  # runner shows on the terminal (transformers would draw a notebook widget in the kernel)
+        import transformers.trainer_callback as callbacks
+
+        callbacks.tqdm = tqdm.tqdm
     trainer.train()
     trainer.compute_seconds = clock.seconds
 

@@ -151,6 +151,19 @@ def test_a_study_runs_every_paradigm_and_shares_what_is_the_same(tiny_study):
     assert all(f"| {p} |" in summary for p in runs)
     assert any("taken from there" in line for line in lines)
     assert any("where the time went" in line and "| sample |" in line for line in lines)
+    for name in ("pass1_by_iteration.png", "figure1_pass1.png", "figure1_pass1.pdf", "reversal_dashboard.png"):
+        assert (root / "report" / name).exists(), name
+
+
+@pytest.mark.slow
+def test_report_command_renders_a_study_again(tiny_study, tmp_path, capsys):
+    from selfimprove import cli
+
+    root, _ = tiny_study
+    assert cli.main(["report", str(root), "--figures-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "the paradigms side by side" in out and out.count("| model | F_t |") == 3
+    assert (tmp_path / "pass1_by_iteration.png").exists() and (tmp_path / "figure4_diversity.pdf").exists()
 
 
 @pytest.mark.slow
