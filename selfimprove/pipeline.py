@@ -31,7 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import arith, artifacts, metrics, organism, profiling, verdict
-from .config import RunConfig, load_recipe, resolve_recipe
+from .config import RecipeError, RunConfig, load_recipe, resolve_recipe
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = PACKAGE_ROOT / "notebooks"
@@ -252,6 +252,10 @@ def run_config(cfg: RunConfig, *, runs_root: str | Path = "data/runs", organism_
                report_run: bool = True) -> Path:
     """Run (or resume) one validated single-paradigm config; a stage that a sibling run (`siblings`, the
     other runs of a study) finished with the same share key is copied from it instead of rerun."""
+    model = getattr(cfg, "model", "")
+    if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
+        raise RecipeError(f"recipe '{cfg.name}': model {model!r} is not a folder (a local model is a folder that "
+                          "save_pretrained wrote; a hub id looks like 'org/name')")
     paths = artifacts.RunPaths(Path(runs_root) / cfg.name)
     manifest = artifacts.Manifest.open(paths, asdict(cfg), cfg.digest(), overwrite=overwrite)
     log(f"run {cfg.name}: {paths.root}  (T={cfg.iterations}, paradigm={cfg.paradigm}, config {cfg.digest()})")

@@ -42,3 +42,15 @@ def test_gsm8k_recipe_with_a_local_model_runs_gold_sft_then_the_loop_stages(tmp_
     assert len(ood) == len(ood_problems) * 3 and ood["status"].notna().all()  # greedy + 2 samples each
     metrics = json.loads(paths.metrics(1).read_text())
     assert {"test", "ood"} <= set(metrics)
+
+
+def test_a_missing_local_model_fails_before_any_work(tmp_path):
+    from selfimprove.config import RecipeError
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"task": "gsm8k", "model": str(tmp_path / "no_such_model"),
+                                      "data": {"train": str(FIXTURES / "gsm8k.jsonl"),
+                                               "test": str(FIXTURES / "gsm8k_test.jsonl")}}))
+    with pytest.raises(RecipeError, match="no_such_model.*is not a folder"):
+        pipeline.run(str(recipe), runs_root=tmp_path / "runs", log=lambda *a: None)
+    assert not (tmp_path / "runs").exists()
