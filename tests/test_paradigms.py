@@ -173,3 +173,26 @@ def test_a_shared_stage_resumes_like_a_computed_one(tiny_study, organism_root):
     pipeline.run("tiny", overrides=["paradigm=[dpo, sft-dpo, sft]", "iterations=3", "name=study"],
                  runs_root=root.parent, organism_root=organism_root, log=lines.append)
     assert not any("running" in line for line in lines)  # every stage of every run is done or shared
+
+
+@pytest.mark.slow
+def test_open_choices_one_adapter_m1_reference_accumulated_data(tmp_path, organism_root):
+    """merge_adapter: false (one LoRA adapter on M1, trained on), ref_model: m1 and data_mode: accumulate,
+    through SFT-DPO's DPO, SFT, DPO: each M_t is M1 plus its adapter, and the t = 4 DPO reads the pairs of
+    iterations 1 and 3 against M1."""
+    root = pipeline.run("tiny", overrides=["paradigm=sft-dpo", "iterations=4", "name=choices",
+                                           "train.merge_adapter=false", "train.ref_model=m1",
+                                           "train.data_mode=accumulate"],
+                        runs_root=tmp_path, organism_root=organism_root, log=lambda *a: None)
+    paths = artifacts.RunPaths(root)
+    logs = {t: json.loads(paths.train_log(t).read_text()) for t in (2, 3, 4)}
+    assert [logs[t]["kind"] for t in (2, 3, 4)] == ["dpo", "sft", "dpo"]
+    assert logs[2]["adapter"] is None and logs[3]["adapter"].endswith("iter_2/adapter")
+    assert logs[4]["adapter"].endswith("iter_3/adapter") and logs[4]["reference"].endswith("iter_1/model")
+    assert logs[4]["base"].endswith("iter_1/model")
+    pairs_1, pairs_3 = (len(pd.read_parquet(paths.train_data(t))) for t in (1, 3))
+    assert logs[4]["rows"] == pairs_1 + pairs_3
+    for t in (2, 3, 4):
+        assert (paths.adapter(t) / "adapter_config.json").exists()
+        assert (paths.model(t) / "model.safetensors").exists()
+    assert len({artifacts.sha256(paths.model(t)) for t in (1, 2, 3, 4)}) == 4
