@@ -1,4 +1,4 @@
-"""The transformers sampler on a real (tiny) model: seeded, greedy is greedy, finish reasons are right."""
+"""The transformers and compact samplers on a real (tiny) model: seeded, greedy is greedy, finish reasons are right."""
 
 import pytest
 
@@ -7,9 +7,9 @@ from selfimprove import artifacts, data, sample
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def sampler(tiny_run):
-    return sample.TransformersSampler(artifacts.RunPaths(tiny_run).model(1))
+@pytest.fixture(scope="module", params=["transformers", "compact"])
+def sampler(tiny_run, request):
+    return sample.SAMPLERS[request.param](artifacts.RunPaths(tiny_run).model(1))
 
 
 @pytest.fixture(scope="module")
