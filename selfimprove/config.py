@@ -408,7 +408,7 @@ class RunConfig:
                 raise RecipeError(f"recipe '{self.name}' is a study of {self.paradigm}: take a member's stages")
             values["paradigm"] = self.paradigm
         if stage == "train":
-            values["base_model"] = getattr(self, "model", "")
+            values["base_model"] = self.model
         return build(STAGES[stage], values, f"recipe '{self.name}', section '{stage}'", hidden=reserved)
 
 

@@ -101,7 +101,7 @@ def run_status(run_dir: Path, cfg: RunConfig) -> str:
     data = json.loads(manifest.read_text())
     if data.get("config_hash") != cfg.digest():
         return "conflict"
-    gold_sft = bool(getattr(cfg, "model", ""))  # a recipe with its own M0 trains M1 at t = 1
+    gold_sft = bool(cfg.model)  # a recipe with its own M0 trains M1 at t = 1
     keys = [f"{t}/{s}" for t in range(1, cfg.iterations + 1) for s in stages_of(t, gold_sft)]
     done = sum(data.get("stages", {}).get(k, {}).get("state") == "done" for k in keys)
     return "done" if done == len(keys) else f"partial ({done}/{len(keys)} stages)"
@@ -118,7 +118,7 @@ def plan(recipes: list[Path], runs_root: str | Path, overrides: list[str] | None
         except (ValueError, FileNotFoundError) as e:  # RecipeError is a ValueError
             errors.append(str(e))
             continue
-        model = getattr(cfg, "model", "") or "organism"
+        model = cfg.model or "organism"
         for m in _members(cfg):
             run_dir = Path(runs_root) / m.name
             if run_dir in owner:

@@ -86,7 +86,7 @@ def prepare(cfg: RunConfig, paths: artifacts.RunPaths, manifest: artifacts.Manif
     """Problems, and for the organism its M1, for the run (the `prepare` stage): built once, then recorded and
     skipped. A recipe with its own `model` makes M1 in the train stage of iteration 1 (gold SFT)."""
     key = "prepare"
-    own_model = bool(getattr(cfg, "model", ""))
+    own_model = bool(cfg.model)
     outputs = [paths.problems(s) for s in ("train", "test")] + ([] if own_model else [paths.model(1)])
     if manifest.is_done(key, outputs):
         return
@@ -127,6 +127,18 @@ def _stderr_to(path: Path):
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
+
+
+@contextlib.contextmanager
+def _env(**values: str):
+    """Environment variables set for the block (a kernel started in it inherits them), then restored."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 def last_progress(text: str) -> str | None:
@@ -183,8 +195,8 @@ def execute_stage(stage: str, stage_cfg, out_nb: Path, log_output: bool) -> None
 
     out_nb.parent.mkdir(parents=True, exist_ok=True)
     log_path = out_nb.with_suffix(".stderr.log")
-    os.environ["SELFIMPROVE_PROGRESS"] = "text"  # the kernel inherits it: text bars, which the log can show
-    with _stderr_to(log_path), _live_progress(log_path, f"    {stage}: "), open(log_path, "a") as kernel_stderr:
+    with _stderr_to(log_path), _live_progress(log_path, f"    {stage}: "), open(log_path, "a") as kernel_stderr, \
+            _env(SELFIMPROVE_PROGRESS="text"):  # the kernel inherits it: text bars, which the log can show
         pm.execute_notebook(str(NOTEBOOKS / STAGE_NOTEBOOKS[stage]), str(out_nb), parameters=asdict(stage_cfg),
                             cwd=str(PACKAGE_ROOT), progress_bar=False, log_output=log_output,
                             stderr_file=kernel_stderr, kernel_name="python3")
@@ -252,7 +264,7 @@ def run_config(cfg: RunConfig, *, runs_root: str | Path = "data/runs", organism_
                report_run: bool = True) -> Path:
     """Run (or resume) one validated single-paradigm config; a stage that a sibling run (`siblings`, the
     other runs of a study) finished with the same share key is copied from it instead of rerun."""
-    model = getattr(cfg, "model", "")
+    model = cfg.model
     if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
         raise RecipeError(f"recipe '{cfg.name}': model {model!r} is not a folder (a local model is a folder that "
                           "save_pretrained wrote; a hub id looks like 'org/name')")
@@ -260,7 +272,7 @@ def run_config(cfg: RunConfig, *, runs_root: str | Path = "data/runs", organism_
     manifest = artifacts.Manifest.open(paths, asdict(cfg), cfg.digest(), overwrite=overwrite)
     log(f"run {cfg.name}: {paths.root}  (T={cfg.iterations}, paradigm={cfg.paradigm}, config {cfg.digest()})")
     prepare(cfg, paths, manifest, Path(organism_root), log=log)
-    gold_sft = bool(getattr(cfg, "model", ""))
+    gold_sft = bool(model)
     for t in range(1, cfg.iterations + 1):
         for stage in stages_of(t, gold_sft):
             stage_cfg = cfg.stage(stage, t, paths.root)
@@ -347,20 +359,22 @@ def report(paths: artifacts.RunPaths, manifest: artifacts.Manifest,
 
 
 def study_table(roots: list[Path]) -> str:
-    """Markdown, one row per paradigm run of a study: greedy test pass@1 of every M_t, the best iterate and its
-    gain over M1 (paper Figure 1), OOD pass@1 of M1 and of the best iterate, and the run's verdict."""
+    """Markdown, one row per paradigm run of a study: greedy test pass@1 of every M_t, the verdict's best
+    iterate M_t* (t >= 2) and its gain over M1 (paper Figure 1), OOD pass@1 of M1 and of M_t*, and the verdict
+    (each run's report/verdict.json, which its report wrote)."""
     rows, width = [], 0
     for root in roots:
         ms = metrics.iteration_metrics(root)
         p1 = [m.get("test", {}).get("pass@1", float("nan")) for m in ms]
         ood = [m.get("ood", {}).get("pass@1", float("nan")) for m in ms]
         width = max(width, len(p1))
-        best = max(range(len(p1)), key=lambda i: p1[i]) if p1 else 0
-        v = verdict.for_run(root) if len(ms) > 1 else None
+        path = artifacts.RunPaths(root).report / "verdict.json"
+        v = json.loads(path.read_text()) if path.exists() else None
+        best = v["best"] - 1 if v else 0
         manifest = json.loads(artifacts.RunPaths(root).manifest.read_text())
         rows.append([manifest["config"]["paradigm"], *[f"{x:.3f}" for x in p1],
-                     f"M{best + 1} ({(p1[best] - p1[0]) * 100:+.1f})" if p1 else "",
-                     f"{ood[0]:.3f} -> {ood[best]:.3f}" if ood else "", v.label.upper() if v else ""])
+                     f"M{best + 1} ({(p1[best] - p1[0]) * 100:+.1f})" if v else "",
+                     f"{ood[0]:.3f} -> {ood[best]:.3f}" if v and ood else "", v["label"].upper() if v else ""])
     header = ["paradigm", *[f"M{t} pass@1" for t in range(1, width + 1)], "best (gain, points)",
               "OOD pass@1 M1 -> best", "verdict"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
