@@ -55,7 +55,7 @@ def _run(args) -> int:
 
     pipeline.run(args.recipe, overrides=args.set, runs_root=args.runs_root, organism_root=args.organism_root,
                  overwrite=args.overwrite, log_output=args.verbose, stop_after=args.stop_after,
-                 figures_dir=args.figures_dir)
+                 figures_dir=args.figures_dir, kernel=args.kernel)
     return 0
 
 
@@ -209,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--overwrite", action="store_true", help="delete a run made with another config")
     run_p.add_argument("--verbose", action="store_true", help="stream the notebooks' output")
     run_p.add_argument("--stop-after", default=None, metavar="T/STAGE", help="stop after this stage, e.g. 2/train")
+    run_p.add_argument("--kernel", choices=("shared", "fresh"), default="shared",
+                       help="shared: the stages run in one kernel, reset before each (default); fresh: each stage "
+                            "in a kernel of its own (selfimprove/kernel.py)")
     p = sub.add_parser("report", help="summary table and figure of a run")
     p.add_argument("run_dir")
     p.set_defaults(fn=_report)

@@ -1,4 +1,4 @@
-"""The run: every stage notebook of every iteration, each in a fresh kernel, resumable at any point.
+"""The run: every stage notebook of every iteration, in one kernel reset between stages, resumable at any point.
 
 `selfimprove run <recipe>` validates the whole recipe, prepares the run directory (problems, the organism's
 M1 as iter_1/model), then for t = 1..T executes the stage notebooks with papermill (DESIGN.md):
@@ -13,29 +13,31 @@ recipe apart from the paradigm and the same training kinds so far; M1's sampling
 paradigms, and SFT-DPO's M2 is DPO's M2) is taken from it as hard links and marked `shared_from` in the
 manifest, rather than computed again.
 
-Executed copies land in iter_<t>/notebooks/ (the run's log). The manifest records each stage as running,
-then done with its duration and output hashes; a rerun skips done stages and redoes an interrupted one from
-its start. Every stage is deterministic for the run's seed, so a killed and resumed run ends with the same
-metrics as one that never stopped.
+The stages run in one Jupyter kernel per run or study, emptied before and after each stage (kernel.py;
+`kernel="fresh"` starts one per stage). Executed copies land in iter_<t>/notebooks/ (the run's log). The
+manifest records each stage as running, then done with its duration and output hashes; a rerun skips done
+stages and redoes an interrupted one from its start. Every stage is deterministic for the run's seed, so a
+killed and resumed run ends with the same metrics as one that never stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from . import arith, artifacts, metrics, organism, profiling, verdict
+from . import arith, artifacts, kernel, metrics, organism, profiling, verdict
 from .config import RecipeError, RunConfig, load_recipe, resolve_recipe
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = PACKAGE_ROOT / "notebooks"
 RECIPES = NOTEBOOKS / "params"
+# Set while a kernel starts, which inherits it: text progress bars, which the stage's log can show.
+KERNEL_ENV = {"SELFIMPROVE_PROGRESS": "text"}
 STAGE_NOTEBOOKS = {"train": "10_train.ipynb", "sample": "20_sample.ipynb", "verify": "30_verify.ipynb",
                    "evaluate": "40_evaluate.ipynb"}
 
@@ -113,34 +115,6 @@ def prepare(cfg: RunConfig, paths: artifacts.RunPaths, manifest: artifacts.Manif
     manifest.finish(key, outputs + ood, time.time() - t0, paths.root)
 
 
-@contextlib.contextmanager
-def _stderr_to(path: Path):
-    """Send file descriptor 2 (ours and the kernel's, which inherits it) to `path` for the block: the
-    kernel's start-up chatter stays out of the terminal and its crash output stays with the run."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path, "ab") as fh:
-        os.dup2(fh.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
-@contextlib.contextmanager
-def _env(**values: str):
-    """Environment variables set for the block (a kernel started in it inherits them), then restored."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-
-
 def last_progress(text: str) -> str | None:
     """The newest tqdm bar in a stream of terminal output (bars redraw themselves after a carriage return).
 
@@ -188,18 +162,36 @@ def _live_progress(log_path: Path, prefix: str, interval: float = 1.0):
         thread.join()
 
 
-def execute_stage(stage: str, stage_cfg, out_nb: Path, log_output: bool) -> None:
-    """Execute one stage notebook with papermill in a fresh kernel; its stderr goes to <notebook>.stderr.log,
-    and its progress bars show on the terminal's last line while it runs."""
+def execute_stage(stage: str, stage_cfg, out_nb: Path, log_output: bool,
+                  session: kernel.KernelSession | None = None) -> None:
+    """Execute one stage notebook with papermill, in the session's shared kernel (kernel.py) or, without a
+    session or for a stage that needs one (kernel.needs_fresh_kernel), in a fresh kernel; its stderr goes to
+    <notebook>.stderr.log, and its progress bars show on the terminal's last line while it runs."""
     import papermill as pm
 
     out_nb.parent.mkdir(parents=True, exist_ok=True)
     log_path = out_nb.with_suffix(".stderr.log")
-    with _stderr_to(log_path), _live_progress(log_path, f"    {stage}: "), open(log_path, "a") as kernel_stderr, \
-            _env(SELFIMPROVE_PROGRESS="text"):  # the kernel inherits it: text bars, which the log can show
-        pm.execute_notebook(str(NOTEBOOKS / STAGE_NOTEBOOKS[stage]), str(out_nb), parameters=asdict(stage_cfg),
-                            cwd=str(PACKAGE_ROOT), progress_bar=False, log_output=log_output,
-                            stderr_file=kernel_stderr, kernel_name="python3")
+    nb, params = NOTEBOOKS / STAGE_NOTEBOOKS[stage], asdict(stage_cfg)
+    with kernel.stderr_to(log_path), _live_progress(log_path, f"    {stage}: "), \
+            open(log_path, "a") as kernel_stderr:
+        if session is not None and not kernel.needs_fresh_kernel(stage, stage_cfg):
+            session.execute(nb, out_nb, params, stderr_file=kernel_stderr, log_output=log_output)
+            return
+        with kernel.env_set(**KERNEL_ENV):  # a fresh kernel inherits it
+            pm.execute_notebook(str(nb), str(out_nb), parameters=params, cwd=str(PACKAGE_ROOT), progress_bar=False,
+                                log_output=log_output, stderr_file=kernel_stderr, kernel_name="python3")
+
+
+@contextlib.contextmanager
+def kernel_session(policy: str, stderr_path: Path):
+    """The shared kernel of a run or study (`policy` "shared"), or None: every stage in a fresh kernel."""
+    if policy not in kernel.KERNEL_POLICIES:
+        raise RecipeError(f"kernel must be one of {', '.join(kernel.KERNEL_POLICIES)}; got {policy!r}")
+    if policy == "fresh":
+        yield None
+        return
+    with kernel.KernelSession(PACKAGE_ROOT, stderr_path, env=KERNEL_ENV) as session:
+        yield session
 
 
 def stage_files(paths: artifacts.RunPaths, stage: str, t: int, cfg) -> list[Path]:
@@ -240,19 +232,23 @@ def copy_stage(src_root: Path, paths: artifacts.RunPaths, stage: str, t: int, st
 
 def run(recipe: str, *, overrides: list[str] | None = None, runs_root: str | Path = "data/runs",
         organism_root: str | Path = "data/organism", overwrite: bool = False, log_output: bool = False,
-        stop_after: str | None = None, figures_dir: str | Path | None = None, log=print) -> Path:
+        stop_after: str | None = None, figures_dir: str | Path | None = None, kernel: str = "shared",
+        log=print) -> Path:
     """Run (or resume) a recipe; returns the run directory, or for a study (a list of paradigms) the study
-    directory holding one run per paradigm. `stop_after` ("<t>/<stage>") ends early (each run of a study)."""
+    directory holding one run per paradigm. `stop_after` ("<t>/<stage>") ends early (each run of a study).
+    `kernel`: "shared" runs the stages in one kernel, reset before each (kernel.py), "fresh" each in its own."""
     cfg = load_recipe(resolve_recipe(recipe, RECIPES), overrides)
     if not cfg.is_study:
         return run_config(cfg, runs_root=runs_root, organism_root=organism_root, overwrite=overwrite,
-                          log_output=log_output, stop_after=stop_after, figures_dir=figures_dir, log=log)
+                          log_output=log_output, stop_after=stop_after, figures_dir=figures_dir, kernel=kernel,
+                          log=log)
     study = Path(runs_root) / cfg.name
     roots = [Path(runs_root) / cfg.member(p).name for p in cfg.paradigms]
-    for p, root in zip(cfg.paradigms, roots):
-        run_config(cfg.member(p), runs_root=runs_root, organism_root=organism_root, overwrite=overwrite,
-                   log_output=log_output, stop_after=stop_after, figures_dir=None, log=log,
-                   siblings=[r for r in roots if r != root], report_run=stop_after is None)
+    with kernel_session(kernel, study / "kernel.stderr.log") as session:  # one kernel for the whole study
+        for p, root in zip(cfg.paradigms, roots):
+            run_config(cfg.member(p), runs_root=runs_root, organism_root=organism_root, overwrite=overwrite,
+                       log_output=log_output, stop_after=stop_after, figures_dir=None, log=log,
+                       siblings=[r for r in roots if r != root], report_run=stop_after is None, session=session)
     if stop_after is None:
         report_study(study, roots, figures_dir=figures_dir, log=log)
     return study
@@ -261,9 +257,20 @@ def run(recipe: str, *, overrides: list[str] | None = None, runs_root: str | Pat
 def run_config(cfg: RunConfig, *, runs_root: str | Path = "data/runs", organism_root: str | Path = "data/organism",
                overwrite: bool = False, log_output: bool = False, stop_after: str | None = None,
                figures_dir: str | Path | None = None, log=print, siblings: list[Path] = (),
-               report_run: bool = True) -> Path:
+               report_run: bool = True, kernel: str = "shared", session=None) -> Path:
     """Run (or resume) one validated single-paradigm config; a stage that a sibling run (`siblings`, the
-    other runs of a study) finished with the same share key is copied from it instead of rerun."""
+    other runs of a study) finished with the same share key is copied from it instead of rerun. The stages run
+    in `session` (a study's shared kernel) if given, else as `kernel` says (run())."""
+    args = dict(runs_root=runs_root, organism_root=organism_root, overwrite=overwrite, log_output=log_output,
+                stop_after=stop_after, figures_dir=figures_dir, log=log, siblings=siblings, report_run=report_run)
+    if session is not None:
+        return _run_stages(cfg, session=session, **args)
+    with kernel_session(kernel, Path(runs_root) / cfg.name / "kernel.stderr.log") as own:
+        return _run_stages(cfg, session=own, **args)
+
+
+def _run_stages(cfg: RunConfig, *, runs_root, organism_root, overwrite, log_output, stop_after, figures_dir, log,
+                siblings, report_run, session) -> Path:
     model = cfg.model
     if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
         raise RecipeError(f"recipe '{cfg.name}': model {model!r} is not a folder (a local model is a folder that "
@@ -299,12 +306,13 @@ def run_config(cfg: RunConfig, *, runs_root: str | Path = "data/runs", organism_
                 t0 = time.time()
                 out_nb = paths.notebooks(t) / STAGE_NOTEBOOKS[stage]
                 try:
-                    execute_stage(stage, stage_cfg, out_nb, log_output)
+                    execute_stage(stage, stage_cfg, out_nb, log_output, session)
                 except Exception as e:
                     reason = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', e)}"
                     manifest.fail(key, reason)
+                    kernel_log = f" and {session.stderr_path}" if session is not None else ""
                     raise StageError(f"stage {key} failed: {reason}\n  executed notebook: {out_nb}\n"
-                                     f"  kernel stderr: {out_nb.with_suffix('.stderr.log')}\n"
+                                     f"  kernel stderr: {out_nb.with_suffix('.stderr.log')}{kernel_log}\n"
                                      "  Finished stages are kept; fix the cause and run the same command again.") from e
                 manifest.finish(key, stage_outputs(paths, stage, t, stage_cfg), time.time() - t0, paths.root,
                                 share_key=share_key)

@@ -1,0 +1,97 @@
+"""The shared kernel (selfimprove/kernel.py): one process for many stages, each stage seeing a fresh namespace
+but modules already imported, and a run computing the same numbers in it as with a kernel per stage."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import nbformat
+import pandas as pd
+import pytest
+from jupyter_core.utils import run_sync
+
+from selfimprove import artifacts, kernel, pipeline
+from selfimprove.config import RecipeError, SampleConfig, TrainConfig
+
+PROBE = [
+    "x = 0  # parameters",
+    "import os, sys\nwarm = 'tomllib' in sys.modules\nimport tomllib\nleftover = 'mark' in globals()\nmark = x\n"
+    "print(json.dumps({'pid': os.getpid(), 'leftover': leftover, 'warm': warm, "
+    "'x': x, 'progress': os.environ.get('SELFIMPROVE_PROGRESS')}))",
+]
+
+
+def _probe_notebook(path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(PROBE[0], metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("import json"), nbformat.v4.new_code_cell(PROBE[1])]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def _run_probe(session, nb, out, x):
+    with open(out.with_suffix(".log"), "a") as err:
+        session.execute(nb, out, {"x": x}, stderr_file=err, log_output=False)
+    text = "".join(o.get("text", "") for o in nbformat.read(out, as_version=4).cells[-1].outputs)
+    return json.loads(text)
+
+
+def test_stages_share_a_process_but_not_a_namespace_or_random_state(tmp_path):
+    nb = _probe_notebook(tmp_path / "probe.ipynb")
+    with kernel.KernelSession(tmp_path, tmp_path / "kernel.stderr.log", env={"SELFIMPROVE_PROGRESS": "text"}) as s:
+        first = _run_probe(s, nb, tmp_path / "a.ipynb", 1)
+        second = _run_probe(s, nb, tmp_path / "b.ipynb", 2)
+        assert s.starts == 1
+        km = s.km
+    assert first["pid"] == second["pid"]  # one kernel process
+    assert (first["x"], second["x"]) == (1, 2)  # each stage's own parameters
+    assert not first["leftover"] and not second["leftover"]  # the first stage's `mark` did not survive the reset
+    assert not first["warm"] and second["warm"]  # what the first stage imported stays imported
+    assert first["progress"] == "text"  # the environment given to the session reaches the kernel
+    assert s.km is None and not km.has_kernel  # closed with the block
+
+
+def test_a_kernel_that_died_between_stages_is_replaced(tmp_path):
+    nb = _probe_notebook(tmp_path / "probe.ipynb")
+    with kernel.KernelSession(tmp_path, tmp_path / "kernel.stderr.log") as s:
+        pid = _run_probe(s, nb, tmp_path / "a.ipynb", 1)["pid"]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.time() + 30
+        while run_sync(s.km.is_alive)() and time.time() < deadline:  # SIGKILL lands asynchronously
+            time.sleep(0.05)
+        after = _run_probe(s, nb, tmp_path / "b.ipynb", 2)
+        assert s.starts == 2 and after["pid"] != pid and not after["leftover"]
+
+
+def test_fresh_kernel_stages_are_the_ones_holding_process_state(tmp_path):
+    assert kernel.needs_fresh_kernel("sample", SampleConfig(run_dir=str(tmp_path), iteration=1, backend="vllm"))
+    assert not kernel.needs_fresh_kernel("sample", SampleConfig(run_dir=str(tmp_path), iteration=1, backend="compact"))
+    assert kernel.needs_fresh_kernel("train", TrainConfig(run_dir=str(tmp_path), iteration=2, backend="unsloth"))
+    assert not kernel.needs_fresh_kernel("train", TrainConfig(run_dir=str(tmp_path), iteration=2, backend="trl"))
+
+
+def test_unknown_kernel_policy_is_refused_before_any_work(organism_root, tmp_path):
+    with pytest.raises(RecipeError, match="kernel must be one of shared, fresh; got 'warm'"):
+        pipeline.run("tiny", runs_root=tmp_path, organism_root=organism_root, kernel="warm", log=lambda *a: None)
+    assert not (tmp_path / "tiny").exists()
+
+
+def test_a_run_with_a_kernel_per_stage_computes_what_the_shared_kernel_run_did(tiny_run, organism_root, tmp_path):
+    run_dir = pipeline.run("tiny", runs_root=tmp_path, organism_root=organism_root, figures_dir=None,
+                           kernel="fresh", log=lambda *a: None)
+    assert (tiny_run / "kernel.stderr.log").exists() and not (run_dir / "kernel.stderr.log").exists()
+    a, b = artifacts.RunPaths(run_dir), artifacts.RunPaths(tiny_run)
+    compared = 0
+    for t in (1, 2):
+        for split in ("train", "test", "ood"):
+            assert a.samples(t, split).exists() == b.samples(t, split).exists()
+            if a.samples(t, split).exists():
+                pd.testing.assert_frame_equal(pd.read_parquet(a.samples(t, split)),
+                                              pd.read_parquet(b.samples(t, split)))
+                compared += 1
+        assert json.loads(a.metrics(t).read_text()) == json.loads(b.metrics(t).read_text())
+    assert compared >= 5  # M2's samples come from the model trained in each kernel setting
