@@ -46,11 +46,12 @@ def grade_table(df: pd.DataFrame, problems: list[dict], task: str, timeout_s: fl
             return {"answer": p["answer"], "choices": p["choices"]}
         return p["answer"]
 
-    tasks = [row_task[pid] for pid in df["problem_id"]]
+    responses, pids = df["response"].tolist(), df["problem_id"].tolist()  # lists: pandas' per-cell access is slow
+    tasks = [row_task[pid] for pid in pids]
     results: list = [None] * len(df)
     for t in sorted(set(tasks)):
         idx = [i for i, x in enumerate(tasks) if x == t]
-        items = [(df["response"].iat[i], gold_of(gold[df["problem_id"].iat[i]], t)) for i in idx]
+        items = [(responses[i], gold_of(gold[pids[i]], t)) for i in idx]
         for i, r in zip(idx, grade_batch(t, items, timeout_s=timeout_s, workers=workers, memory_mb=memory_mb)):
             results[i] = r
     out = df.drop(columns=[c for c in ("extracted", "status", "correct") if c in df.columns])
