@@ -216,22 +216,52 @@ class VLLMSampler:
                     dtype=cfg.dtype, enforce_eager=cfg.enforce_eager, seed=cfg.seed)
 
 
-def top_p_filter(logits, top_p: float):
-    """Logits outside the top-p nucleus set to -inf (TopPLogitsWarper's rule, min_tokens_to_keep = 1).
+NUCLEUS_CANDIDATES = 64  # tokens sorted per row before falling back to a full sort (our choice, bench/sampling.py)
+
+
+def nucleus(probs, top_p: float, candidates: int = NUCLEUS_CANDIDATES):
+    """Each row's top-p nucleus: (token ids, weights), the weights the probabilities of the nucleus and 0 for
+    the other ids. The nucleus is transformers' TopPLogitsWarper's set (min_tokens_to_keep 1): a token stays
+    when the tokens more likely than it hold less than `top_p` of the mass, so the most likely always stays.
+
+    Only the `candidates` most likely tokens of each row are sorted (`topk`); when some row's candidates hold
+    less than `top_p`, its nucleus may reach past them and every row is sorted in full. Sorting the whole
+    vocabulary at every step cost the demo's sampler as much as the multinomial draw (bench/sampling.py).
 
     >>> import torch
-    >>> top_p_filter(torch.log(torch.tensor([[0.5, 0.3, 0.2]])), 0.7).isinf().tolist()
-    [[False, False, True]]
+    >>> ids, w = nucleus(torch.tensor([[0.2, 0.5, 0.3]]), 0.7)
+    >>> ids.tolist(), w.tolist()
+    ([[1, 2, 0]], [[0.5, 0.30000001192092896, 0.0]])
     """
     import torch
 
-    if top_p >= 1.0:
-        return logits
-    sorted_logits, sorted_idx = torch.sort(logits, descending=False)
-    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    remove = cumulative <= (1 - top_p)
-    remove[..., -1:] = False
-    return logits.masked_fill(remove.scatter(-1, sorted_idx, remove), float("-inf"))
+    if top_p >= 1.0:  # every token (transformers applies no top-p at 1.0)
+        return torch.arange(probs.shape[-1]).expand_as(probs), probs
+    k = min(candidates, probs.shape[-1])
+    top, ids = probs.topk(k, dim=-1)  # descending
+    if k < probs.shape[-1] and bool((top.sum(-1) < top_p).any()):
+        top, ids = probs.sort(dim=-1, descending=True)
+    before = top.cumsum(-1) - top  # the mass of the more likely tokens (0 for the first)
+    return ids, top.masked_fill(before >= top_p, 0.0)
+
+
+def draw(weights, generator):
+    """One index per row, drawn with probability proportional to `weights` (non-negative, a positive one in
+    every row): the inverse of the cumulative weights at one uniform number per row, so a draw costs one
+    random number rather than one per token (torch.multinomial draws an exponential per token).
+
+    >>> import torch
+    >>> draw(torch.tensor([[0.0, 1.0, 0.0], [2.0, 0.0, 0.0]]), torch.Generator().manual_seed(0)).tolist()
+    [1, 0]
+    """
+    import torch
+
+    cum = weights.cumsum(-1)
+    u = torch.rand(weights.shape[0], 1, generator=generator, dtype=cum.dtype) * cum[:, -1:]
+    # right=True: the first index whose cumulative weight exceeds u, so a zero weight is never drawn; u rounded
+    # up to the total falls on the last positive weight
+    last = (weights > 0).long().cumsum(-1).argmax(-1)
+    return torch.minimum(torch.searchsorted(cum, u, right=True).squeeze(1), last)
 
 
 class CompactSampler(TransformersSampler):
@@ -244,7 +274,8 @@ class CompactSampler(TransformersSampler):
     choice: a copy of the cache per finished sequence cost more than it saved), as continuous batching does
     in vLLM (Kwon et al. 2023). The model, its cache and its masks are transformers' own; the
     sampling rule is transformers' (temperature, then top-p as `TopPLogitsWarper`: the smallest set of tokens
-    whose probability reaches top_p, at least one token). Greedy decoding (temperature 0) gives the tokens
+    whose probability reaches top_p, at least one token), computed on the most likely tokens only (`nucleus`)
+    and drawn with one uniform number per sequence (`draw`). Greedy decoding (temperature 0) gives the tokens
     `generate` gives (tests/test_sample_compact.py).
 
     Every batch draws from its own `torch.Generator` seeded from (seed, batch), so the same call gives the same
@@ -267,7 +298,7 @@ class CompactSampler(TransformersSampler):
 
         eos = self.tokenizer.eos_token_id
         rows = torch.arange(input_ids.shape[0])  # batch row -> original row
-        new: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+        new = torch.full((input_ids.shape[0], max_new_tokens), -1)  # -1: no token (finished, or not reached)
         mask = attention_mask
         position = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate does for left padding
         with torch.inference_mode():
@@ -277,13 +308,11 @@ class CompactSampler(TransformersSampler):
             done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
             for step in range(max_new_tokens):
                 if temperature > 0:
-                    probs = top_p_filter(logits.float() / temperature, top_p).softmax(dim=-1)
-                    nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                    ids, weights = nucleus((logits.float() / temperature).softmax(dim=-1), top_p)
+                    nxt = ids.gather(1, draw(weights, generator)[:, None]).squeeze(1)
                 else:
                     nxt = logits.argmax(dim=-1)
-                for r, t, d in zip(rows.tolist(), nxt.tolist(), done.tolist()):
-                    if not d:  # a finished sequence still in the batch decodes on; its tokens are dropped
-                        new[r].append(t)
+                new[rows, step] = nxt.masked_fill(done, -1)  # a finished sequence still in the batch decodes on
                 done = (nxt == eos) | done
                 if step == max_new_tokens - 1 or done.all():
                     break
@@ -296,7 +325,7 @@ class CompactSampler(TransformersSampler):
                 res = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None],
                                  past_key_values=cache, use_cache=True)
                 cache, logits = res.past_key_values, res.logits[:, -1, :]
-        return new
+        return [[t for t in row if t >= 0] for row in new.tolist()]
 
     def _finish(self, ids: list[int]) -> Completion:
         eos = self.tokenizer.eos_token_id

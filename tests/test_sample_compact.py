@@ -1,6 +1,6 @@
 """The `compact` sampler (selfimprove/sample.py) against transformers' own `generate` on the tiny organism:
-greedy tokens equal, the nucleus rule equal to TopPLogitsWarper, seeded, and finished sequences really leave
-the batch."""
+greedy tokens equal, the nucleus rule equal to TopPLogitsWarper and its draws in proportion, seeded, and
+finished sequences really leave the batch."""
 
 import pytest
 import torch
@@ -33,16 +33,33 @@ def test_greedy_equals_generate(model_dir, compact, prompts):
         [(c[0].text, c[0].n_tokens, c[0].finish_reason) for c in theirs]
 
 
-def test_top_p_filter_is_transformers_rule():
+@pytest.mark.parametrize("candidates", [4, 64, 1000])  # 4: most rows fall back to the full sort
+def test_nucleus_is_transformers_top_p_set(candidates):
     from transformers.generation.logits_process import TopPLogitsWarper
 
     g = torch.Generator().manual_seed(0)
-    logits = torch.randn(16, 50, generator=g) * 3
-    for p in (0.1, 0.5, 0.95):
-        ours = sample.top_p_filter(logits, p).isinf()
-        theirs = TopPLogitsWarper(p)(None, logits.clone()).isinf()
+    # peaked rows (a few tokens hold the mass) and flat ones (the nucleus is most of the vocabulary)
+    logits = torch.cat([torch.randn(32, 200, generator=g) * 6, torch.randn(32, 200, generator=g) * 0.3])
+    for p in (0.1, 0.5, 0.95, 1.0):
+        ids, weights = sample.nucleus(logits.softmax(-1), p, candidates)
+        ours = torch.zeros_like(logits, dtype=torch.bool).scatter(1, ids, weights > 0)
+        theirs = ~TopPLogitsWarper(p)(None, logits.clone()).isinf()
+        if candidates >= logits.shape[1] or p == 1.0:
+            assert ids.shape[1] == logits.shape[1]
         assert torch.equal(ours, theirs)
-        assert (~ours).sum(-1).min() >= 1
+        assert torch.allclose(weights.sum(-1), (logits.softmax(-1) * theirs).sum(-1))  # their probabilities
+
+
+def test_draw_follows_the_weights_and_the_seed():
+    weights = torch.tensor([[0.5, 0.3, 0.2, 0.0, 0.0]]).repeat(20000, 1)
+    a = sample.draw(weights, torch.Generator().manual_seed(1))
+    assert torch.equal(a, sample.draw(weights, torch.Generator().manual_seed(1)))
+    assert not torch.equal(a, sample.draw(weights, torch.Generator().manual_seed(2)))
+    freq = torch.bincount(a, minlength=5).double() / len(a)
+    assert freq[3:].sum() == 0  # zero weight: never drawn
+    assert torch.allclose(freq[:3], torch.tensor([0.5, 0.3, 0.2], dtype=torch.double), atol=0.015)  # > 4 sigma
+    one = torch.tensor([[0.0, 0.0, 2.0]])
+    assert sample.draw(one, torch.Generator().manual_seed(0)).item() == 2
 
 
 def test_finished_sequences_leave_the_batch(compact, prompts):
