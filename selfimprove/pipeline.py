@@ -356,10 +356,10 @@ def report(paths: artifacts.RunPaths, manifest: artifacts.Manifest,
         verdict.write(v, paths.root, thresholds)
         log("\n" + verdict.to_markdown(v))
     fig = plots.pass1_by_iteration(table, title=f"run {paths.root.name}")
-    for dest in [paths.report] + ([Path(figures_dir)] if figures_dir else []):
-        dest.mkdir(parents=True, exist_ok=True)
-        fig.savefig(dest / "pass1_by_iteration.png", dpi=150, bbox_inches="tight")
-        log(f"figure: {dest / 'pass1_by_iteration.png'}")
+    for path in plots.save(fig, "pass1_by_iteration", [paths.report] + ([Path(figures_dir)] if figures_dir else []),
+                           formats=("png",)):
+        log(f"figure: {path}")
+    plots.plt.close(fig)
     if all_figures:
         dirs = [paths.report] + ([Path(figures_dir)] if figures_dir else [])
         written = plots.render_all(plots.runs_table([paths.root]), dirs)
@@ -410,9 +410,9 @@ def report_study(study: Path, roots: list[Path], figures_dir: str | Path | None 
     written = plots.render_all(table, dirs)
     log(f"figures ({', '.join(written)}): PNG and PDF in {', '.join(str(d) for d in dirs)}")
     fig = plots.pass1_by_iteration(table, title=f"study {study.name}: pass@1 by level and OOD, per paradigm")
-    for dest in dirs:
-        fig.savefig(dest / "pass1_by_iteration.png", dpi=150, bbox_inches="tight")
-        log(f"figure: {dest / 'pass1_by_iteration.png'}")
+    for path in plots.save(fig, "pass1_by_iteration", dirs, formats=("png",)):
+        log(f"figure: {path}")
+    plots.plt.close(fig)
 
 
 def summary_table(run_dir: Path) -> str:

@@ -22,6 +22,7 @@ them all; notebooks/50_analysis.ipynb does the same, showing each figure.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -505,18 +506,23 @@ FIGURES = {"figure1_pass1": figure1_pass1, "figure2_coverage": figure2_coverage,
            "figure5_ood_disparity": figure5_ood_disparity, "reversal_dashboard": reversal_dashboard}
 
 
-def save(fig: plt.Figure, name: str, dirs) -> list[Path]:
-    """Write `fig` as <dir>/<name>.png (150 dpi) and <dir>/<name>.pdf into each of `dirs` (a path or a list);
-    returns the written paths."""
+def save(fig: plt.Figure, name: str, dirs, formats=("png", "pdf")) -> list[Path]:
+    """Write `fig` as <dir>/<name>.png (150 dpi) and <dir>/<name>.pdf (or the given `formats`) into each of
+    `dirs` (a path or a list); returns the written paths."""
     if not name or "/" in name or "\\" in name or Path(name).suffix:
         raise PlotsError(f"figure name {name!r}: give a bare name without a folder or suffix, e.g. 'figure1_pass1'")
-    dirs = [dirs] if isinstance(dirs, str | Path) else list(dirs)
+    dirs = [Path(d) for d in ([dirs] if isinstance(dirs, str | Path) else dirs)]
     written = []
-    for d in map(Path, dirs):
+    for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
-        for ext in ("png", "pdf"):
-            fig.savefig(d / f"{name}.{ext}", dpi=150, bbox_inches="tight")
-            written.append(d / f"{name}.{ext}")
+    for ext in formats:  # drawn once per format (a draw takes seconds), copied to the other folders
+        first = dirs[0] / f"{name}.{ext}"
+        fig.savefig(first, dpi=150, bbox_inches="tight")
+        written.append(first)
+        for d in dirs[1:]:
+            if (d / first.name).resolve() != first.resolve():
+                shutil.copyfile(first, d / first.name)
+            written.append(d / first.name)
     return written
 
 
