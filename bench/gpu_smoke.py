@@ -14,9 +14,9 @@ architecture, offline (no weights are downloaded), with versions, GPU name, time
    r 16 on every linear layer), TRL `DPOTrainer` with the package's loss (`[sigmoid, sft]`) for `--dpo-steps`
    steps; the LoRA weights must change.
 
-Each part runs in its own process (as the pipeline runs each stage in a fresh kernel): vLLM's engine and
-Unsloth's patches of transformers/TRL never share one. Without a CUDA GPU, or without vllm/unsloth
-installed, it stops at once with a message saying so (exit code 2).
+Each part runs in its own process (as the pipeline gives vLLM sampling and Unsloth training a kernel each,
+selfimprove/kernel.py): vLLM's engine and Unsloth's patches of transformers/TRL never share one. Without a
+CUDA GPU, or without vllm/unsloth installed, it stops at once with a message saying so (exit code 2).
 """
 
 from __future__ import annotations

@@ -101,8 +101,8 @@ print(json.dumps({"in_process_s": time.perf_counter() - t0}))
 
 def demo_stage(seed: int = 0) -> dict:
     """Seconds of the evaluate stage on a demo-shaped iteration (750 test + 500 OOD arith problems, 4 samples
-    each, M1 and M2), each run in a fresh Python process as the pipeline's fresh kernel would (imports and
-    model loading included): every metric with an empty and a warm cache, against the work the stage did
+    each, M1 and M2), each run in a fresh Python process as the first evaluate stage of a run would (imports
+    and model loading included): every metric with an empty and a warm cache, against the work the stage did
     before diversity and intervals (no embeddings, no intervals). Responses are gold solutions of arith
     training problems (the demo's lengths and step orders; wrong ones with a changed result), correct at a
     per-level rate near the demo M1's."""

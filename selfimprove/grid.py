@@ -283,9 +283,10 @@ _PAPER_HEADER = """\
 # parameter); LoRA r = 16 on every linear layer trains about 40M parameters (0.6%), so their gradients and
 # AdamW state need well under 1 GB; the DPO reference is the same weights with the adapter disabled (no second
 # copy); activations of 4 pairs x {max_length} tokens with Unsloth's gradient checkpointing fit in the rest.
-# vLLM sampling runs in its own kernel (each stage notebook is a fresh process), so the two never share the
-# GPU. 4-bit (QLoRA, `--set train.load_in_4bit=true`) is for GPUs with less than about 40 GB; no paper recipe
-# uses it. Past one GPU: README, 'Past one GPU'.
+# vLLM sampling runs in a kernel of its own (kernel.needs_fresh_kernel; the other stages share one, which
+# empties CUDA's cache after each), so the two never share the GPU. 4-bit (QLoRA,
+# `--set train.load_in_4bit=true`) is for GPUs with less than about 40 GB; no paper recipe uses it. Past one
+# GPU: README, 'Past one GPU'.
 """
 
 _SMALL_HEADER = """\
