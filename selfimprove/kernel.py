@@ -158,10 +158,10 @@ def register_engine() -> str:
 
         def papermill_execute_cells(self):
             self._reset()
-            try:
-                super().papermill_execute_cells()
-            finally:
-                self._reset()
+            super().papermill_execute_cells()  # a failing cell is recorded in the notebook, not raised here
+            # Not in a `finally`: after Ctrl-C the kernel is still busy with the cell, and a reset would wait
+            # for it; the session shuts the kernel down instead (KernelSession.__exit__).
+            self._reset()
 
         def execute(self, **kwargs):
             try:

@@ -95,3 +95,37 @@ def test_a_run_with_a_kernel_per_stage_computes_what_the_shared_kernel_run_did(t
                 compared += 1
         assert json.loads(a.metrics(t).read_text()) == json.loads(b.metrics(t).read_text())
     assert compared >= 5  # M2's samples come from the model trained in each kernel setting
+
+
+def test_ctrl_c_stops_the_run_and_its_kernel_at_once(organism_root, tmp_path):
+    import subprocess
+    import sys
+
+    # 128 samples of all 300 training problems: a sample stage that runs for minutes, far past the SIGINT
+    proc = subprocess.Popen([sys.executable, "-m", "selfimprove.cli", "run", "tiny", "--runs-root", str(tmp_path),
+                             "--organism-root", str(organism_root), "--set", "sample.n_samples=128",
+                             "--set", "sample.problems_per_iteration=0"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=pipeline.PACKAGE_ROOT)
+    manifest, kernels = tmp_path / "tiny" / "manifest.json", []
+    log = tmp_path / "tiny" / "iter_1" / "notebooks" / "20_sample.stderr.log"
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and not kernels:
+            if log.exists() and "prompts x" in log.read_text(errors="replace"):  # the sampling cell's progress bar
+                time.sleep(1.0)
+                kernels = [int(p) for p in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
+            time.sleep(0.1)
+        assert kernels, "the run ended before 1/sample was caught sampling"
+        t0 = time.time()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) != 0
+        assert time.time() - t0 < 15  # at once, not when the sampling cell has finished (a minute later)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.time() + 15
+    while time.time() < deadline and any(os.path.exists(f"/proc/{k}") and
+                                         open(f"/proc/{k}/stat").read().split()[2] != "Z" for k in kernels):
+        time.sleep(0.2)
+    assert not [k for k in kernels if os.path.exists(f"/proc/{k}") and open(f"/proc/{k}/stat").read().split()[2] != "Z"]
+    assert json.loads(manifest.read_text())["stages"]["1/sample"]["state"] == "running"  # a rerun redoes it
