@@ -97,21 +97,28 @@ def test_rerun_skips_done_stages_and_refuses_another_config(tiny_run, organism_r
                      organism_root=organism_root, figures_dir=None, log=lambda *a: None)
 
 
+def _work_cell_running(nb_path: Path) -> bool:
+    """Whether papermill's executed copy marks the stage's work cell (`<module>.run(cfg)`) as running."""
+    try:
+        cells = json.loads(nb_path.read_text())["cells"]
+    except (OSError, ValueError):  # not written yet, or caught mid-write
+        return False
+    return any(".run(cfg)" in "".join(c["source"]) and c["metadata"].get("papermill", {}).get("status") == "running"
+               for c in cells)
+
+
 def _kill_during(stage_key: str, runs_root: Path, organism_root: Path) -> None:
-    """Start `selfimprove run tiny`, SIGKILL its whole process group while `stage_key` is running."""
+    """Start `selfimprove run tiny`, SIGKILL its whole process group while `stage_key` is running, once the
+    stage's work cell (sampling, training) has started: the stage is well inside its work."""
     proc = subprocess.Popen([sys.executable, "-m", "selfimprove.cli", "run", "tiny", "--runs-root", str(runs_root),
                              "--organism-root", str(organism_root)], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=pipeline.PACKAGE_ROOT)
-    manifest = runs_root / "tiny" / "manifest.json"
+    t, stage = stage_key.split("/")
+    executed = runs_root / "tiny" / f"iter_{t}" / "notebooks" / pipeline.STAGE_NOTEBOOKS[stage]
     deadline = time.time() + 300
     try:
-        while time.time() < deadline and proc.poll() is None:
-            if manifest.exists():
-                st = json.loads(manifest.read_text())["stages"].get(stage_key, {})  # atomic writes: always whole
-                if st.get("state") == "running":
-                    time.sleep(2.0)  # well inside the stage: its kernel is up and working
-                    break
-            time.sleep(0.1)
+        while time.time() < deadline and proc.poll() is None and not _work_cell_running(executed):
+            time.sleep(0.05)
         assert proc.poll() is None, f"run ended before {stage_key} was caught running"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
