@@ -188,10 +188,14 @@ def _train(trainer) -> None:
     clock = profiling.Clock()
     trainer.add_callback(profiling.trainer_callback(clock))
     if os.environ.get("SELFIMPROVE_PROGRESS") == "text":  # a stage run by `selfimprove run`: a text bar, which the
-        import tqdm  # runner shows on the terminal (transformers would draw a notebook widget in the kernel)
+        import tqdm  # runner shows on the terminal; in a kernel the Trainer would draw an HTML table instead
         import transformers.trainer_callback as callbacks
+        from transformers.utils.notebook import NotebookProgressCallback
 
         callbacks.tqdm = tqdm.tqdm
+        trainer.remove_callback(NotebookProgressCallback)
+        if not any(isinstance(cb, callbacks.ProgressCallback) for cb in trainer.callback_handler.callbacks):
+            trainer.add_callback(callbacks.ProgressCallback)
     trainer.train()
     trainer.compute_seconds = clock.seconds
 

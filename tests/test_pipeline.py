@@ -62,6 +62,14 @@ def test_tiny_run_produces_every_artifact(tiny_run):
     assert "| M2 |" in (paths.report / "summary.md").read_text()
 
 
+def test_sampling_and_training_draw_text_bars_in_their_stage_logs(tiny_run):
+    """The runner's terminal line shows the newest bar of a stage's stderr log (pipeline._live_progress)."""
+    notebooks = artifacts.RunPaths(tiny_run).notebooks
+    for log in (notebooks(1) / "20_sample.stderr.log", notebooks(2) / "10_train.stderr.log"):
+        bar = pipeline.last_progress(log.read_text(errors="replace"))
+        assert bar is not None and "100%" in bar, log
+
+
 def test_report_writes_figures_elsewhere_only_when_asked(tiny_run, tmp_path, capsys):
     from selfimprove import cli
 
