@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--verbose", action="store_true", help="stream the notebooks' output")
     run_p.add_argument("--stop-after", default=None, metavar="T/STAGE", help="stop after this stage, e.g. 2/train")
     run_p.add_argument("--kernel", choices=("shared", "fresh"), default="shared",
-                       help="shared: the stages run in one kernel, reset before each (default); fresh: each stage "
+                       help="shared: the stages run in one kernel, reset after each (default); fresh: each stage "
                             "in a kernel of its own (selfimprove/kernel.py)")
     p = sub.add_parser("report", help="summary table and figure of a run")
     p.add_argument("run_dir")

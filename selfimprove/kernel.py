@@ -1,9 +1,9 @@
-"""Where the stage notebooks run: one Jupyter kernel for a whole run (or study), reset around every stage.
+"""Where the stage notebooks run: one Jupyter kernel for a whole run (or study), reset after every stage.
 
 A fresh kernel per stage pays, every time, for starting the kernel, importing torch, transformers, TRL and
 pandas, and loading the embedding model: seconds of no model compute, 36 times in the demo. A `KernelSession`
-starts one kernel and runs the stages in it one after another with papermill. Before and after each stage it
-empties what a stage could tell apart from a fresh kernel: the user namespace and IPython's history (IPython
+starts one kernel and runs the stages in it one after another with papermill. After each stage it empties
+what the next stage could tell apart from a fresh kernel: the user namespace and IPython's history (IPython
 `reset`), then collects the garbage. Imported modules and process-level caches (the embedding model,
 diversity.load_model) stay. Every stage seeds what it draws from its config (torch seeds its global generator
 at random in each new process, so no stage could rely on it), so a stage computes the same numbers in a
@@ -31,11 +31,11 @@ from jupyter_core.utils import run_sync
 KERNEL_POLICIES = ("shared", "fresh")
 ENGINE = "selfimprove-shared-kernel"
 
-# Run silently before and after each stage's cells. Anything a stage defined goes (the parameters cell defines
+# Run silently after each stage's cells. Anything a stage defined goes (the parameters cell defines
 # it again), and with it the memory it held; CUDA's cached blocks go back to the driver, so that a stage in
 # another process (vLLM sampling) finds the GPU memory free. Modules, and what they cache, stay, and
 # gc.freeze() leaves them out of later collections: a full collection over torch's, transformers' and TRL's
-# objects took 0.24 s, twice a stage, where one over what the last stage left takes milliseconds (frozen
+# objects took 0.24 s a stage, where one over what the last stage left takes milliseconds (frozen
 # objects are still freed when no reference is left; only a reference cycle among them would stay).
 RESET = """\
 get_ipython().reset(new_session=False, aggressive=False)
@@ -77,13 +77,12 @@ def env_set(**values: str):
 
 
 class KernelResetError(RuntimeError):
-    """The shared kernel could not be reset before a stage."""
+    """The shared kernel could not be reset after a stage."""
 
 
 def needs_fresh_kernel(stage: str, stage_cfg) -> bool:
     """Stages whose libraries keep process-wide state that a namespace reset cannot free (module docstring)."""
-    return (stage == "sample" and getattr(stage_cfg, "backend", "") == "vllm") or \
-        (stage == "train" and getattr(stage_cfg, "backend", "") == "unsloth")
+    return (stage == "sample" and stage_cfg.backend == "vllm") or (stage == "train" and stage_cfg.backend == "unsloth")
 
 
 class KernelSession:
@@ -121,7 +120,7 @@ class KernelSession:
         return km
 
     def execute(self, input_path: Path, output_path: Path, parameters: dict, stderr_file, log_output: bool) -> None:
-        """Execute a notebook with papermill in the session's kernel, reset first (RESET)."""
+        """Execute a notebook with papermill in the session's kernel, reset after it (RESET)."""
         import papermill as pm
 
         km = self.ensure_kernel()
@@ -146,8 +145,8 @@ def register_engine() -> str:
     from papermill.engines import NBClientEngine, papermill_engines
 
     class _ResetClient(PapermillNotebookClient):
-        """papermill's notebook client on a kernel it does not own: RESET before the first cell and after the
-        last, and its channels closed afterwards (the kernel itself is left running for the next stage)."""
+        """papermill's notebook client on a kernel it does not own: RESET after the last cell, and its channels
+        closed afterwards (the kernel itself is left running for the next stage)."""
 
         def _reset(self) -> None:
             reply = self.wait_for_reply(self.kc.execute(RESET, silent=True, store_history=False))
@@ -157,10 +156,10 @@ def register_engine() -> str:
                                        f"{content.get('evalue')} (run with --kernel fresh to avoid it)")
 
         def papermill_execute_cells(self):
-            self._reset()
             super().papermill_execute_cells()  # a failing cell is recorded in the notebook, not raised here
             # Not in a `finally`: after Ctrl-C the kernel is still busy with the cell, and a reset would wait
-            # for it; the session shuts the kernel down instead (KernelSession.__exit__).
+            # for it; the session shuts the kernel down instead (KernelSession.__exit__). So every stage after
+            # the first starts on a kernel reset by the stage before it, and the first on a new kernel.
             self._reset()
 
         def execute(self, **kwargs):

@@ -13,7 +13,7 @@ recipe apart from the paradigm and the same training kinds so far; M1's sampling
 paradigms, and SFT-DPO's M2 is DPO's M2) is taken from it as hard links and marked `shared_from` in the
 manifest, rather than computed again.
 
-The stages run in one Jupyter kernel per run or study, emptied before and after each stage (kernel.py;
+The stages run in one Jupyter kernel per run or study, emptied after each stage (kernel.py;
 `kernel="fresh"` starts one per stage). Executed copies land in iter_<t>/notebooks/ (the run's log). The
 manifest records each stage as running, then done with its duration and output hashes; a rerun skips done
 stages and redoes an interrupted one from its start. Every stage is deterministic for the run's seed, so a
@@ -183,12 +183,13 @@ def execute_stage(stage: str, stage_cfg, out_nb: Path, log_output: bool,
 
 
 @contextlib.contextmanager
-def kernel_session(policy: str, stderr_path: Path):
-    """The shared kernel of a run or study (`policy` "shared"), or None: every stage in a fresh kernel."""
+def kernel_session(policy: str, stderr_path: Path, given: kernel.KernelSession | None = None):
+    """The shared kernel of a run or study (`policy` "shared"), or None: every stage in a fresh kernel.
+    A `given` session (a study's, opened by run()) is used as it is and left open."""
     if policy not in kernel.KERNEL_POLICIES:
         raise RecipeError(f"kernel must be one of {', '.join(kernel.KERNEL_POLICIES)}; got {policy!r}")
-    if policy == "fresh":
-        yield None
+    if given is not None or policy == "fresh":
+        yield given
         return
     with kernel.KernelSession(PACKAGE_ROOT, stderr_path, env=KERNEL_ENV) as session:
         yield session
@@ -236,7 +237,7 @@ def run(recipe: str, *, overrides: list[str] | None = None, runs_root: str | Pat
         log=print) -> Path:
     """Run (or resume) a recipe; returns the run directory, or for a study (a list of paradigms) the study
     directory holding one run per paradigm. `stop_after` ("<t>/<stage>") ends early (each run of a study).
-    `kernel`: "shared" runs the stages in one kernel, reset before each (kernel.py), "fresh" each in its own."""
+    `kernel`: "shared" runs the stages in one kernel, reset after each (kernel.py), "fresh" each in its own."""
     cfg = load_recipe(resolve_recipe(recipe, RECIPES), overrides)
     if not cfg.is_study:
         return run_config(cfg, runs_root=runs_root, organism_root=organism_root, overwrite=overwrite,
@@ -261,67 +262,59 @@ def run_config(cfg: RunConfig, *, runs_root: str | Path = "data/runs", organism_
     """Run (or resume) one validated single-paradigm config; a stage that a sibling run (`siblings`, the
     other runs of a study) finished with the same share key is copied from it instead of rerun. The stages run
     in `session` (a study's shared kernel) if given, else as `kernel` says (run())."""
-    args = dict(runs_root=runs_root, organism_root=organism_root, overwrite=overwrite, log_output=log_output,
-                stop_after=stop_after, figures_dir=figures_dir, log=log, siblings=siblings, report_run=report_run)
-    if session is not None:
-        return _run_stages(cfg, session=session, **args)
-    with kernel_session(kernel, Path(runs_root) / cfg.name / "kernel.stderr.log") as own:
-        return _run_stages(cfg, session=own, **args)
-
-
-def _run_stages(cfg: RunConfig, *, runs_root, organism_root, overwrite, log_output, stop_after, figures_dir, log,
-                siblings, report_run, session) -> Path:
-    model = cfg.model
-    if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
-        raise RecipeError(f"recipe '{cfg.name}': model {model!r} is not a folder (a local model is a folder that "
-                          "save_pretrained wrote; a hub id looks like 'org/name')")
-    paths = artifacts.RunPaths(Path(runs_root) / cfg.name)
-    manifest = artifacts.Manifest.open(paths, asdict(cfg), cfg.digest(), overwrite=overwrite)
-    log(f"run {cfg.name}: {paths.root}  (T={cfg.iterations}, paradigm={cfg.paradigm}, config {cfg.digest()})")
-    prepare(cfg, paths, manifest, Path(organism_root), log=log)
-    gold_sft = bool(model)
-    for t in range(1, cfg.iterations + 1):
-        for stage in stages_of(t, gold_sft):
-            stage_cfg = cfg.stage(stage, t, paths.root)
-            key = f"{t}/{stage}"
-            share_key = cfg.share_key(stage, t)
-            if key == "2/train":
-                log_paradigm_advice(paths, cfg.paradigm, log)
-            done = manifest.is_done(key, stage_outputs(paths, stage, t, stage_cfg))
-            shared = None if done else find_shared(key, share_key, list(siblings))
-            if done:
-                log(f"  [{key}] done, skipped")
-            elif shared is not None:
-                manifest.start(key)
-                copy_stage(shared, paths, stage, t, stage_cfg)
-                manifest.finish(key, stage_outputs(paths, stage, t, stage_cfg), 0.0, paths.root,
-                                share_key=share_key, shared_from=str(shared))
-                log(f"  [{key}] the same as in {shared.name}: taken from there")
-            else:
-                log(f"  [{key}] running {STAGE_NOTEBOOKS[stage]}")
-                stale = artifacts.clean_stale(paths.iter_dir(t)) if paths.iter_dir(t).exists() else []
-                if stale:
-                    log(f"  [{key}] removed {len(stale)} temporary file(s) an interrupted stage left")
-                manifest.start(key)
-                t0 = time.time()
-                out_nb = paths.notebooks(t) / STAGE_NOTEBOOKS[stage]
-                try:
-                    execute_stage(stage, stage_cfg, out_nb, log_output, session)
-                except Exception as e:
-                    reason = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', e)}"
-                    manifest.fail(key, reason)
-                    kernel_log = f" and {session.stderr_path}" if session is not None else ""
-                    raise StageError(f"stage {key} failed: {reason}\n  executed notebook: {out_nb}\n"
-                                     f"  kernel stderr: {out_nb.with_suffix('.stderr.log')}{kernel_log}\n"
-                                     "  Finished stages are kept; fix the cause and run the same command again.") from e
-                manifest.finish(key, stage_outputs(paths, stage, t, stage_cfg), time.time() - t0, paths.root,
-                                share_key=share_key)
-                log(f"  [{key}] done in {time.time() - t0:.1f}s")
-            if key == stop_after:
-                return paths.root
-    if report_run:  # a study's runs leave the paper's figures to the study report
-        report(paths, manifest, figures_dir=figures_dir, log=log, all_figures=not siblings)
-    return paths.root
+    with kernel_session(kernel, Path(runs_root) / cfg.name / "kernel.stderr.log", session) as session:
+        model = cfg.model
+        if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
+            raise RecipeError(f"recipe '{cfg.name}': model {model!r} is not a folder (a local model is a folder that "
+                              "save_pretrained wrote; a hub id looks like 'org/name')")
+        paths = artifacts.RunPaths(Path(runs_root) / cfg.name)
+        manifest = artifacts.Manifest.open(paths, asdict(cfg), cfg.digest(), overwrite=overwrite)
+        log(f"run {cfg.name}: {paths.root}  (T={cfg.iterations}, paradigm={cfg.paradigm}, config {cfg.digest()})")
+        prepare(cfg, paths, manifest, Path(organism_root), log=log)
+        gold_sft = bool(model)
+        for t in range(1, cfg.iterations + 1):
+            for stage in stages_of(t, gold_sft):
+                stage_cfg = cfg.stage(stage, t, paths.root)
+                key = f"{t}/{stage}"
+                share_key = cfg.share_key(stage, t)
+                if key == "2/train":
+                    log_paradigm_advice(paths, cfg.paradigm, log)
+                done = manifest.is_done(key, stage_outputs(paths, stage, t, stage_cfg))
+                shared = None if done else find_shared(key, share_key, list(siblings))
+                if done:
+                    log(f"  [{key}] done, skipped")
+                elif shared is not None:
+                    manifest.start(key)
+                    copy_stage(shared, paths, stage, t, stage_cfg)
+                    manifest.finish(key, stage_outputs(paths, stage, t, stage_cfg), 0.0, paths.root,
+                                    share_key=share_key, shared_from=str(shared))
+                    log(f"  [{key}] the same as in {shared.name}: taken from there")
+                else:
+                    log(f"  [{key}] running {STAGE_NOTEBOOKS[stage]}")
+                    stale = artifacts.clean_stale(paths.iter_dir(t)) if paths.iter_dir(t).exists() else []
+                    if stale:
+                        log(f"  [{key}] removed {len(stale)} temporary file(s) an interrupted stage left")
+                    manifest.start(key)
+                    t0 = time.time()
+                    out_nb = paths.notebooks(t) / STAGE_NOTEBOOKS[stage]
+                    try:
+                        execute_stage(stage, stage_cfg, out_nb, log_output, session)
+                    except Exception as e:
+                        reason = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', e)}"
+                        manifest.fail(key, reason)
+                        kernel_log = f" and {session.stderr_path}" if session is not None else ""
+                        raise StageError(f"stage {key} failed: {reason}\n  executed notebook: {out_nb}\n"
+                                         f"  kernel stderr: {out_nb.with_suffix('.stderr.log')}{kernel_log}\n"
+                                         "  Finished stages are kept; fix the cause and run the same command "
+                                         "again.") from e
+                    manifest.finish(key, stage_outputs(paths, stage, t, stage_cfg), time.time() - t0, paths.root,
+                                    share_key=share_key)
+                    log(f"  [{key}] done in {time.time() - t0:.1f}s")
+                if key == stop_after:
+                    return paths.root
+        if report_run:  # a study's runs leave the paper's figures to the study report
+            report(paths, manifest, figures_dir=figures_dir, log=log, all_figures=not siblings)
+        return paths.root
 
 
 def log_paradigm_advice(paths: artifacts.RunPaths, paradigm: str, log=print) -> None:

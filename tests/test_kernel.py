@@ -14,7 +14,7 @@ import pytest
 from jupyter_core.utils import run_sync
 
 from selfimprove import artifacts, kernel, pipeline
-from selfimprove.config import RecipeError, SampleConfig, TrainConfig
+from selfimprove.config import EvaluateConfig, RecipeError, SampleConfig, TrainConfig, VerifyConfig
 
 PROBE = [
     "x = 0  # parameters",
@@ -72,6 +72,8 @@ def test_fresh_kernel_stages_are_the_ones_holding_process_state(tmp_path):
     assert not kernel.needs_fresh_kernel("sample", SampleConfig(run_dir=str(tmp_path), iteration=1, backend="compact"))
     assert kernel.needs_fresh_kernel("train", TrainConfig(run_dir=str(tmp_path), iteration=2, backend="unsloth"))
     assert not kernel.needs_fresh_kernel("train", TrainConfig(run_dir=str(tmp_path), iteration=2, backend="trl"))
+    for stage, cls in (("verify", VerifyConfig), ("evaluate", EvaluateConfig)):  # no backend: always shared
+        assert not kernel.needs_fresh_kernel(stage, cls(run_dir=str(tmp_path), iteration=1))
 
 
 def test_unknown_kernel_policy_is_refused_before_any_work(organism_root, tmp_path):
@@ -95,6 +97,14 @@ def test_a_run_with_a_kernel_per_stage_computes_what_the_shared_kernel_run_did(t
                 compared += 1
         assert json.loads(a.metrics(t).read_text()) == json.loads(b.metrics(t).read_text())
     assert compared >= 5  # M2's samples come from the model trained in each kernel setting
+
+
+def _running(pid: int) -> bool:
+    """A live process (not gone, not a zombie waiting to be reaped)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_ctrl_c_stops_the_run_and_its_kernel_at_once(organism_root, tmp_path):
@@ -124,8 +134,7 @@ def test_ctrl_c_stops_the_run_and_its_kernel_at_once(organism_root, tmp_path):
         if proc.poll() is None:
             proc.kill()
     deadline = time.time() + 15
-    while time.time() < deadline and any(os.path.exists(f"/proc/{k}") and
-                                         open(f"/proc/{k}/stat").read().split()[2] != "Z" for k in kernels):
+    while time.time() < deadline and any(map(_running, kernels)):
         time.sleep(0.2)
-    assert not [k for k in kernels if os.path.exists(f"/proc/{k}") and open(f"/proc/{k}/stat").read().split()[2] != "Z"]
+    assert not [k for k in kernels if _running(k)]
     assert json.loads(manifest.read_text())["stages"]["1/sample"]["state"] == "running"  # a rerun redoes it
