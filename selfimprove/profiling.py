@@ -34,7 +34,9 @@ class Clock:
 
 @contextlib.contextmanager
 def timed_forward(module, clock: Clock):
-    """Time every call of `module.forward` into `clock` while the block runs.
+    """Time every call of `module.forward` into `clock` while the block runs. A module on a CUDA GPU is
+    synchronised before each call's clock stops: a forward call returns once its kernels are queued, so
+    without it the clock would time the queueing and leave the compute to whatever waits next.
 
     >>> import torch
     >>> lin, clock = torch.nn.Linear(2, 2), Clock()
@@ -44,10 +46,15 @@ def timed_forward(module, clock: Clock):
     2
     """
     original = module.forward
+    device = next(module.parameters(), None)
+    device = device.device if device is not None else None
+    sync = _synchronizer(device)
 
     def forward(*args, **kwargs):
         with clock.timing():
-            return original(*args, **kwargs)
+            out = original(*args, **kwargs)
+            sync()
+            return out
 
     module.forward = forward
     try:
@@ -56,15 +63,28 @@ def timed_forward(module, clock: Clock):
         module.forward = original
 
 
+def _synchronizer(device):
+    """A function that waits for the work queued on `device` when it is a CUDA device, else does nothing."""
+    if device is None or getattr(device, "type", "cpu") != "cuda":
+        return lambda: None
+    import torch
+
+    return lambda: torch.cuda.synchronize(device)
+
+
 def trainer_callback(clock: Clock):
-    """A transformers TrainerCallback that times each optimizer step (forward, backward, update)."""
+    """A transformers TrainerCallback that times each optimizer step (forward, backward, update); on a CUDA
+    device the step's queued kernels are waited for before its clock stops (as in timed_forward)."""
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
+            self._sync = _synchronizer(args.device)
+            self._sync()  # the previous step's work is not this step's
             self._t0 = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
+            self._sync()
             clock.seconds += time.perf_counter() - self._t0
             clock.calls += 1
 

@@ -4,8 +4,10 @@ Reads iter_<t>/model and the task's problems; writes iter_<t>/samples_<split>.pa
 DESIGN.md (no grading columns yet; the verify stage adds them). Train samples (only while t < T) feed the
 data that trains M(t+1); test and OOD samples feed the metrics. Notebook: notebooks/20_sample.ipynb.
 
-Backends are a dict (`SAMPLERS`); the transformers backend is the CPU default. Every batch is seeded from
-(seed, iteration, split, batch), so a stage that is killed and rerun draws exactly the same samples.
+Backends are a dict (`SAMPLERS`); the transformers backend is the default. The transformers backends run on
+`SampleConfig.device` (auto: the first CUDA GPU torch sees, else the CPU) in `SampleConfig.dtype`
+(`torch_dtype`). Every batch is seeded from (seed, iteration, split, batch), so a stage that is killed and
+rerun draws exactly the same samples (on the same device: a GPU's random stream is not the CPU's).
 """
 
 from __future__ import annotations
@@ -45,18 +47,88 @@ class Completion:
     finish_reason: str  # "stop" (eos generated) or "length" (max_new_tokens reached)
 
 
-class TransformersSampler:
-    """`model.generate` on CPU or GPU; prompts are length-sorted so a batch wastes little padding."""
+def torch_device(device: str) -> str:
+    """`SampleConfig.device` as a torch device: 'auto' is the first CUDA GPU when torch sees one, else the CPU
+    (our choice); 'cuda' or 'cuda:N' without a visible GPU is refused before any model loads.
 
-    def __init__(self, model_path: str | Path, threads: int | None = None):
+    >>> torch_device("cpu")
+    'cpu'
+    """
+    import torch
+
+    if device == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise ValueError(f"sample.device {device!r}: torch {torch.__version__} sees "
+                             f"{torch.cuda.device_count() if torch.cuda.is_available() else 'no'} CUDA GPU(s); "
+                             f"use 'auto' or 'cpu'")
+    return device
+
+
+def torch_dtype(dtype: str, device: str, model_path: str | Path):
+    """`SampleConfig.dtype` as the torch dtype the transformers backends load the weights in. 'auto': float32
+    on the CPU (our choice: the organism is trained and measured in float32, and a CPU without bfloat16 matrix
+    units runs float32 faster); on a GPU vLLM's rule for 'auto' (vllm/config/model.py, _resolve_auto_dtype),
+    so both backends sample the same weights: a bfloat16 or float16 checkpoint keeps its dtype, a float32 one
+    runs in bfloat16 (float16 on a GPU without bfloat16).
+
+    >>> torch_dtype("auto", "cpu", "unused"), torch_dtype("half", "cpu", "unused")
+    (torch.float32, torch.float16)
+    """
+    import torch
+
+    named = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
+             "float16": torch.float16, "half": torch.float16}
+    if dtype != "auto":
+        return named[dtype]
+    if not device.startswith("cuda"):
+        return torch.float32
+    half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    saved = _checkpoint_dtype(Path(model_path))
+    if saved == torch.float16 or (saved == torch.bfloat16 and half == torch.bfloat16):
+        return saved
+    return half
+
+
+def _checkpoint_dtype(model_path: Path):
+    """The dtype a model directory's config.json records (`dtype`, or `torch_dtype` of older transformers); for
+    a PEFT adapter its base model's; None when none is recorded."""
+    import json
+
+    import torch
+
+    adapter = model_path / "adapter_config.json"
+    if adapter.exists() and not (model_path / "config.json").exists():
+        model_path = Path(json.loads(adapter.read_text()).get("base_model_name_or_path") or "")
+    config = model_path / "config.json"
+    if not config.exists():
+        return None
+    saved = json.loads(config.read_text())
+    name = saved.get("dtype") or saved.get("torch_dtype")
+    return getattr(torch, name, None) if isinstance(name, str) else None
+
+
+class TransformersSampler:
+    """`model.generate` on CPU or GPU; prompts are length-sorted so a batch wastes little padding.
+
+    `device` and `dtype` are SampleConfig's (`torch_device`, `torch_dtype`): on a GPU the weights are loaded
+    straight onto it (`device_map`)."""
+
+    def __init__(self, model_path: str | Path, threads: int | None = None, device: str = "auto",
+                 dtype: str = "auto"):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if threads:
             torch.set_num_threads(threads)
+        device = torch_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.tokenizer.padding_side = "left"
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+        placed = {} if device == "cpu" else {"device_map": device}
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=torch_dtype(dtype, device, model_path), **placed).eval()
 
     def generate(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
                  batch_size: int, seed: int) -> list[list[Completion]]:
@@ -67,7 +139,8 @@ class TransformersSampler:
         out: list[list[Completion] | None] = [None] * len(prompts)
         for b, start in enumerate(progress(range(0, len(order), per_batch), f"{len(prompts)} prompts x {n}")):
             idx = order[start:start + per_batch]
-            enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                      add_special_tokens=False).to(self.model.device)
             done = self._batch(enc, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                                seed=seed * 1_000_003 + b)
             for j, i in enumerate(idx):
@@ -236,7 +309,7 @@ def nucleus(probs, top_p: float, candidates: int = NUCLEUS_CANDIDATES):
     import torch
 
     if top_p >= 1.0:  # every token (transformers applies no top-p at 1.0)
-        return torch.arange(probs.shape[-1]).expand_as(probs), probs
+        return torch.arange(probs.shape[-1], device=probs.device).expand_as(probs), probs
     k = min(candidates, probs.shape[-1])
     top, ids = probs.topk(k, dim=-1)  # descending
     if k < probs.shape[-1] and bool((top.sum(-1) < top_p).any()):
@@ -257,7 +330,7 @@ def draw(weights, generator):
     import torch
 
     cum = weights.cumsum(-1)
-    u = torch.rand(weights.shape[0], 1, generator=generator, dtype=cum.dtype) * cum[:, -1:]
+    u = torch.rand(weights.shape[0], 1, generator=generator, dtype=cum.dtype, device=cum.device) * cum[:, -1:]
     # right=True: the first index whose cumulative weight exceeds u, so a zero weight is never drawn; u rounded
     # up to the total falls on the last positive weight
     last = (weights > 0).long().cumsum(-1).argmax(-1)
@@ -286,7 +359,7 @@ class CompactSampler(TransformersSampler):
                seed: int) -> list[Completion]:
         import torch
 
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator(self.model.device).manual_seed(seed)
         seqs = self.decode(enc["input_ids"].repeat_interleave(n, 0), enc["attention_mask"].repeat_interleave(n, 0),
                            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, generator=gen)
         return [self._finish(ids) for ids in seqs]
@@ -297,15 +370,17 @@ class CompactSampler(TransformersSampler):
         import torch
 
         eos = self.tokenizer.eos_token_id
-        rows = torch.arange(input_ids.shape[0])  # batch row -> original row
-        new = torch.full((input_ids.shape[0], max_new_tokens), -1)  # -1: no token (finished, or not reached)
+        dev = input_ids.device
+        rows = torch.arange(input_ids.shape[0], device=dev)  # batch row -> original row
+        # -1: no token (finished, or not reached)
+        new = torch.full((input_ids.shape[0], max_new_tokens), -1, device=dev)
         mask = attention_mask
         position = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate does for left padding
         with torch.inference_mode():
             res = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position, use_cache=True)
             cache, logits = res.past_key_values, res.logits[:, -1, :]
             last = position[:, -1]
-            done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+            done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=dev)
             for step in range(max_new_tokens):
                 if temperature > 0:
                     ids, weights = nucleus((logits.float() / temperature).softmax(dim=-1), top_p)
@@ -360,7 +435,7 @@ def sample_split(sampler, problems: list[dict], prompts: list[str], *, cfg: Samp
 def run(cfg: SampleConfig) -> list[Path]:
     """Sample every split this iteration needs and write iter_<t>/samples_<split>.parquet."""
     paths = artifacts.RunPaths(cfg.run_dir)
-    engine = VLLMSampler.engine_options(cfg) if cfg.backend == "vllm" else {}
+    engine = VLLMSampler.engine_options(cfg) if cfg.backend == "vllm" else {"device": cfg.device, "dtype": cfg.dtype}
     sampler = SAMPLERS[cfg.backend](paths.model(cfg.iteration), threads=cfg.threads or None, **engine)
     written = []
     clock = profiling.Clock()  # model forward time (transformers backends) or engine time (vLLM)

@@ -42,7 +42,7 @@ def test_demo_recipe_runs_all_three_paradigms_with_at_least_four_iterations():
     ("paradigm: ppo", r"'paradigm' must be one of"),
     ("sample: {seed: 3}", r"'seed' is set at the top level"),
     ("train: {paradigm: dpo}", r"section 'train': 'paradigm' is set at the top level"),
-    ("sample: {n_sample: 3}", r"valid keys: backend, batch_size, data_parallel_size, dtype, enforce_eager, "
+    ("sample: {n_sample: 3}", r"valid keys: backend, batch_size, data_parallel_size, device, dtype, enforce_eager, "
                               r"gpu_memory_utilization, max_model_len, max_new_tokens, n_eval_samples, n_samples, "
                               r"problems_per_iteration, temperature, tensor_parallel_size, threads, top_p$"),
     ("organism: {hiden_size: 3}", r"section 'organism': unknown key 'hiden_size'"),
