@@ -159,10 +159,10 @@ class TransformersSampler:
         with torch.inference_mode():
             gen = self.model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
                                       eos_token_id=tok.eos_token_id, **kwargs)
-        return [self._completion(row) for row in gen[:, enc["input_ids"].shape[1]:]]
+        # one copy to the host for the whole batch, not one per row
+        return [self._completion(row) for row in gen[:, enc["input_ids"].shape[1]:].tolist()]
 
-    def _completion(self, ids) -> Completion:
-        ids = ids.tolist()
+    def _completion(self, ids: list[int]) -> Completion:
         eos = self.tokenizer.eos_token_id
         if eos in ids:
             ids = ids[:ids.index(eos) + 1]
@@ -389,9 +389,10 @@ class CompactSampler(TransformersSampler):
                     nxt = logits.argmax(dim=-1)
                 new[rows, step] = nxt.masked_fill(done, -1)  # a finished sequence still in the batch decodes on
                 done = (nxt == eos) | done
-                if step == max_new_tokens - 1 or done.all():
+                finished = int(done.sum())  # the step's one wait for the device
+                if step == max_new_tokens - 1 or finished == len(done):
                     break
-                if done.sum() * 8 >= len(done):  # an eighth has finished: they leave the batch and the cache
+                if finished * 8 >= len(done):  # an eighth has finished: they leave the batch and the cache
                     keep = (~done).nonzero().squeeze(1)
                     rows, nxt, mask, last, done = rows[keep], nxt[keep], mask[keep], last[keep], done[keep]
                     cache.batch_select_indices(keep)
