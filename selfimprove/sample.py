@@ -441,6 +441,11 @@ def run(cfg: SampleConfig) -> list[Path]:
     written = []
     clock = profiling.Clock()  # model forward time (transformers backends) or engine time (vLLM)
     in_model = hasattr(sampler, "model")
+    # where the samples were drawn: a rerun draws the same ones only on the same device (module docstring)
+    placed = {"device": str(sampler.model.device), "dtype": str(sampler.model.dtype).removeprefix("torch.")} \
+        if in_model else {}
+    print(f"sampling M{cfg.iteration} with the {cfg.backend} backend"
+          + (f" on {placed['device']} in {placed['dtype']}" if placed else ""))
     timer = profiling.timed_forward(sampler.model, clock) if in_model else contextlib.nullcontext()
     with timer:
         for split in [s for s in cfg.splits if paths.problems(s).exists() or s != "ood"]:  # a task may lack OOD
@@ -456,5 +461,5 @@ def run(cfg: SampleConfig) -> list[Path]:
                   f"({df['n_tokens'].sum() / max(secs, 1e-9):.0f} tokens/s)")
             written.append(artifacts.write_parquet(df, paths.samples(cfg.iteration, split)))
     profiling.record(cfg.run_dir, cfg.iteration, "sample", clock.seconds,
-                     "model forward calls" if in_model else "vLLM generate calls", calls=clock.calls)
+                     "model forward calls" if in_model else "vLLM generate calls", calls=clock.calls, **placed)
     return written

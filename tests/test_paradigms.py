@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from selfimprove import artifacts, config, pairs, pipeline, profiling, train
+from selfimprove import artifacts, config, pairs, pipeline, profiling, sample, train
 
 
 def test_train_kinds_follow_the_paper():
@@ -142,7 +142,11 @@ def test_a_study_runs_every_paradigm_and_shares_what_is_the_same(tiny_study):
     assert log["rows"] > 0 and "loss" in log["summary"]
     # model compute is recorded beside wall time; shared stages cost nothing
     wall = stages["dpo"]["1/sample"]["seconds"]
-    assert 0 < profiling.read(runs["dpo"].root, 1, "sample")["compute_s"] < wall
+    sampled = profiling.read(runs["dpo"].root, 1, "sample")
+    assert 0 < sampled["compute_s"] < wall
+    device = sample.torch_device("auto")  # where the samples were drawn: the CPU in float32 here
+    assert (sampled["device"], sampled["dtype"]) == (device, str(sample.torch_dtype(
+        "auto", device, runs["dpo"].model(1))).removeprefix("torch."))
     assert 0 < profiling.read(runs["sft"].root, 2, "train")["compute_s"] < stages["sft"]["2/train"]["seconds"]
     timing = pipeline.timing_table(artifacts.Manifest.load(runs["sft-dpo"]))
     assert "| 2/train | 0.0 | 0.0 | 0.0 |" in timing and "from dpo" in timing
