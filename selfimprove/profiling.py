@@ -46,9 +46,8 @@ def timed_forward(module, clock: Clock):
     2
     """
     original = module.forward
-    device = next(module.parameters(), None)
-    device = device.device if device is not None else None
-    sync = _synchronizer(device)
+    param = next(module.parameters(), None)
+    sync = _synchronizer(param.device if param is not None else None)
 
     def forward(*args, **kwargs):
         with clock.timing():
@@ -78,9 +77,11 @@ def trainer_callback(clock: Clock):
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
+        def on_train_begin(self, args, state, control, **kwargs):
             self._sync = _synchronizer(args.device)
-            self._sync()  # the previous step's work is not this step's
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._sync()  # work queued before the step (the first step's set-up) is not the step's
             self._t0 = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):

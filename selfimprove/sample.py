@@ -436,8 +436,8 @@ def sample_split(sampler, problems: list[dict], prompts: list[str], *, cfg: Samp
 def run(cfg: SampleConfig) -> list[Path]:
     """Sample every split this iteration needs and write iter_<t>/samples_<split>.parquet."""
     paths = artifacts.RunPaths(cfg.run_dir)
-    engine = VLLMSampler.engine_options(cfg) if cfg.backend == "vllm" else {"device": cfg.device, "dtype": cfg.dtype}
-    sampler = SAMPLERS[cfg.backend](paths.model(cfg.iteration), threads=cfg.threads or None, **engine)
+    options = VLLMSampler.engine_options(cfg) if cfg.backend == "vllm" else {"device": cfg.device, "dtype": cfg.dtype}
+    sampler = SAMPLERS[cfg.backend](paths.model(cfg.iteration), threads=cfg.threads or None, **options)
     written = []
     clock = profiling.Clock()  # model forward time (transformers backends) or engine time (vLLM)
     in_model = hasattr(sampler, "model")
