@@ -83,21 +83,22 @@ def distinct_n_avg(texts: list[str], orders: tuple[int, ...] = NGRAM_ORDERS) -> 
 
 
 # A generic equation: numbers joined by + - * / x × ÷ (parentheses allowed), then '=' and a number.
-# It finds GSM8K's `<<48/2=24>>` calculator annotations and plain `250 * 5 = 1250` lines alike.
-_NUM = r"-?\d+(?:[.,]\d+)*"
-EQUATION_RE = re.compile(rf"\(*{_NUM}\)*(?:\s*[-+*/×÷]\s*\(*{_NUM}\)*)+\s*=\s*{_NUM}")
+# It finds GSM8K's `<<48/2=24>>` calculator annotations and plain `250 * 5 = 1250` lines alike; a number may
+# carry a dollar sign, as GSM8K's solutions write amounts (`12/60 = $0.2`; dropped when normalising, our choice).
+_NUM = r"\$?-?\d+(?:[.,]\d+)*"
+EQUATION_RE = re.compile(rf"\(*{_NUM}\)*(?:\s*[-+*/x×÷]\s*\(*{_NUM}\)*)+\s*=\s*{_NUM}")
 
 
 def generic_equations(text: str) -> list[str]:
-    """Arithmetic equations in free text, normalised: whitespace and thousands separators removed, and
-    parentheses removed when unbalanced (a match can start inside a bracket).
+    """Arithmetic equations in free text, normalised: whitespace, dollar signs and thousands separators
+    removed, and parentheses removed when unbalanced (a match can start inside a bracket).
 
     >>> generic_equations("She pays 2,000 - 1,800 = <<2000-1800=200>>200 and 200 / 1250 = 0.16.")
     ['2000-1800=200', '200/1250=0.16']
     """
     out = []
     for m in EQUATION_RE.finditer(text):
-        eq = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", re.sub(r"\s+", "", m.group(0)))
+        eq = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", re.sub(r"[\s$]+", "", m.group(0)))
         if eq.count("(") != eq.count(")"):
             eq = eq.replace("(", "").replace(")", "")
         out.append(eq)

@@ -48,6 +48,8 @@ def test_distinct_equations_by_hand():
     ("x (3 + 4 = 7", ["3+4=7"]),
     ("it costs $12 and = 5", []),
     ("2000-1800 = 200 and 200/1250 = 0.16.", ["2000-1800=200", "200/1250=0.16"]),
+    ("3 x 4 = 12 and 5 × 2 = 10", ["3x4=12", "5×2=10"]),  # the module comment's operators
+    ("Weng earns 12/60 = $0.2 per minute, 3 * $5 = $15", ["12/60=0.2", "3*5=15"]),  # GSM8K writes dollars
 ])
 def test_generic_equations(text, expected):
     assert diversity.generic_equations(text) == expected
