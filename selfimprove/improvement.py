@@ -61,9 +61,9 @@ def transition_table(before: pd.Series, after: pd.Series, level: pd.Series | Non
     """
     b, a = _aligned(before, after)
     groups = {"all": b.index}
-    if level is not None and level.reindex(b.index).notna().all():
-        lv = level.reindex(b.index).astype(int)
-        groups = {f"L{v}": b.index[lv == v] for v in sorted(lv.unique())} | groups
+    if level is not None:  # level rows from the problems that have one (MATH's "Level ?" loads as None)
+        lv = level.reindex(b.index).dropna().astype(int)
+        groups = {f"L{v}": lv.index[lv == v] for v in sorted(lv.unique())} | groups
     rows = {}
     for name, ids in groups.items():
         sets = transition_sets(b[ids], a[ids])

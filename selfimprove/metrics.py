@@ -69,22 +69,24 @@ def split_metrics(df: pd.DataFrame, ks: list[int], n_boot: int = 0, seed: int = 
     rows: list[dict] = []
     pp = per_problem_table(df)
     greedy = pp[pp["greedy_correct"].notna()]
-    has_levels = bool(len(greedy)) and greedy["level"].notna().all()
+    # Levels and group disparity over the problems that have a level (MATH's "Level ?" loads as None).
+    leveled = greedy[greedy["level"].notna()]
     if len(greedy):
         acc = greedy["greedy_correct"]
         out["pass@1"] = float(acc.mean())
         out["n_problems"] = int(len(greedy))
         rows.append(_row("pass@1", "all", 1, acc.mean(), bootstrap_ci(acc, n_boot, seed), len(acc)))
         out["pass@1_by_level"] = {}
-        if has_levels:
-            for lv, a in acc.groupby(greedy["level"].astype(int)):
+        if len(leveled):
+            acc_lv, level = leveled["greedy_correct"], leveled["level"].astype(int)
+            for lv, a in acc_lv.groupby(level):
                 out["pass@1_by_level"][int(lv)] = float(a.mean())
                 rows.append(_row("pass@1", f"L{int(lv)}", 1, a.mean(), bootstrap_ci(a, n_boot, seed), len(a)))
-            gd = disparity(acc.to_numpy(), greedy["level"].astype(int).to_numpy(), n_boot, seed)
+            gd = disparity(acc_lv.to_numpy(), level.to_numpy(), n_boot, seed)
             if gd is not None:
                 out["group_disparity"] = {"value": gd["value"], "levels": gd["levels"], "ci": list(gd["ci"])}
                 rows.append(_row("group_disparity", f"L{gd['levels'][0]}-L{gd['levels'][1]}", None, gd["value"],
-                                 gd["ci"], len(acc)))
+                                 gd["ci"], len(acc_lv)))
     sampled = pp[pp["n"] > 0]
     if len(sampled):
         n_min = int(sampled["n"].min())

@@ -40,6 +40,13 @@ def test_transition_table_by_level_by_hand():
     assert back.loc["all", "lost"] == 3 and back.loc["all", "improved"] == 1
 
 
+def test_transition_table_keeps_levels_when_a_problem_has_none():
+    level = pd.Series({**LEVEL, "h": None})
+    table = improvement.transition_table(pd.Series(M1), pd.Series(MT), level)
+    assert list(table.index) == ["L1", "L2", "all"]
+    assert table.loc["L2", "problems"] == 3 and table.loc["all", "problems"] == 8
+
+
 def test_transition_sets_refuse_different_problems():
     with pytest.raises(ValueError, match=r"1 only before \(e.g. \['z'\]\)"):
         improvement.transition_sets(pd.Series({"a": True, "z": False}), pd.Series({"a": True}))

@@ -76,6 +76,18 @@ def test_split_metrics_rows_carry_intervals_and_disparity():
     assert rows[("pass@1", "L1", 1)]["ci_low"] == rows[("pass@1", "L1", 1)]["ci_high"] == 1.0  # one problem
 
 
+def test_a_problem_without_a_level_does_not_drop_levels_and_disparity():
+    # MATH's "Level ?" problems load with level None (tasks.math_level); the others keep their levels
+    df = _table()
+    extra = df[df["problem_id"] == "p3"].assign(problem_id="p4", level=None)
+    m = metrics.split_metrics(pd.concat([df, extra], ignore_index=True), ks=[1])
+    assert m["pass@1"] == pytest.approx(1 / 4)
+    assert m["pass@1_by_level"] == {1: 1.0, 2: 0.0}
+    assert m["group_disparity"]["value"] == 1.0 and m["group_disparity"]["levels"] == [1, 2]
+    gd = [r for r in m["rows"] if r["metric"] == "group_disparity"]
+    assert gd[0]["n"] == 3  # the problems with a level
+
+
 def test_bootstrap_interval_matches_the_normal_approximation():
     values = [1.0] * 300 + [0.0] * 700  # p = 0.3, n = 1000: 0.3 +- 1.96 * sqrt(0.21 / 1000) = +-0.0284
     lo, hi = estimators.bootstrap_ci(values, n_boot=2000, seed=1)

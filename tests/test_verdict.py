@@ -86,6 +86,25 @@ def test_group_disparity_signal_by_hand():
     assert gd["change"] == pytest.approx(-0.2) and not gd["fired"]  # disparity fell: no decline
 
 
+def test_group_disparity_signal_survives_a_problem_without_a_level():
+    m1, m2 = M1.copy(), _table(0.60, 0.50, 0.40, 0.50)
+    for t in (m1, m2):
+        t["level"] = t["level"].astype(object)
+        t.loc[t["problem_id"] == "test399", "level"] = None  # a MATH "Level ?" problem
+    v = verdict.judge({1: m1, 2: m2}, n_boot=200)
+    gd = v.table[(v.table["signal"] == "group disparity (L1-L5)") & (v.table["split"] == "test")].iloc[0]
+    # as test_group_disparity_signal_by_hand without test399 (level 5, wrong): M2's level 5 is 40 of 199
+    assert gd["m1"] == pytest.approx(1.0) and gd["mt"] == pytest.approx(1 - 40 / 199) and gd["n"] == N_TEST - 1
+
+
+def test_answer_selection_share_uses_all_of_m1s_samples_up_to_64():
+    # README: N = 64 or the most samples M1 has. 50 samples, 1 correct on every gained problem: pass@50 = 1
+    m1 = M1.assign(n=50, c=np.where(M1["greedy_correct"] == 0, 1, 50))
+    v = verdict.judge({1: m1, 2: _table(0.50, 0.50, 0.40, 0.50)}, n_boot=100)
+    share = v.table[v.table["kind"] == "note"].iloc[0]
+    assert share["signal"] == "share of IS(t) within M1's pass@50" and share["mt"] == pytest.approx(1.0)
+
+
 def test_thresholds_change_the_verdict_and_are_validated():
     run = {1: M1, 2: _table(0.50, 0.48, 0.38, 0.50)}  # OOD -2 points; correct distinct-n -4.8% (0.42 -> 0.40)
     v = verdict.judge(run, n_boot=500)
