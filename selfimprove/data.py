@@ -71,7 +71,16 @@ def training_subset(problems: list[dict], n: int, seed: int, iteration: int) -> 
     return sorted(rng.sample(problems, n), key=lambda p: p["id"])
 
 
+# A tokenizer without a chat template (the paper's base checkpoints, Llama-2-7b-hf among them): DIVE's
+# zero-shot layout (paper.md §2.6) without its "Let's think step by step." line, since each task's question
+# already says what to write (our choice).
+PLAIN_PROMPT = "Question:\n{question}\nAnswer:\n"
+
+
 def render_prompt(tokenizer, problem: dict) -> str:
-    """Zero-shot prompt (paper.md §2.4): the question as the only user turn of the tokenizer's chat template."""
+    """Zero-shot prompt (paper.md §2.4): the question as the only user turn of the tokenizer's chat template;
+    without one, the BOS token (if any; prompts are tokenized without special tokens) and PLAIN_PROMPT."""
+    if not tokenizer.chat_template:
+        return (tokenizer.bos_token or "") + PLAIN_PROMPT.format(question=problem["question"])
     return tokenizer.apply_chat_template([{"role": "user", "content": problem["question"]}], tokenize=False,
                                          add_generation_prompt=True)

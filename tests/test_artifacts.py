@@ -84,3 +84,26 @@ def test_training_subset_is_seeded_per_iteration():
     assert a == data.training_subset(problems, 10, seed=0, iteration=1)
     assert a != data.training_subset(problems, 10, seed=0, iteration=2)
     assert data.training_subset(problems, 0, seed=0, iteration=1) == problems
+
+
+def _word_tokenizer(**special):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", "Question", ":", "Answer", "Q", "?"])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", **special)
+
+
+def test_render_prompt_without_a_chat_template_uses_the_plain_layout_with_bos():
+    base = _word_tokenizer(bos_token="<s>", eos_token="</s>")  # a base checkpoint: no chat template
+    assert not base.chat_template
+    prompt = data.render_prompt(base, {"question": "Q ?"})
+    assert prompt == "<s>Question:\nQ ?\nAnswer:\n"
+    assert base(prompt, add_special_tokens=False)["input_ids"][0] == base.bos_token_id  # as the sampler reads it
+    assert data.render_prompt(_word_tokenizer(), {"question": "Q ?"}) == "Question:\nQ ?\nAnswer:\n"
+    chat = _word_tokenizer(bos_token="<s>")
+    chat.chat_template = ("{% for m in messages %}[{{ m['content'] }}]{% endfor %}"
+                          "{% if add_generation_prompt %}>{% endif %}")
+    assert data.render_prompt(chat, {"question": "Q ?"}) == "[Q ?]>"
