@@ -27,7 +27,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from . import arith, artifacts, kernel, metrics, organism, profiling, verdict
@@ -302,7 +302,10 @@ def run_config(cfg: RunConfig, *, runs_root: str | Path = "data/runs", organism_
             raise RecipeError(f"recipe '{cfg.name}': model {model!r} is not a folder (a local model is a folder that "
                               "save_pretrained wrote; a hub id looks like 'org/name')")
         check_machine(cfg)
-        paths = artifacts.RunPaths(Path(runs_root) / cfg.name)
+        # Absolute: the stage notebooks run with the package root as their working directory (execute_stage),
+        # so a relative runs root or model folder would be read there, not where the command was started.
+        paths = artifacts.RunPaths((Path(runs_root) / cfg.name).absolute())
+        local_model = str(Path(model).expanduser().absolute()) if model and Path(model).expanduser().is_dir() else ""
         manifest = artifacts.Manifest.open(paths, asdict(cfg), cfg.digest(), overwrite=overwrite)
         log(f"run {cfg.name}: {paths.root}  (T={cfg.iterations}, paradigm={cfg.paradigm}, config {cfg.digest()})")
         prepare(cfg, paths, manifest, Path(organism_root), log=log)
@@ -310,6 +313,8 @@ def run_config(cfg: RunConfig, *, runs_root: str | Path = "data/runs", organism_
         for t in range(1, cfg.iterations + 1):
             for stage in stages_of(t, gold_sft):
                 stage_cfg = cfg.stage(stage, t, paths.root)
+                if stage == "train" and local_model:
+                    stage_cfg = replace(stage_cfg, base_model=local_model)
                 key = f"{t}/{stage}"
                 share_key = cfg.share_key(stage, t)
                 if key == "2/train":

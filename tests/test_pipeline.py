@@ -162,3 +162,22 @@ def test_failing_stage_names_itself_and_keeps_finished_stages(organism_root, tmp
     assert stages["2/train"]["state"] == "failed" and "nope" in stages["2/train"]["error"]
     assert all(stages[k]["state"] == "done" for k in ("prepare", "1/sample", "1/verify", "1/evaluate"))
     assert (tmp_path / "tiny" / "iter_1" / "samples_test.parquet").exists()
+
+
+def test_stages_get_absolute_paths_when_started_elsewhere(tmp_path, monkeypatch):
+    """The stage notebooks run with the package root as their working directory: a relative runs root or model
+    folder, given where the command was started, must reach them as absolute paths."""
+    seen = {}
+
+    def stage(stage, stage_cfg, out_nb, log_output, session=None):
+        seen.update(run_dir=stage_cfg.run_dir, base_model=stage_cfg.base_model)
+        raise RuntimeError("stop here")
+
+    (tmp_path / "m0").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(pipeline, "prepare", lambda *a, **k: None)
+    monkeypatch.setattr(pipeline, "execute_stage", stage)
+    with pytest.raises(pipeline.StageError, match="stage 1/train failed"):
+        pipeline.run("tiny", overrides=["model=./m0", "name=rel"], runs_root="runs", kernel="fresh",
+                     log=lambda *a: None)
+    assert seen == {"run_dir": str(tmp_path / "runs" / "rel"), "base_model": str(tmp_path / "m0")}
