@@ -266,7 +266,8 @@ def fit(cfg: TrainConfig, paths: artifacts.RunPaths, out_dir: Path) -> dict:
     history = [h for h in trainer.state.log_history if "loss" in h or "train_runtime" in h]
     return {"kind": kind, "base": str(base), "compute_s": round(getattr(trainer, "compute_seconds", 0.0), 3),
             "adapter": str(adapter) if adapter else None,
-            "reference": str(ref or base) if kind == "dpo" else None, "rows": len(table),
+            # M(t-1) unless ref_model: m1: TRL disables a fresh adapter, or copies a loaded one (merge_adapter: false)
+            "reference": str(ref or paths.model(t - 1)) if kind == "dpo" else None, "rows": len(table),
             "history": history, "summary": summarize_log(history)}
 
 

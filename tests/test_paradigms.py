@@ -107,6 +107,31 @@ def test_unsloth_backend_fails_before_loading_without_cuda(monkeypatch):
         train.check_backend(cfg)
 
 
+@pytest.mark.parametrize("merge,ref_model,reference", [(True, "previous", "iter_2/model"),
+                                                       (False, "previous", "iter_2/model"),
+                                                       (False, "m1", "iter_1/model")])
+def test_train_log_names_the_dpo_reference_that_was_used(tmp_path, monkeypatch, merge, ref_model, reference):
+    """With merge_adapter: false the policy is M1 plus M(t-1)'s adapter, and TRL's reference is a frozen copy of
+    that adapter (a 'ref' adapter), i.e. M(t-1), not M1: the log must say so."""
+    from types import SimpleNamespace
+
+    paths = artifacts.RunPaths(tmp_path)
+    paths.iter_dir(2).mkdir(parents=True)
+    artifacts.write_parquet(pd.DataFrame({"problem_id": ["p"], "prompt": ["q"], "chosen": ["a"], "rejected": ["b"]}),
+                            paths.train_data(2))
+    saver = SimpleNamespace(save_pretrained=lambda d: None)
+    model = SimpleNamespace(save_pretrained=lambda d: None, merge_and_unload=lambda: saver)
+    trainer = SimpleNamespace(accelerator=SimpleNamespace(is_main_process=True, unwrap_model=lambda m: m),
+                              model=model, args=SimpleNamespace(output_dir=str(tmp_path / "o")),
+                              state=SimpleNamespace(log_history=[]))
+    monkeypatch.setitem(train.TRAINERS, "dpo", lambda *a, **k: (trainer, saver))
+    cfg = config.build(config.TrainConfig, {"run_dir": str(tmp_path), "iteration": 3, "iterations": 4,
+                                            "paradigm": "dpo", "merge_adapter": merge, "ref_model": ref_model},
+                       "test")
+    log = train.fit(cfg, paths, paths.model(3).with_name("model.tmp"))
+    assert log["reference"].endswith(reference)
+
+
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory, organism_root):
     runs = tmp_path_factory.mktemp("study")
