@@ -55,11 +55,23 @@ def _read(path: Path) -> pd.DataFrame:
     return _read_parquet(str(path), path.stat().st_mtime_ns)
 
 
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the stages' working directory (pipeline.PACKAGE_ROOT)
+
+
+def resolve(path: str | Path) -> Path:
+    """`path` as given if it is absolute or exists from the working directory, else from the package root.
+    JupyterLab starts a notebook's kernel in the notebook's folder (notebooks/), while `data/runs/<run>` and
+    the evaluate stage's `data/cache` are under the package root, where `make demo` and the stages run."""
+    p = Path(path)
+    return p if p.is_absolute() or p.exists() else PACKAGE_ROOT / p
+
+
 def _paths(run_dir: str | Path) -> artifacts.RunPaths:
-    root = Path(run_dir)
+    root = resolve(run_dir)
     if not root.is_dir() or not any(root.glob("iter_*")):
-        raise FileNotFoundError(f"run directory {str(root)!r} does not exist or has no iter_<t>/ folder; "
-                                "give the folder `selfimprove run` wrote (data/runs/<run>)")
+        raise FileNotFoundError(f"run directory {str(run_dir)!r} does not exist or has no iter_<t>/ folder (looked "
+                                f"in {Path.cwd()} and {PACKAGE_ROOT}); give the folder `selfimprove run` wrote "
+                                "(data/runs/<run>)")
     return artifacts.RunPaths(root)
 
 
@@ -385,7 +397,8 @@ def diversity_explorer(run_dir: str | Path, split: str = "test", embedding_model
         raise FileNotFoundError(f"{run_dir}: no iter_<t>/samples_{split}.parquet; has the run sampled?")
     task = _task(run_dir, its[0], split)
     ids = sorted(samples(run_dir, its[0], split)["problem_id"].unique())
-    embedder = diversity.Embedder(embedding_model, cache_dir) if embedding_model else None
+    embedder = (diversity.Embedder(embedding_model, resolve(cache_dir) if cache_dir else "")
+                if embedding_model else None)
     problem_w = _dropdown(widgets, "si-div-problem", "problem", ids, ids[0] if ids else None)
     side = widgets.HTML()
     side.add_class("si-samples")

@@ -158,6 +158,23 @@ def test_diversity_explorer_without_embeddings(run_dir):
     assert by_class["si-heatmap"].value == b""
 
 
+def test_relative_paths_are_read_from_the_package_root(run_dir, tmp_path_factory, monkeypatch):
+    """JupyterLab runs notebooks/60_explore.ipynb with notebooks/ as its working directory; its run_dir
+    ('data/runs/<run>') and cache_dir ('data/cache') are where the pipeline writes them, under the package root."""
+    monkeypatch.setattr(explore, "PACKAGE_ROOT", run_dir.parent, raising=False)
+    monkeypatch.chdir(tmp_path_factory.mktemp("notebooks"))
+    assert explore.iterations(run_dir.name) == [1, 2]
+    seen = {}
+
+    class RecordingEmbedder(FakeEmbedder):
+        def __init__(self, model_name, cache_dir):
+            seen["cache_dir"] = cache_dir
+
+    monkeypatch.setattr(explore.diversity, "Embedder", RecordingEmbedder)
+    explore.diversity_explorer(run_dir.name, embedding_model="fake", cache_dir="data/cache")
+    assert seen["cache_dir"] == run_dir.parent / "data" / "cache"
+
+
 def _walk(w):
     yield w
     for child in getattr(w, "children", ()):
