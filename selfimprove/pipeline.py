@@ -273,6 +273,11 @@ def run(recipe: str, *, overrides: list[str] | None = None, runs_root: str | Pat
     directory holding one run per paradigm. `stop_after` ("<t>/<stage>") ends early (each run of a study).
     `kernel`: "shared" runs the stages in one kernel, reset after each (kernel.py), "fresh" each in its own."""
     cfg = load_recipe(resolve_recipe(recipe, RECIPES), overrides)
+    if stop_after is not None:  # a mistyped stage would otherwise stop nothing and run the whole recipe
+        valid = [f"{t}/{s}" for t in range(1, cfg.iterations + 1) for s in stages_of(t, bool(cfg.model))]
+        if stop_after not in valid:
+            raise RecipeError(f"--stop-after {stop_after!r} is not a stage of recipe '{cfg.name}'; one of: "
+                              f"{', '.join(valid)}")
     if not cfg.is_study:
         return run_config(cfg, runs_root=runs_root, organism_root=organism_root, overwrite=overwrite,
                           log_output=log_output, stop_after=stop_after, figures_dir=figures_dir, kernel=kernel,

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from selfimprove import artifacts, pipeline
+from selfimprove.config import RecipeError
 
 pytestmark = pytest.mark.slow
 DESIGN_COLUMNS = ["iteration", "split", "task", "problem_id", "level", "decoding", "sample_idx", "prompt",
@@ -181,3 +182,16 @@ def test_stages_get_absolute_paths_when_started_elsewhere(tmp_path, monkeypatch)
         pipeline.run("tiny", overrides=["model=./m0", "name=rel"], runs_root="runs", kernel="fresh",
                      log=lambda *a: None)
     assert seen == {"run_dir": str(tmp_path / "runs" / "rel"), "base_model": str(tmp_path / "m0")}
+
+
+def test_stop_after_must_name_a_stage_of_the_recipe(tmp_path, monkeypatch):
+    """`--stop-after 1/eval` (a typo) is refused before any work instead of running the whole recipe."""
+    def stage(*args, **kwargs):
+        raise RuntimeError("a stage ran")
+
+    monkeypatch.setattr(pipeline, "prepare", lambda *a, **k: None)
+    monkeypatch.setattr(pipeline, "execute_stage", stage)
+    with pytest.raises(RecipeError, match=r"--stop-after '1/eval' is not a stage of recipe 'tiny'; one of: "
+                                          r"1/sample, 1/verify, 1/evaluate, 2/train"):
+        pipeline.run("tiny", runs_root=tmp_path, stop_after="1/eval", kernel="fresh", log=lambda *a: None)
+    assert not any(tmp_path.iterdir())
