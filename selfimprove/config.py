@@ -58,6 +58,10 @@ _YamlLoader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
                r"|[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
     list("-+0123456789."))
+# No YAML 1.1 timestamps either (YAML 1.2 has none): `name: 2024-01-01` is the string a recipe means, not a date.
+_YamlLoader.yaml_implicit_resolvers = {
+    c: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for c, resolvers in _YamlLoader.yaml_implicit_resolvers.items()}
 
 
 def load_yaml(text: str):
@@ -442,13 +446,20 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RunConf
     path = Path(path)
     if not path.exists():
         raise RecipeError(f"recipe not found: {path}")
+    if not path.is_file():
+        raise RecipeError(f"recipe {path}: a folder, not a YAML file (`selfimprove grid` runs a folder of recipes)")
     try:
-        raw = load_yaml(path.read_text()) or {}
+        raw = load_yaml(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"recipe {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except yaml.YAMLError as e:
         raise RecipeError(f"recipe {path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"recipe {path}: expected a mapping of keys, got {type(raw).__name__}")
-    raw = apply_overrides(raw, overrides or [])
+    try:
+        raw = apply_overrides(raw, overrides or [])
+    except TypeError as e:  # an explicit YAML tag such as !!binary or !!set
+        raise RecipeError(f"recipe {path}: values must be strings, numbers, booleans, lists or mappings: {e}") from None
     raw.setdefault("name", path.stem)
     cfg = build(RunConfig, raw, f"recipe {path}")
     cfg.organism_config()

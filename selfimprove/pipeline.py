@@ -303,7 +303,8 @@ def run_config(cfg: RunConfig, *, runs_root: str | Path = "data/runs", organism_
     in `session` (a study's shared kernel) if given, else as `kernel` says (run())."""
     with kernel_session(kernel, Path(runs_root) / cfg.name / "kernel.stderr.log", session) as session:
         model = cfg.model
-        if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
+        looks_local = model.startswith(("/", "./", "../", "~")) or model.count("/") > 1  # a hub id is [org/]name
+        if model and looks_local and not Path(model).expanduser().is_dir():
             raise RecipeError(f"recipe '{cfg.name}': model {model!r} is not a folder (a local model is a folder that "
                               "save_pretrained wrote; a hub id looks like 'org/name')")
         check_machine(cfg)

@@ -51,6 +51,8 @@ def test_demo_recipe_runs_all_three_paradigms_with_at_least_four_iterations():
     ("iterations: true", r"'iterations' must be int"),
     ("- a list", r"expected a mapping"),
     ("sample: [1, 2", r"not valid YAML"),
+    ("sample: {n_samples: 2024-01-01}", r"'n_samples' must be int, got '2024-01-01' \(str\)"),  # no dates
+    ("sample: !!set {a, b}", r"r.yaml: values must be strings, numbers"),
 ])
 def test_bad_recipe_fails_naming_the_problem(tmp_path, text, message):
     with pytest.raises(config.RecipeError, match=message):
@@ -60,6 +62,12 @@ def test_bad_recipe_fails_naming_the_problem(tmp_path, text, message):
 def test_missing_recipe_and_unknown_name(tmp_path):
     with pytest.raises(config.RecipeError, match="not found"):
         config.load_recipe(tmp_path / "nope.yaml")
+    with pytest.raises(config.RecipeError, match=rf"recipe {tmp_path}: a folder, not a YAML file"):
+        config.load_recipe(tmp_path)
+    (tmp_path / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(config.RecipeError, match=r"latin1.yaml: not UTF-8 text"):
+        config.load_recipe(tmp_path / "latin1.yaml")
+    assert config.load_recipe(_write(tmp_path, "name: 2024-01-01")).name == "2024-01-01"  # a string, not a date
     with pytest.raises(config.RecipeError, match="no recipe named 'nope'.*demo"):
         config.resolve_recipe("nope", pipeline.RECIPES)
 
@@ -148,3 +156,13 @@ def test_a_backend_that_is_not_installed_is_refused_before_anything_runs(tmp_pat
         pipeline.run("tiny", overrides=["sample.backend=vllm"], runs_root=tmp_path / "runs",
                      organism_root=tmp_path / "org", figures_dir=None, log=lambda *a: None)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"overrides": ["model=models/my-llama/final"]}, r"model 'models/my-llama/final' is not a folder"),
+])
+def test_a_wrong_model_path_is_refused_before_anything_runs(tmp_path, kwargs, message):
+    with pytest.raises(config.RecipeError, match=message):
+        pipeline.run("tiny", runs_root=tmp_path / "runs", organism_root=tmp_path / "org", figures_dir=None,
+                     log=lambda *a: None, **kwargs)
+    assert not any(tmp_path.iterdir())  # no run directory, no organism built
