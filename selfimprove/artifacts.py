@@ -165,6 +165,25 @@ def versions() -> dict:
     return out
 
 
+class ManifestError(ValueError):
+    """A run's manifest.json cannot be read; the message names the file and what is wrong with it."""
+
+
+def read_manifest(path: Path) -> dict:
+    """The content of a manifest.json; a damaged one (cut short, edited by hand) raises ManifestError."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        problem = f"not valid JSON ({e})"
+    else:
+        if isinstance(data, dict) and isinstance(data.get("config"), dict) and isinstance(data.get("stages", {}), dict):
+            data.setdefault("stages", {})  # none recorded: none done
+            return data
+        problem = "not a run manifest (a JSON object with 'config' and 'stages')"
+    raise ManifestError(f"{path}: {problem}. The run's other files are kept: restore the manifest, or start the "
+                        "run again with `selfimprove run ... --overwrite`, which deletes this run directory")
+
+
 class Manifest:
     """manifest.json of a run: one writer (the pipeline), rewritten atomically after every change."""
 
@@ -176,7 +195,12 @@ class Manifest:
         """Load the run's manifest, or start one. A run made with another config is refused unless
         `overwrite`, which deletes that run first."""
         if paths.manifest.exists():
-            data = json.loads(paths.manifest.read_text())
+            try:
+                data = read_manifest(paths.manifest)
+            except ManifestError:
+                if not overwrite:
+                    raise
+                data = {}
             if data.get("config_hash") == digest:
                 return cls(paths.manifest, data)
             if not overwrite:
@@ -195,7 +219,7 @@ class Manifest:
         """The manifest of an existing run."""
         if not paths.manifest.exists():
             raise FileNotFoundError(f"{paths.manifest} not found: {paths.root} is not a run directory")
-        return cls(paths.manifest, json.loads(paths.manifest.read_text()))
+        return cls(paths.manifest, read_manifest(paths.manifest))
 
     def save(self) -> None:
         write_json(self.data, self.path)

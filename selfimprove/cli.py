@@ -264,16 +264,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="dataset JSONL in its Hugging Face format (arith: the package's problems)")
     p.add_argument("--run", help="a run directory: rates of timeout, no_answer and error per iteration")
     args = parser.parse_args(argv)
+    if args.cmd in ("grade", "audit"):  # grading/pool.py's limits, checked before any file is read
+        limits = [("--timeout-s", args.timeout_s, args.timeout_s > 0, "> 0"),
+                  ("--workers", args.workers, args.workers >= 1, ">= 1")]
+        if args.cmd == "grade":
+            limits.append(("--memory-mb", args.memory_mb, args.memory_mb >= 256, ">= 256"))
+        for flag, value, ok, allowed in limits:
+            if not ok:
+                sub.choices[args.cmd].error(f"argument {flag}: must be {allowed}, got {value}")
+    from .artifacts import ManifestError
     from .config import RecipeError
     from .data import DataError
     from .grading.audit import AuditDataError
+    from .metrics import MetricsError
     from .pipeline import StageError
     from .tasks import TaskDataError
 
     try:
         return args.fn(args)
-    except (RecipeError, DataError, StageError, AuditDataError, TaskDataError, FileExistsError,
-            FileNotFoundError) as e:
+    except (RecipeError, DataError, StageError, AuditDataError, TaskDataError, ManifestError, MetricsError,
+            FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -21,9 +21,17 @@ class DataError(ValueError):
 
 
 def json_objects(path: Path, error: type[Exception] = ValueError):
-    """(line number, object) for each non-blank line of a JSONL file; a line that is not a JSON object raises
-    `error` naming the file and the line."""
-    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    """(line number, object) for each non-blank line of a JSONL file; a line that is not a JSON object (or not
+    UTF-8 text) raises `error` naming the file and the line. Lines end at '\\n' only: JSON strings may hold a
+    raw U+2028 or U+0085, which str.splitlines would split at."""
+    if path.is_dir():
+        raise error(f"{path}: is a folder, not a JSONL file")
+    for no, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise error(f"{path}:{no}: not UTF-8 text ({e.reason} at byte {e.start} of the line); expected JSONL, one "
+                        "JSON object per line") from None
         if not line.strip():
             continue
         try:

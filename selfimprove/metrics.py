@@ -135,7 +135,10 @@ def diversity_rows(div: pd.DataFrame, per_problem_n: int, n_boot: int, seed: int
 
 
 def _read(path: Path, what: str) -> pd.DataFrame:
-    df = pd.read_parquet(path)
+    try:
+        df = pd.read_parquet(path)
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError: a file cut short or not Parquet
+        raise MetricsError(f"{path}: {what} cannot be read, the file is damaged ({e})") from None
     need = {"problem_id", "level", "decoding", "sample_idx", "response", "correct", "status", "task",
             "finish_reason"}
     if not need <= set(df.columns):
@@ -253,7 +256,14 @@ def recompute(run_dir: str | Path, overrides: dict | None = None, log=print) -> 
 def iteration_metrics(run_dir: str | Path) -> list[dict]:
     """Every iter_<t>/metrics.json of a run, in iteration order."""
     paths = sorted(Path(run_dir).glob("iter_*/metrics.json"), key=lambda p: int(p.parent.name[5:]))
-    return [json.loads(p.read_text()) for p in paths]
+    out = []
+    for p in paths:
+        try:
+            out.append(json.loads(p.read_text()))
+        except json.JSONDecodeError as e:
+            raise MetricsError(f"{p}: not valid JSON ({e}); `selfimprove metrics {run_dir}` writes it again from "
+                               "the sample tables") from None
+    return out
 
 
 def collect(run_dir: str | Path) -> pd.DataFrame:

@@ -21,7 +21,6 @@ them all; notebooks/50_analysis.ipynb does the same, showing each figure.
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -37,7 +36,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from . import metrics  # noqa: E402
+from . import artifacts, metrics  # noqa: E402
 from .estimators import paradigm_advice  # noqa: E402
 
 # One colour per paradigm in every figure (our choice: seaborn's colorblind palette, entries 0, 1, 2).
@@ -93,7 +92,7 @@ def runs_table(paths) -> pd.DataFrame:
             runs.setdefault(d.resolve(), name)
     tables = []
     for d, name in runs.items():
-        config = json.loads((d / "manifest.json").read_text()).get("config", {})
+        config = artifacts.read_manifest(d / "manifest.json")["config"]
         paradigm = config.get("paradigm", DEFAULT_PARADIGM)
         if paradigm not in PARADIGM_COLORS:
             raise PlotsError(f"{d / 'manifest.json'}: paradigm {paradigm!r} is not one of {list(PARADIGM_COLORS)}")

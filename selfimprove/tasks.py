@@ -133,6 +133,8 @@ def parse_math(row: dict, where: str) -> dict:
     \\boxed{} of the solution), level 1-5 and the subject as its config name ("Counting & Probability" ->
     counting_and_probability)."""
     need(row, where, problem=str, solution=str)
+    if row.get("answer") is not None and not isinstance(row["answer"], str):
+        raise TaskDataError(f"{where}: field 'answer' must be str, got {row['answer']!r:.60}")
     gold = row.get("answer") or grade_math.last_boxed(row["solution"])
     if not isinstance(gold, str) or not gold.strip():
         raise TaskDataError(f"{where}: no 'answer' field and no \\boxed{{...}} in 'solution'")
@@ -389,12 +391,18 @@ def _read_local(spec: str, cfg: DataConfig) -> list[tuple[str, dict]]:
     for f in files:
         if f.suffix not in DATA_SUFFIXES:
             raise TaskDataError(f"{f}: not a data file (expected {', '.join(DATA_SUFFIXES)})")
+        if f.is_dir():
+            raise TaskDataError(f"{f}: a folder, not a data file")
+        with open(f, "rb") as fh:
+            if not fh.read(1 << 16).strip() and not fh.read(1):
+                raise TaskDataError(f"{f}: an empty file, no rows")
         try:
             ds = datasets.load_dataset(DATA_SUFFIXES[f.suffix], data_files=str(f), split="train",
                                        cache_dir=cfg.cache_dir or None)
         except Exception as e:
             cause = e.__cause__ or e
-            raise TaskDataError(f"{f}: cannot be read as {DATA_SUFFIXES[f.suffix]} ({cause})") from e
+            raise TaskDataError(f"{f}: cannot be read as {DATA_SUFFIXES[f.suffix]} "
+                                f"({str(cause) or type(cause).__name__})") from e
         rows += [(f"{f} row {i}", r) for i, r in enumerate(ds, 1)]
     return rows
 

@@ -28,6 +28,28 @@ def test_manifest_roundtrip_refuses_another_config_and_overwrites(tmp_path):
     assert {"torch", "transformers", "trl", "python"} <= set(fresh.data["versions"])
 
 
+@pytest.mark.parametrize("text, message", [
+    ('{"config": {"name": "x", "it', r"manifest.json: not valid JSON \(Unterminated string"),
+    ("[1]", r"manifest.json: not a run manifest"),
+])
+def test_damaged_manifest_is_named_and_kept_unless_overwrite(tmp_path, capsys, text, message):
+    from selfimprove import cli
+
+    paths = artifacts.RunPaths(tmp_path / "run")
+    artifacts.Manifest.open(paths, {"a": 1}, "hash1")
+    artifacts.write_json({"x": 1}, paths.root / "out.json")
+    paths.manifest.write_text(text)
+    for call in (lambda: artifacts.Manifest.load(paths), lambda: artifacts.Manifest.open(paths, {"a": 1}, "hash1")):
+        with pytest.raises(artifacts.ManifestError, match=message + r".*--overwrite"):
+            call()
+    assert (paths.root / "out.json").exists()  # nothing deleted
+    for command in ("report", "figures"):
+        assert cli.main([command, str(paths.root)]) == 2
+        assert "manifest.json: not" in capsys.readouterr().err
+    fresh = artifacts.Manifest.open(paths, {"a": 1}, "hash1", overwrite=True)
+    assert fresh.data["stages"] == {} and not (paths.root / "out.json").exists()
+
+
 def test_writes_are_atomic_and_leave_no_temporary_files(tmp_path):
     df = pd.DataFrame({"a": [1, 2]})
     p = artifacts.write_parquet(df, tmp_path / "x" / "t.parquet")
@@ -70,12 +92,29 @@ def test_sha256_of_a_directory_sees_content_and_names(tmp_path):
     (['{"id": "a", "question": "q", "answer": "1", "level": "hard"}'], r"field 'level' must be an integer"),
     (['{"id": "a", "question": "q", "answer": "1"}'] * 2, r"p.jsonl:2: duplicate id 'a'"),
     ([""], r"no problems"),
+    (['{"id": "a", "question": "q", "answer": "1"}', b'{"id": "b", "question": "caf\xe9", "answer": "1"}'],
+     r"p.jsonl:2: not UTF-8 text"),
 ])
 def test_malformed_problem_file_names_file_line_and_field(tmp_path, lines, message):
     p = tmp_path / "p.jsonl"
-    p.write_text("\n".join(lines) + "\n")
+    p.write_bytes(b"\n".join(x if isinstance(x, bytes) else x.encode() for x in lines) + b"\n")
     with pytest.raises(data.DataError, match=message):
         data.load_jsonl(p)
+
+
+def test_a_folder_is_not_a_problem_file(tmp_path):
+    with pytest.raises(data.DataError, match=rf"{tmp_path}: is a folder, not a JSONL file"):
+        data.load_jsonl(tmp_path)
+
+
+def test_problem_text_may_hold_unicode_line_separators(tmp_path):
+    # JSON allows raw U+2028, U+2029 and U+0085 in strings, and json.dumps(ensure_ascii=False) writes them raw
+    # (tasks.write_problems); a line ends at '\n' only.
+    rows = [{"id": "a", "question": "one\u2028two\x85three\u2029", "answer": "1"},
+            {"id": "b", "question": "q", "answer": "2"}]
+    p = tmp_path / "p.jsonl"
+    p.write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows), encoding="utf-8")
+    assert data.load_jsonl(p) == rows
 
 
 def test_training_subset_is_seeded_per_iteration():

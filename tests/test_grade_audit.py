@@ -67,6 +67,18 @@ def test_audit_names_a_row_without_its_answer(tmp_path, capsys):
     assert "gsm8k.jsonl:1: field 'answer' has no '#### n'" in capsys.readouterr().err
 
 
+def test_audit_refuses_a_file_that_is_not_jsonl_or_is_empty(tmp_path, capsys):
+    parquet = tmp_path / "gsm8k.parquet"  # the dataset's Hub format, but the audit reads JSONL
+    pd.read_json(FIXTURES / "gsm8k.jsonl", lines=True).to_parquet(parquet)
+    assert cli.main(["audit", "--task", "gsm8k", "--data", str(parquet)]) == 2
+    assert "gsm8k.parquet:1: not UTF-8 text" in capsys.readouterr().err
+    (tmp_path / "empty.jsonl").write_text("\n")
+    assert cli.main(["audit", "--task", "gsm8k", "--data", str(tmp_path / "empty.jsonl")]) == 2
+    assert "empty.jsonl: no rows to audit" in capsys.readouterr().err
+    assert cli.main(["audit", "--task", "gsm8k", "--data", str(tmp_path)]) == 2
+    assert "is a folder, not a JSONL file" in capsys.readouterr().err
+
+
 def test_run_rates_per_iteration(tmp_path, capsys):
     for t, statuses in ((1, ["correct", "timeout", "no_answer", "no_answer"]), (2, ["correct", "error"])):
         d = tmp_path / f"iter_{t}"
@@ -79,6 +91,9 @@ def test_run_rates_per_iteration(tmp_path, capsys):
         {"iteration": 2, "split": "test", "responses": 2, "timeout": 0.0, "no_answer": 0.0, "error": 0.5}]
     assert cli.main(["audit", "--task", "arith", "--run", str(tmp_path)]) == 0
     assert "no_answer" in capsys.readouterr().out
+    (tmp_path / "iter_2" / "samples_test.parquet").write_bytes(b"PAR1 cut short")
+    assert cli.main(["audit", "--task", "arith", "--run", str(tmp_path)]) == 2
+    assert "iter_2/samples_test.parquet: cannot be read, the file is damaged" in capsys.readouterr().err
 
 
 def test_grade_command_grades_valid_lines_and_names_bad_ones(tmp_path, capsys):
@@ -98,6 +113,35 @@ def test_grade_command_grades_valid_lines_and_names_bad_ones(tmp_path, capsys):
     out = [json.loads(x) for x in dst.read_text().splitlines()]
     assert [(o["id"], o["status"]) for o in out] == [(1, "correct"), (3, "no_answer"), (6, "error")]
     assert out[0]["extracted"] == r"\dfrac{1}{2}" and out[0]["gold"] == "0.5"  # the input line is kept
+
+
+def test_grade_command_names_a_line_that_is_not_utf8_and_grades_the_rest(tmp_path, capsys):
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_bytes(b'{"response": "#### 2", "gold": "2"}\n{"response": "caf\xe9", "gold": "2"}\n')
+    assert cli.main(["grade", "--task", "gsm8k", "--input", str(src), "--output", str(dst)]) == 1
+    assert "in.jsonl:2: not UTF-8 text" in capsys.readouterr().err
+    assert [json.loads(x)["status"] for x in dst.read_text().splitlines()] == ["correct"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "0"], "argument --workers: must be >= 1, got 0"),
+    (["--timeout-s", "0"], "argument --timeout-s: must be > 0, got 0.0"),
+    (["--memory-mb", "100"], "argument --memory-mb: must be >= 256, got 100"),
+])
+def test_grade_command_refuses_bad_limits_before_reading(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["grade", "--task", "gsm8k", "--input", str(tmp_path / "in.jsonl"), "--output",
+                  str(tmp_path / "out.jsonl"), *args])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_grade_command_refuses_a_folder_as_input_or_output(tmp_path, capsys):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"response": "#### 2", "gold": "2"}) + "\n")
+    assert cli.main(["grade", "--task", "gsm8k", "--input", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+    assert "(it is a folder)" in capsys.readouterr().err
+    assert cli.main(["grade", "--task", "gsm8k", "--input", str(src), "--output", str(tmp_path)]) == 2
+    assert f"output {tmp_path} is a folder" in capsys.readouterr().err
 
 
 def test_grade_command_mbpp(tmp_path, capsys):

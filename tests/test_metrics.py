@@ -205,3 +205,20 @@ def test_bad_evaluate_settings_fail_naming_the_key(tmp_path, text, message):
     (tmp_path / "r.yaml").write_text(text)
     with pytest.raises(config.RecipeError, match=message):
         config.load_recipe(tmp_path / "r.yaml")
+
+
+def test_a_damaged_metrics_file_or_sample_table_is_named(tmp_path, capsys):
+    from selfimprove import cli
+
+    paths = artifacts.RunPaths(tmp_path)
+    artifacts.Manifest.open(paths, {"paradigm": "dpo"}, "hash1")
+    artifacts.write_json({"iteration": 1}, paths.metrics(1))
+    paths.iter_dir(2).mkdir()
+    paths.metrics(2).write_text('{"iteration": 2, "te')  # cut short
+    with pytest.raises(metrics.MetricsError, match=r"iter_2/metrics.json: not valid JSON .*`selfimprove metrics"):
+        metrics.iteration_metrics(tmp_path)
+    assert cli.main(["figures", str(tmp_path)]) == 2
+    assert "iter_2/metrics.json: not valid JSON" in capsys.readouterr().err
+    paths.samples(1, "test").write_bytes(b"PAR1 cut short")
+    with pytest.raises(metrics.MetricsError, match=r"samples_test.parquet: tests cannot be read, the file is damaged"):
+        metrics._read(paths.samples(1, "test"), "tests")

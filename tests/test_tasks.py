@@ -210,6 +210,13 @@ def test_malformed_rows_name_file_row_and_field(tmp_path, cache):
                                                   "solution": "$\\boxed{1}$"}])
     with pytest.raises(tasks.TaskDataError, match="row 1: field 'level' must be 'Level 1'..'Level 5'"):
         tasks.load_problems("math", local("math", cache, test=str(path)))
+    path = _jsonl(tmp_path / "math_int.jsonl", [{"problem": "p", "level": "Level 1", "type": "Algebra",
+                                                  "solution": "$\\boxed{3}$", "answer": 3}])
+    with pytest.raises(tasks.TaskDataError, match="row 1: field 'answer' must be str, got 3"):
+        tasks.load_problems("math", local("math", cache, test=str(path)))
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(tasks.TaskDataError, match=r"empty.jsonl: an empty file, no rows"):
+        tasks.load_problems("gsm8k", local("gsm8k", cache, train=str(tmp_path / "empty.jsonl")))
 
 
 def test_prompts_ask_for_what_each_grader_reads(loaded):
@@ -253,6 +260,14 @@ def test_write_problems_meets_the_problem_file_contract(tmp_path, cache):
     assert len(rows) == 12 and rows[0]["tests"] and rows[0]["task"] == "mbpp"
     info = json.loads((out / "config.json").read_text())
     assert info["task"] == "mbpp" and info["problems"] == {"train": 12, "test": 12}
+
+
+def test_problems_with_unicode_line_separators_round_trip(tmp_path, cache):
+    rows = [json.loads(x) for x in (FIXTURES / "gsm8k.jsonl").read_text().splitlines()]
+    rows[1]["question"] = rows[1]["question"].replace(". ", ".\u2028", 1)  # a raw U+2028, valid in JSON
+    train = _jsonl(tmp_path / "gsm8k_train.jsonl", rows)
+    tasks.write_problems("gsm8k", local("gsm8k", cache, train=str(train)), tmp_path / "out")
+    assert "\u2028" in data.load_jsonl(tmp_path / "out" / "train.jsonl")[1]["question"]
 
 
 def test_recipe_data_section(tmp_path, cache):

@@ -60,7 +60,10 @@ def read_rows(path: str | Path) -> list[tuple[str, dict]]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data file not found: {path}")
-    return [(f"{path.name}:{no}", row) for no, row in json_objects(path, AuditDataError)]
+    rows = [(f"{path.name}:{no}", row) for no, row in json_objects(path, AuditDataError)]
+    if not rows:
+        raise AuditDataError(f"{path}: no rows to audit (an empty file)")
+    return rows
 
 
 def audit_rows(task: str, rows: list[tuple[str, dict]], timeout_s: float = 10.0, workers: int = 2) -> pd.DataFrame:
@@ -76,9 +79,12 @@ def run_rates(run_dir: str | Path) -> pd.DataFrame:
     """Per iteration and split of a run: responses graded and the rates of timeout, no_answer and error."""
     rows = []
     for path in sorted(Path(run_dir).glob("iter_*/samples_*.parquet")):
-        if "status" not in pq.read_schema(path).names:  # sampled but not graded yet
-            continue
-        df = pd.read_parquet(path, columns=["status"])
+        try:
+            if "status" not in pq.read_schema(path).names:  # sampled but not graded yet
+                continue
+            df = pd.read_parquet(path, columns=["status"])
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError: a file cut short
+            raise AuditDataError(f"{path}: cannot be read, the file is damaged ({e})") from None
         n = len(df)
         rows.append({"iteration": int(path.parent.name.split("_")[1]), "split": path.stem.split("_", 1)[1],
                      "responses": n, **{s: round(float((df["status"] == s).mean()), 4) if n else 0.0

@@ -19,8 +19,13 @@ from .pool import grade_batch
 def read_items(path: Path, task: str) -> tuple[list[tuple[int, dict, object]], list[str]]:
     """(line number, object, gold) for every valid line, and one message per malformed line."""
     items, problems = [], []
-    with open(path, encoding="utf-8") as f:
-        for no, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for no, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                problems.append(f"{path}:{no}: not UTF-8 text ({e.reason} at byte {e.start} of the line)")
+                continue
             if not line.strip():
                 continue
             try:
@@ -45,8 +50,10 @@ def grade_jsonl(task: str, src: str | Path, dst: str | Path, timeout_s: float = 
                 memory_mb: int = 2048) -> tuple[Counter, list[str]]:
     """Grade every valid line of `src` into `dst`; returns the status counts and the malformed-line messages."""
     src, dst = Path(src), Path(dst)
-    if not src.exists():
-        raise FileNotFoundError(f"input file not found: {src}")
+    if not src.is_file():
+        raise FileNotFoundError(f"input file not found: {src}" + (" (it is a folder)" if src.is_dir() else ""))
+    if dst.is_dir():
+        raise FileExistsError(f"output {dst} is a folder; give a file name, e.g. {dst / 'graded.jsonl'}")
     items, problems = read_items(src, task)
     grades = grade_batch(task, [(obj["response"], gold) for _, obj, gold in items], timeout_s=timeout_s,
                          workers=workers, memory_mb=memory_mb)
