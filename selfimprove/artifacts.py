@@ -1,4 +1,4 @@
-"""The run directory (DESIGN.md) and its manifest: paths, atomic writes, hashes, stage states.
+"""The run directory (README, "What a run is") and its manifest: paths, atomic writes, hashes, stage states.
 
 data/runs/<run>/
   manifest.json               config, its hash, versions, seeds, every stage's state, durations, output hashes

@@ -2,7 +2,7 @@
 
 A recipe is a small YAML file (notebooks/params/<name>.yaml) with run-level keys and one section per stage;
 layering is dataclass defaults < recipe < `--set section.key=value` on the command line. Each stage has one
-frozen dataclass whose fields are exactly its notebook's `parameters` cell (STYLE.md H2); the pipeline fills
+frozen dataclass whose fields are exactly its notebook's `parameters` cell; the pipeline fills
 the shared fields (run_dir, iteration, iterations, task, seed) and the recipe section fills the rest.
 
 Everything is validated before any heavy work: an unknown key, a value of the wrong type or out of range

@@ -2,7 +2,7 @@
 the model answered to one problem in every iteration and which pairs or SFT rows trained the next model, and
 how a problem's sampled responses collapse (or not) across iterations.
 
-Pure data functions read the run directory (DESIGN.md: iter_<t>/samples_<split>.parquet, the graded sample
+Pure data functions read the run directory (README, "What a run is": iter_<t>/samples_<split>.parquet, the graded sample
 table; iter_<t>/train_data.parquet, the data that made M(t+1)) and return DataFrames, arrays or HTML strings;
 tests call them without widgets. `improvement_explorer(run_dir)` and `diversity_explorer(run_dir)` wire them to
 ipywidgets; their key widgets carry stable CSS classes (`si-*`, see WIDGET_CLASSES) for the browser test.

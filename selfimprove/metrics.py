@@ -1,4 +1,4 @@
-"""Evaluate stage: every metric of M_t, computed per problem and then averaged (STYLE.md H7), with 95%
+"""Evaluate stage: every metric of M_t, computed per problem and then averaged, with 95%
 bootstrap intervals over problems.
 
 Reads the graded iter_<t>/samples_<split>.parquet (and iter_1's, for the improvement sets; train_log.json

@@ -1,7 +1,7 @@
 """The run: every stage notebook of every iteration, in one kernel reset between stages, resumable at any point.
 
 `selfimprove run <recipe>` validates the whole recipe, prepares the run directory (problems, the organism's
-M1 as iter_1/model), then for t = 1..T executes the stage notebooks with papermill (DESIGN.md):
+M1 as iter_1/model), then for t = 1..T executes the stage notebooks with papermill (README, "What a run is"):
 
     t = 1:      20_sample, 30_verify, 40_evaluate              (M1 is the organism's gold-SFT model; a recipe
                                                                 with its own `model` runs 10_train first: M0 -> M1)

@@ -1,8 +1,8 @@
 """Sampling stage: M_t answers the problems of each split, greedily and N times at temperature.
 
 Reads iter_<t>/model and the task's problems; writes iter_<t>/samples_<split>.parquet, the sample table of
-DESIGN.md (no grading columns yet; the verify stage adds them). Train samples (only while t < T) feed the
-data that trains M(t+1); test and OOD samples feed the metrics. Notebook: notebooks/20_sample.ipynb.
+the README's "What a run is" (no grading columns yet; the verify stage adds them). Train samples (only while
+t < T) feed the data that trains M(t+1); test and OOD samples feed the metrics. Notebook: notebooks/20_sample.ipynb.
 
 Backends are a dict (`SAMPLERS`); the transformers backend is the default. The transformers backends run on
 `SampleConfig.device` (auto: the first CUDA GPU torch sees, else the CPU) in `SampleConfig.dtype`

@@ -5,7 +5,7 @@ Reads iter_<t-1>/model and iter_<t-1>/train_data.parquet (the data M(t-1)'s samp
 iter_<t>/model (M_t as a plain checkpoint, so the next stage and any sampler load it by path),
 iter_<t>/train_log.json (every logged step: loss, and for DPO the rewards, margins and chosen/rejected
 log-probs) and, with `merge_adapter: false`, iter_<t>/adapter. Notebook: notebooks/10_train.ipynb.
-TRL, PEFT and Unsloth are imported here only (STYLE.md H10).
+TRL, PEFT and Unsloth are imported here only.
 
 F_t is `config.train_kind(paradigm, t)`: SFT on correct samples (TRL SFTTrainer, prompt-completion rows, loss
 on the completion only) or DPO on (correct, incorrect) pairs (TRL DPOTrainer). Open choices, all TrainConfig

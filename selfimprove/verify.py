@@ -3,7 +3,7 @@
 Reads iter_<t>/samples_<split>.parquet and the run's problems; adds `extracted`, `status` and `correct` to
 each sample table (same rows, columns added), and, while t < T, writes iter_<t>/train_data.parquet (DPO
 pairs or SFT rows, as the paradigm's F_(t+1) needs; see pairs.py). Notebook: notebooks/30_verify.ipynb. The
-evaluate stage only reads these columns; nothing downstream grades again (STYLE.md H6).
+evaluate stage only reads these columns; nothing downstream grades again.
 
 Grading is `grading.grade_batch`: worker processes with a hard wall-clock limit per item (VerifyConfig
 `timeout_s`, `workers`, `memory_mb`); the statuses and each task's rules are in selfimprove/grading/.

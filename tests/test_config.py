@@ -1,5 +1,5 @@
 """Recipes: every committed recipe validates; mistakes fail at once and name the key; notebook parameters
-are exactly the stage dataclass fields (STYLE.md H2, H3)."""
+are exactly the stage dataclass fields."""
 
 from dataclasses import fields
 from pathlib import Path

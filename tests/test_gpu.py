@@ -1,4 +1,4 @@
-"""GPU tier (`-m gpu`, STYLE.md H11): vLLM sampling and an Unsloth LoRA DPO step on a randomly initialised
+"""GPU tier (`-m gpu`): vLLM sampling and an Unsloth LoRA DPO step on a randomly initialised
 Llama-3-shaped model saved locally (no downloads), each in its own process as bench/gpu_smoke.py runs them,
 and the transformers backends sampling on the GPU (`sample.device` auto). Skipped where no CUDA GPU is
 visible, so the default `make test` reports them as skipped.

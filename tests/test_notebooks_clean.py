@@ -1,4 +1,4 @@
-"""Committed notebooks are clean inputs (STYLE.md H9): no outputs, no execution counts, no widget state, no
+"""Committed notebooks are clean inputs: no outputs, no execution counts, no widget state, no
 execution timing, the python3 kernelspec, exactly one cell tagged `parameters` in each stage notebook (and in
 every other notebook that has parameters), and each is a fixed point of nbstripout (so the git filter that
 .gitattributes names would change nothing)."""

@@ -1,5 +1,5 @@
 """The loop end to end with real parts: the tiny organism, papermill stage notebooks, TRL DPO, metrics,
-the manifest, and resume after SIGKILL (DESIGN.md, 'Run directory')."""
+the manifest, and resume after SIGKILL (README, 'What a run is')."""
 
 import json
 import os
@@ -34,7 +34,7 @@ def test_tiny_run_produces_every_artifact(tiny_run):
     nb = json.loads((paths.notebooks(2) / "10_train.ipynb").read_text())
     assert nb["metadata"]["papermill"]["parameters"]["iteration"] == 2
     assert any("injected-parameters" in c["metadata"].get("tags", []) for c in nb["cells"])
-    # the sample table of DESIGN.md
+    # the sample table of the README's 'What a run is'
     test = pd.read_parquet(paths.samples(1, "test"))
     assert list(test.columns) == DESIGN_COLUMNS
     assert set(test["decoding"]) == {"greedy", "sample"}

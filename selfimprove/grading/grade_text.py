@@ -1,7 +1,7 @@
 """Graders whose answer is a number or an option letter: arith, GSM8K, CommonsenseQA.
 
 Each grader is `grade(response, gold) -> Grade` and never raises on a malformed response; a gold answer it
-cannot read is an `error` (the problem is ungradable, not the response wrong; STYLE.md H6).
+cannot read is an `error` (the problem is ungradable, not the response wrong).
 """
 
 from __future__ import annotations

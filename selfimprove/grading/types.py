@@ -1,4 +1,4 @@
-"""The verdict every grader returns, and the five statuses (DESIGN.md, the sample table's `status`)."""
+"""The verdict every grader returns, and the five statuses (the sample table's `status`; README, "Verification")."""
 
 from __future__ import annotations
 
