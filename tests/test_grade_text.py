@@ -17,6 +17,8 @@ from selfimprove.grading.grade_text import extract_csqa, extract_gsm8k, grade_cs
     ("#### 72\nI double-checked with 3 other numbers", "72"),  # `####` wins over the last number
     ("She has 1, 2, 3 apples", "3"),  # a list is not a thousands separator
     ("So the answer is **18**.", "18"),  # markdown bold
+    ("Final answer - 18", "18"),  # a dash before a space is punctuation, not a minus
+    ("The total is:\n- 42", "42"),  # a markdown bullet
     ("#### no number", None),
     ("No digits at all.", None),
 ])
@@ -51,6 +53,9 @@ CHOICES = {"label": ["A", "B", "C", "D", "E"], "text": ["bank", "library", "rive
     ("The answer is river bank.", "C"),  # option text after the marker; longest-prefix safe: not "bank"
     ("Library.", "B"),
     ("A person would go to (A) or (C), so (C).", "C"),  # last parenthesised letter
+    ("To find the answer: A bank holds money, but fish live in a river. So the answer is C.", "C"),  # the last
+    ("Answer: B\n\nWait, actually the answer is C.", "C"),
+    ("The answer is B. I am confident this answer is right.", "B"),  # the last marker followed by an option
     ("I am not sure.", None),
     ("The answer is a big question", None),  # "a" as a word is not option A
 ])

@@ -14,7 +14,9 @@ from .types import Grade
 
 # A number as written in a word-problem answer: optional sign and `$`, thousands separators only in groups of
 # three (so "1, 2, 3" stays three numbers), optional decimals. The unicode minus is read as a minus.
-NUMBER_RE = re.compile(r"(?<![\w.])([-−]?)\s?\$?\s?(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)")
+# The sign must touch the number or its `$` (lm-evaluation-harness's `-?[$0-9.,]`): in "Answer - 18" or a "- 18"
+# bullet the dash is punctuation.
+NUMBER_RE = re.compile(r"(?<![\w.])([-−]?)(?:\$\s?)?(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)")
 
 
 def grade_arith(response: str, gold: str) -> Grade:
@@ -102,7 +104,7 @@ def grade_gsm8k(response: str, gold: str) -> Grade:
 
 
 LETTERS = "ABCDE"  # CommonsenseQA has five options, labelled A-E (HF dataset `commonsense_qa`, field choices.label)
-_ANSWER_TAIL = re.compile(r"(?i)answer\s*(?:is|:)\s*:?\s*(.*)", re.S)
+_ANSWER_MARK = re.compile(r"(?i)answer\s*(?:is|:)\s*:?\s*")
 _LETTER_AT_START = re.compile(r"^[\s*_`\"'(\[]*([A-E])(?![A-Za-z])")
 _PAREN_LETTER = re.compile(r"\(([A-E])\)")
 
@@ -114,7 +116,8 @@ def _norm_text(s: str) -> str:
 def extract_csqa(response: str, choices: dict | None = None) -> str | None:
     """CommonsenseQA extraction (our rule), the first that applies:
 
-    1. after the last "answer is" / "answer:", a letter A-E (bare, in parentheses or bold) or an option's text;
+    1. after the last "answer is" / "answer:" followed by one, a letter A-E (bare, in parentheses or bold) or an
+       option's text;
     2. the whole response is one letter, or one option's exact text (case and punctuation ignored);
     3. the last parenthesised letter "(C)" in the response.
 
@@ -130,9 +133,8 @@ def extract_csqa(response: str, choices: dict | None = None) -> str | None:
     True
     """
     options = {_norm_text(t): lab for lab, t in zip(choices["label"], choices["text"])} if choices else {}
-    tails = _ANSWER_TAIL.findall(response)
-    if tails:
-        tail = tails[-1]
+    for mark in reversed(list(_ANSWER_MARK.finditer(response))):  # the last marker that names an option
+        tail = response[mark.end():]
         m = _LETTER_AT_START.match(tail)
         if m:
             return m.group(1)
