@@ -57,6 +57,15 @@ def _sandboxes() -> list[str]:
     ("import os\nos._exit(3)", "error", "exited with code 3"),
     ("print('x' * 10**6)\ndef add(a, b):\n    return a + b", "correct", None),  # output is discarded
     ("open('scratch.txt', 'w').write('ok')\ndef add(a, b):\n    return a + b", "correct", None),  # own dir is fine
+    # a demo main block is not run (human-eval's execution.py): no EOFError from input(), no SystemExit
+    ("def add(a, b):\n    return a + b\nif __name__ == '__main__':\n    print(add(*map(int, input().split())))",
+     "correct", None),
+    ("import sys\ndef add(a, b):\n    return a + b\nif __name__ == '__main__':\n    sys.exit(0)", "correct", None),
+    # a printed traceback reads the standard library's sources: not a violation
+    ("import json, traceback\ndef add(a, b):\n    try:\n        json.loads('x')\n    except ValueError:\n"
+     "        traceback.print_exc()\n    return a + b", "correct", None),
+    # the code may empty its own directory; the result file is not in it
+    ("import os\nfor f in os.listdir('.'):\n    os.remove(f)\ndef add(a, b):\n    return a + b", "correct", None),
 ])
 def test_sandbox_statuses(code, status, detail):
     got = run_tests(code, TESTS, limits=FAST)
@@ -79,6 +88,15 @@ def test_user_files_are_untouched_and_the_attempt_is_an_error(attack, user_dir):
     got = run_tests(code, TESTS, limits=FAST)
     assert got.status == "error" and "sandbox violation" in got.detail, got  # even when the code catches it
     assert _untouched(user_dir)
+
+
+def test_code_cannot_write_a_passing_result_file():
+    forge = ("import json, os\ndef add(a, b):\n    return 0\n"
+             "for name in os.listdir('.'):\n"
+             "    open(name, 'w').write(json.dumps({'status': 'correct', 'detail': None, 'violations': [],"
+             " 'isolation': []}))\n"
+             "os._exit(0)")
+    assert run_tests(forge, TESTS, limits=FAST).status != "correct"
 
 
 def test_setup_code_runs_first_and_nothing_is_left_behind():

@@ -6,7 +6,8 @@ What contains the code (the boundary), all from the kernel and applied before th
 - rlimits: CPU seconds (RLIMIT_CPU), address space (RLIMIT_AS), processes (RLIMIT_NPROC), file size
   (RLIMIT_FSIZE), open files, no core dumps; PR_SET_NO_NEW_PRIVS, and PR_SET_PDEATHSIG so it dies with its
   parent;
-- a throwaway working directory (also HOME and TMPDIR), removed afterwards; an empty environment;
+- a throwaway working directory (also HOME and TMPDIR), removed afterwards, with the result file outside it;
+  an empty environment;
 - a new network namespace (no interfaces but a down loopback) where the kernel allows it (root, or
   unprivileged user namespaces);
 - run as root, it drops to `nobody` when the interpreter is readable by nobody (then RLIMIT_NPROC binds and
@@ -14,8 +15,10 @@ What contains the code (the boundary), all from the kernel and applied before th
 
 What guards against mistakes (a guard, not a security boundary: Python code that sets out to escape it can):
 the harness replaces process, network and file-removal functions (`os.system`, `os.fork`, `subprocess`,
-`socket`, `os.remove`, `shutil.rmtree`, ...) and `open` for paths outside the working directory with functions
-that raise `SandboxViolation`; any attempt, even one the code catches, makes the item an `error`.
+`socket`, `os.remove`, `shutil.rmtree`, ...) and `open` for paths outside the working directory (reading the
+standard library's sources, as a printed traceback does, excepted) with functions that raise
+`SandboxViolation`; any attempt, even one the code catches, makes the item an `error`. The code runs as module
+`solution`, not `__main__`, so a demo `if __name__ == "__main__":` block is skipped (human-eval's execution.py).
 
 For untrusted code from unknown sources, run the whole grader in a container or VM as well.
 
@@ -101,8 +104,15 @@ def inside(path):
         return True
     p = os.path.realpath(os.path.join(root, os.fsdecode(os.fspath(path))))
     return p == root or p.startswith(root + os.sep)
-def checked(name, fn, nargs=1):
+stdlib = os.path.realpath(os.path.dirname(os.__file__))
+def stdlib_read(a, k):  # traceback.print_exc() and inspect read stdlib sources through open(path, "rb")
+    if not a or isinstance(a[0], int) or str(a[1] if len(a) > 1 else k.get("mode", "r")).strip("rbt"):
+        return False
+    return os.path.realpath(os.fsdecode(os.fspath(a[0]))).startswith(stdlib + os.sep)
+def checked(name, fn, nargs=1, reads_stdlib=False):
     def call(*a, **k):
+        if reads_stdlib and stdlib_read(a, k):
+            return fn(*a, **k)
         if k.get("dir_fd") is not None or k.get("src_dir_fd") is not None or not all(inside(x) for x in a[:nargs]):
             violations.append(name)
             raise SandboxViolation(name + " outside the sandbox directory")
@@ -124,7 +134,7 @@ if P["guard"]:
         setattr(os, name, checked("os." + name, getattr(os, name), 2))
     shutil.rmtree = checked("shutil.rmtree", shutil.rmtree)
     shutil.move = checked("shutil.move", shutil.move, 2)
-    builtins.open = io.open = checked("open", io.open)
+    builtins.open = io.open = checked("open", io.open, reads_stdlib=True)
     BLOCKED = {"socket", "_socket", "ssl", "_ssl", "ctypes", "_ctypes", "subprocess", "_posixsubprocess",
                "multiprocessing", "_multiprocessing", "pty", "asyncio", "urllib", "http", "ftplib", "smtplib"}
     for name in list(sys.modules):
@@ -146,7 +156,8 @@ def report(status, detail):
     os._exit(0)
 def run(src, what, ns):
     exec(compile(src, what, "exec"), ns)
-ns = {"__name__": "__main__"}
+ns = {"__name__": "solution"}  # not "__main__": a demo `if __name__ == "__main__":` block (input(), sys.exit) is
+# not part of the answer; human-eval's execution.py runs programs in `{}`, where that block is skipped too
 try:
     try:
         run(P["setup"], "<setup>", ns)
@@ -198,6 +209,8 @@ def run_tests(code: str, tests: list[str], setup: str = "", limits: Limits = Lim
     'correct'
     """
     work = Path(tempfile.mkdtemp(prefix="selfimprove-sandbox-"))
+    box = work / "box"  # the code's directory; the result file is beside it, out of reach of its guarded open
+    box.mkdir()
     drop = _drop_target()
     result = work / f".result-{secrets.token_hex(8)}.json"
     payload = {"code": code, "tests": list(tests), "setup": setup or "", "guard": limits.guard,
@@ -205,10 +218,11 @@ def run_tests(code: str, tests: list[str], setup: str = "", limits: Limits = Lim
                "memory": limits.memory_mb * 2**20, "fsize": limits.fsize_mb * 2**20,
                "nproc": _procs_of(drop if drop is not None else os.getuid()) + limits.nproc}
     if drop is not None:
-        os.chown(work, drop, drop)
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8"}
+        os.chown(box, drop, drop)
+        os.chmod(work, 0o711)  # nobody may pass through to its directory, not list or write beside it
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(box), "TMPDIR": str(box), "LANG": "C.UTF-8"}
     t0 = time.monotonic()
-    proc = subprocess.Popen([os.path.realpath(sys.executable), "-I", "-S", "-c", HARNESS], cwd=work, env=env,
+    proc = subprocess.Popen([os.path.realpath(sys.executable), "-I", "-S", "-c", HARNESS], cwd=box, env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
