@@ -67,7 +67,9 @@ OOD_TEMPLATES = {
 }
 
 OPS = ("add", "sub", "add_groups", "sub_groups")
-ANSWER_RE = re.compile(r"####\s*(-?\d+)")
+# The number after `####`, decimals and digit groups included so that "#### 12.5" is read whole (and graded
+# wrong), not as 12; a trailing period ends the sentence.
+ANSWER_RE = re.compile(r"####\s*(-?\d+(?:[.,]\d+)*)")
 EQUATION_RE = re.compile(r"(-?\d+)\s*([-+*])\s*(-?\d+)\s*=\s*(-?\d+)")
 
 
@@ -223,15 +225,16 @@ def write_jsonl(splits: dict[str, list[dict]], out_dir: Path, cfg: ArithConfig) 
 
 
 def extract_answer(response: str) -> str | None:
-    """The integer after the last `####`, else None (GSM8K's answer marker, paper.md §2.4).
+    """The number after the last `####` (an integer without leading zeros, anything else as written), else
+    None (GSM8K's answer marker, paper.md §2.4).
 
-    >>> extract_answer("2 + 3 = 5\\n#### 5")
-    '5'
-    >>> extract_answer("2 + 3 = 5") is None
-    True
+    >>> extract_answer("2 + 3 = 5\\n#### 5"), extract_answer("#### 2.5."), extract_answer("2 + 3 = 5") is None
+    ('5', '2.5', True)
     """
     found = ANSWER_RE.findall(response)
-    return str(int(found[-1])) if found else None
+    if not found:
+        return None
+    return str(int(found[-1])) if found[-1].lstrip("-").isdigit() else found[-1]
 
 
 def equations_valid(response: str) -> bool:

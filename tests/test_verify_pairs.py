@@ -14,6 +14,9 @@ from selfimprove import pairs, verify
     ("3 * 4 = 12", "12", "no_answer", None),
     ("", "12", "no_answer", None),
     ("#### -3", "-3", "correct", "-3"),
+    ("#### 12.5", "12", "incorrect", "12.5"),  # not read as 12
+    ("#### 1,000", "1", "incorrect", "1,000"),
+    ("#### 12.", "12", "correct", "12"),  # a sentence's period
 ])
 def test_grade_arith(response, gold, status, extracted):
     assert verify.GRADERS["arith"](response, gold)[:2] == (status, extracted)

@@ -20,7 +20,8 @@ NUMBER_RE = re.compile(r"(?<![\w.])([-−]?)(?:\$\s?)?(\d{1,3}(?:,\d{3})+(?:\.\d
 
 
 def grade_arith(response: str, gold: str) -> Grade:
-    """Arith: the integer after the last `####` (GSM8K's marker, paper.md §2.4), compared as an integer.
+    """Arith: the number after the last `####` (GSM8K's marker, paper.md §2.4), compared as an integer; a
+    number that is not one ("#### 12.5") is incorrect.
 
     >>> grade_arith("3 * 4 = 12\\n#### 12", "12")
     Grade(status='correct', extracted='12', detail=None)
@@ -30,7 +31,7 @@ def grade_arith(response: str, gold: str) -> Grade:
     got = arith.extract_answer(response)
     if got is None:
         return Grade("no_answer", None)
-    return Grade("correct" if int(got) == int(gold) else "incorrect", got)
+    return Grade("correct" if got.lstrip("-").isdigit() and int(got) == int(gold) else "incorrect", got)
 
 
 def parse_number(text: str) -> Decimal | None:
