@@ -119,7 +119,7 @@ class TransformersSampler:
     def __init__(self, model_path: str | Path, threads: int | None = None, device: str = "auto",
                  dtype: str = "auto"):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
         if threads:
             torch.set_num_threads(threads)
@@ -129,10 +129,19 @@ class TransformersSampler:
         placed = {} if device == "cpu" else {"device_map": device}
         self.model = AutoModelForCausalLM.from_pretrained(
             model_path, dtype=torch_dtype(dtype, device, model_path), **placed).eval()
+        # generate fills every setting it is not given from the checkpoint's generation_config.json
+        # (GenerationMixin._prepare_generation_config), e.g. Qwen2.5-Instruct's repetition_penalty and top_k; the
+        # compact loop and vLLM (given SamplingParams) apply none of them. Our choice: SampleConfig alone sets the
+        # sampling rule, so only the checkpoint's special token ids are kept.
+        cfg = self.model.generation_config
+        self.model.generation_config = GenerationConfig(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id,
+                                                        pad_token_id=cfg.pad_token_id)
 
     def generate(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
                  batch_size: int, seed: int) -> list[list[Completion]]:
         """`n` completions per prompt; temperature 0 means greedy (then n must be 1)."""
+        if temperature == 0 and n != 1:  # greedy gives one sequence per prompt, so `n` rows would not map to it
+            raise ValueError(f"greedy decoding (temperature 0) gives one completion per prompt, got n={n}")
         tok = self.tokenizer
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         per_batch = max(1, batch_size // n)  # batch_size counts sequences, not prompts

@@ -39,3 +39,9 @@ def test_finish_reason_and_token_counts(sampler, prompts):
             assert c.n_tokens <= 3
             assert c.finish_reason == ("stop" if c.n_tokens < 3 else c.finish_reason)
             assert "<|end|>" not in c.text
+
+
+def test_greedy_refuses_more_than_one_sample(sampler, prompts):
+    """generate gives one greedy sequence per prompt; n of them would hand prompt j the answers of others."""
+    with pytest.raises(ValueError, match="greedy"):
+        sampler.generate(prompts, n=2, temperature=0.0, top_p=1.0, max_new_tokens=8, batch_size=8, seed=0)

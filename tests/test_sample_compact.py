@@ -33,6 +33,23 @@ def test_greedy_equals_generate(model_dir, compact, prompts):
         [(c[0].text, c[0].n_tokens, c[0].finish_reason) for c in theirs]
 
 
+def test_greedy_equals_generate_whatever_the_checkpoint_generation_config(model_dir, prompts, tmp_path):
+    """A checkpoint's own sampling defaults (Qwen2.5-0.5B-Instruct's generation_config.json) do not reach
+    generate: SampleConfig alone sets the rule, as in the compact loop and vLLM."""
+    import json
+    import shutil
+
+    shutil.copytree(model_dir, tmp_path / "m")
+    path = tmp_path / "m" / "generation_config.json"
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({**saved, "do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20,
+                                "repetition_penalty": 1.1}))
+    kw = dict(n=1, temperature=0.0, top_p=1.0, max_new_tokens=48, batch_size=8, seed=0)
+    ours = sample.CompactSampler(tmp_path / "m").generate(prompts, **kw)
+    theirs = sample.TransformersSampler(tmp_path / "m").generate(prompts, **kw)
+    assert [c[0].text for c in ours] == [c[0].text for c in theirs]
+
+
 @pytest.mark.parametrize("candidates", [4, 64, 1000])  # 4: most rows fall back to the full sort
 def test_nucleus_is_transformers_top_p_set(candidates):
     from transformers.generation.logits_process import TopPLogitsWarper
