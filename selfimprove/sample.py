@@ -442,6 +442,31 @@ def sample_split(sampler, problems: list[dict], prompts: list[str], *, cfg: Samp
     return pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
 
 
+def context_length(sampler) -> int | None:
+    """The most tokens (prompt and answer) the sampler's model takes: the transformers config's
+    `max_position_embeddings`, or the vLLM engine's `max_model_len`; None when neither is known."""
+    if hasattr(sampler, "model"):
+        return getattr(sampler.model.config, "max_position_embeddings", None)
+    engine = getattr(getattr(sampler, "llm", None), "llm_engine", None)
+    return getattr(getattr(engine, "model_config", None), "max_model_len", None)
+
+
+def check_context(tokenizer, problems: list[dict], prompts: list[str], *, max_new_tokens: int, context: int | None,
+                  split: str) -> None:
+    """Refuse prompts that leave no room for `max_new_tokens` in the model's context. Past it, the transformers
+    backends run past their position embeddings without a word (repeated tokens, graded as wrong answers) and
+    vLLM refuses the request in the middle of the stage; checked before any split is sampled."""
+    if not context:
+        return
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    over = [(p["id"], n) for p, n in zip(problems, lengths) if n + max_new_tokens > context]
+    if over:
+        shown = ", ".join(f"{pid} ({n} tokens)" for pid, n in over[:3])
+        raise ValueError(f"split '{split}': {len(over)} of {len(prompts)} prompts do not fit the model's context of "
+                         f"{context} tokens with sample.max_new_tokens={max_new_tokens}: {shown}; lower "
+                         "max_new_tokens, or leave such problems out of the task's data")
+
+
 def run(cfg: SampleConfig) -> list[Path]:
     """Sample every split this iteration needs and write iter_<t>/samples_<split>.parquet."""
     paths = artifacts.RunPaths(cfg.run_dir)
@@ -455,13 +480,18 @@ def run(cfg: SampleConfig) -> list[Path]:
         if in_model else {}
     print(f"sampling M{cfg.iteration} with the {cfg.backend} backend"
           + (f" on {placed['device']} in {placed['dtype']}" if placed else ""))
+    todo = {}
+    for split in [s for s in cfg.splits if paths.problems(s).exists() or s != "ood"]:  # a task may lack OOD
+        problems = data.load_split(cfg.run_dir, split)
+        if split == "train":
+            problems = data.training_subset(problems, cfg.problems_per_iteration, cfg.seed, cfg.iteration)
+        prompts = [data.render_prompt(sampler.tokenizer, p) for p in problems]
+        check_context(sampler.tokenizer, problems, prompts, max_new_tokens=cfg.max_new_tokens,
+                      context=context_length(sampler), split=split)
+        todo[split] = problems, prompts
     timer = profiling.timed_forward(sampler.model, clock) if in_model else contextlib.nullcontext()
     with timer:
-        for split in [s for s in cfg.splits if paths.problems(s).exists() or s != "ood"]:  # a task may lack OOD
-            problems = data.load_split(cfg.run_dir, split)
-            if split == "train":
-                problems = data.training_subset(problems, cfg.problems_per_iteration, cfg.seed, cfg.iteration)
-            prompts = [data.render_prompt(sampler.tokenizer, p) for p in problems]
+        for split, (problems, prompts) in todo.items():
             t0 = time.time()
             with contextlib.nullcontext() if in_model else clock.timing():
                 df = sample_split(sampler, problems, prompts, cfg=cfg, split=split, task=cfg.task)

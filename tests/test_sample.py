@@ -45,3 +45,19 @@ def test_greedy_refuses_more_than_one_sample(sampler, prompts):
     """generate gives one greedy sequence per prompt; n of them would hand prompt j the answers of others."""
     with pytest.raises(ValueError, match="greedy"):
         sampler.generate(prompts, n=2, temperature=0.0, top_p=1.0, max_new_tokens=8, batch_size=8, seed=0)
+
+
+def test_prompts_past_the_context_are_refused_naming_them(sampler, prompts):
+    context = sample.context_length(sampler)
+    assert context == 512  # the organism's max_position_embeddings
+    problems = [{"id": f"p{i}"} for i in range(len(prompts))] + [{"id": "long"}]
+    long_prompt = prompts[0] + " 1" * 600
+    sample.check_context(sampler.tokenizer, problems[:-1], prompts, max_new_tokens=128, context=context, split="test")
+    with pytest.raises(ValueError, match=r"split 'test': 1 of 7 prompts do not fit the model's context of 512 "
+                                         r"tokens with sample.max_new_tokens=128: long \(\d+ tokens\)"):
+        sample.check_context(sampler.tokenizer, problems, prompts + [long_prompt], max_new_tokens=128,
+                             context=context, split="test")
+    n = len(sampler.tokenizer(prompts[0], add_special_tokens=False)["input_ids"])
+    with pytest.raises(ValueError, match=r"p0 \("):  # room for the prompt but not for max_new_tokens
+        sample.check_context(sampler.tokenizer, problems[:1], prompts[:1], max_new_tokens=513 - n, context=context,
+                             split="test")

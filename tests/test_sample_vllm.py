@@ -195,3 +195,7 @@ def test_config_checks_the_engine_options():
         config.SampleConfig(run_dir="x", iteration=1, tensor_parallel_size=0)
     opts = sample.VLLMSampler.engine_options(config.SampleConfig(run_dir="x", iteration=1, data_parallel_size=2))
     assert opts["data_parallel_size"] == 2 and opts["max_model_len"] is None  # 0 = the model's own length
+
+
+def test_context_length_is_the_engines(vllm_sampler):
+    assert sample.context_length(vllm_sampler) == 512  # max_model_len, from the organism's max_position_embeddings
