@@ -288,7 +288,8 @@ def run(recipe: str, *, overrides: list[str] | None = None, runs_root: str | Pat
         for p, root in zip(cfg.paradigms, roots):
             run_config(cfg.member(p), runs_root=runs_root, organism_root=organism_root, overwrite=overwrite,
                        log_output=log_output, stop_after=stop_after, figures_dir=None, log=log,
-                       siblings=[r for r in roots if r != root], report_run=stop_after is None, session=session)
+                       siblings=[r for r in roots if r != root], report_run=stop_after is None, kernel=kernel,
+                       session=session)
     if stop_after is None:
         report_study(study, roots, figures_dir=figures_dir, log=log)
     return study

@@ -82,6 +82,21 @@ def test_unknown_kernel_policy_is_refused_before_any_work(organism_root, tmp_pat
     assert not (tmp_path / "tiny").exists()
 
 
+def test_kernel_fresh_reaches_every_run_of_a_study(tmp_path, monkeypatch):
+    sessions = []
+
+    def stage(stage, stage_cfg, out_nb, log_output, session=None):
+        sessions.append(session)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(pipeline, "prepare", lambda *a, **k: None)
+    monkeypatch.setattr(pipeline, "execute_stage", stage)
+    with pytest.raises(pipeline.StageError, match="stop here"):
+        pipeline.run("tiny", overrides=["paradigm=[sft,dpo]", "name=study"], runs_root=tmp_path,
+                     organism_root=tmp_path / "organism", kernel="fresh", log=lambda *a: None)
+    assert sessions == [None]  # no shared session: the stage starts a kernel of its own
+
+
 def test_a_run_with_a_kernel_per_stage_computes_what_the_shared_kernel_run_did(tiny_run, organism_root, tmp_path):
     run_dir = pipeline.run("tiny", runs_root=tmp_path, organism_root=organism_root, figures_dir=None,
                            kernel="fresh", log=lambda *a: None)
