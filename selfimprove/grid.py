@@ -188,6 +188,7 @@ def pass1_table(table: pd.DataFrame) -> str:
     for index, row in pivot.iterrows():
         cells = ["" if pd.isna(row[t]) else f"{row[t]:.3f}" for t in its]
         best = row.dropna()
+        best = best[best.index >= 2]  # M_t* among t >= 2, as verdict.py, the study table and Figure 1
         gain = f"M{best.idxmax()} {best.max():.3f} ({best.max() - row[1]:+.3f})" if 1 in row and pd.notna(row[1]) \
             and len(best) else ""
         lines.append("| " + " | ".join(map(str, index)) + " | " + " | ".join(cells) + f" | {gain} |")

@@ -90,9 +90,12 @@ def runs_table(paths) -> pd.DataFrame:
     for p in paths:
         for name, d in _run_dirs(Path(p)):
             runs.setdefault(d.resolve(), name)
-    tables = []
+    tables, organisms = [], {}
     for d, name in runs.items():
-        config = artifacts.read_manifest(d / "manifest.json")["config"]
+        manifest = artifacts.read_manifest(d / "manifest.json")
+        config = manifest["config"]
+        if not config.get("model"):  # the organism M1 of this run's organism config (prepare: build.json)
+            organisms[name] = str((manifest.get("organism") or {}).get("digest") or "")
         paradigm = config.get("paradigm", DEFAULT_PARADIGM)
         if paradigm not in PARADIGM_COLORS:
             raise PlotsError(f"{d / 'manifest.json'}: paradigm {paradigm!r} is not one of {list(PARADIGM_COLORS)}")
@@ -102,6 +105,9 @@ def runs_table(paths) -> pd.DataFrame:
         tables.append(table.assign(run=name, task=config.get("task", "?"), model=_model_name(config),
                                    paradigm=paradigm))
     out = pd.concat(tables, ignore_index=True)
+    if len(set(organisms.values())) > 1:  # different organisms are different M1s: a panel (model, task) each
+        named = out["run"].map(organisms)
+        out.loc[named.notna(), "model"] = "organism " + named[named.notna()].str[:8]
     return out[RUN_COLUMNS + metrics.TABLE_COLUMNS]
 
 
@@ -565,12 +571,10 @@ def _pass1_by_iteration_row(table: pd.DataFrame, ax_l, ax_r, name: str) -> None:
         if g["ci_low"].notna().all():  # the 95% bootstrap interval over problems
             ax_r.fill_between(g["iteration"], g["ci_low"].astype(float), g["ci_high"].astype(float), alpha=0.15,
                               color=f"C{i}", linewidth=0)
-    test = overall[overall["split"] == "test (in-domain)"].set_index("iteration")["value"]
-    if len(test):
-        best = int(test.idxmax())
-        gain = test[best] - test.iloc[0]
-        ax_r.scatter([best], [test[best]], s=140, zorder=5, color="C0", edgecolor="black")
-        ax_r.annotate(f"{gain * 100:+.1f}", (best, test[best]), textcoords="offset points", xytext=(0, 9),
+    best = best_iterate(overall[overall["split"] == "test (in-domain)"])  # t >= 2, as Figure 1 and verdict.py
+    if best is not None:
+        ax_r.scatter([best["t"]], [best["value"]], s=140, zorder=5, color="C0", edgecolor="black", gid="best")
+        ax_r.annotate(gain_text(best["gain"]), (best["t"], best["value"]), textcoords="offset points", xytext=(0, 9),
                       ha="center")
     prefix = f"{name}: " if name else ""
     for ax, panel in ((ax_l, "test pass@1 by level (greedy)"), (ax_r, "pass@1, in-domain vs OOD (greedy)")):

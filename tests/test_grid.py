@@ -189,6 +189,13 @@ def test_collected_table_and_pass1_pivot(tmp_path, fake):
     assert text.count("| organism | arith |") == 3  # one row per run, even where model, task and paradigm agree
 
 
+def test_pass1_pivot_best_iterate_is_after_m1():
+    rows = [dict(run="r", model="organism", task="arith", paradigm="dpo", iteration=t, split="test", metric="pass@1",
+                 subset="all", value=v) for t, v in ((1, 0.5), (2, 0.3), (3, 0.4))]
+    text = grid.pass1_table(pd.DataFrame(rows))
+    assert "| r | organism | arith | dpo | 0.500 | 0.300 | 0.400 | M3 0.400 (-0.100) |" in text
+
+
 def test_only_runs_the_selected_runs_of_a_study(tmp_path, monkeypatch, fake):
     path = _recipe(tmp_path, "s", paradigm=["sft", "dpo"])
     _recipe(tmp_path, "a")

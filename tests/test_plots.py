@@ -119,6 +119,45 @@ def test_best_iterate_is_after_m1_even_when_m1_scores_highest():
     assert plots.gain_text(-0.1) == "-10.0"
 
 
+def test_pass1_by_iteration_marks_the_best_iterate_after_m1_as_figure1():
+    table = _table(("dpo",))
+    m1 = (table["iteration"] == 1) & (table["split"] == "test") & (table["metric"] == "pass@1")
+    table.loc[m1, "value"] = 0.50  # M1 scores highest; M_t* is t = 3 (0.43), 7 points below it
+    fig = plots.pass1_by_iteration(table)
+    ax_r = fig.axes[1]
+    marks = [c.get_offsets().tolist() for c in ax_r.collections if c.get_gid() == "best"]
+    assert marks == [[[3.0, pytest.approx(0.43)]]]
+    assert [a.get_text() for a in ax_r.texts] == ["-7.0"]
+    assert _texts(plots.figure1_pass1(table), "gain:") == {"gain:study/dpo": "-7.0"}
+    plt.close("all")
+
+
+def _fake_run(root, organism, pass1):
+    """A run directory with a manifest (organism digest) and one evaluated iteration."""
+    root.mkdir(parents=True)
+    manifest = {"config": {"paradigm": "dpo", "task": "arith", "model": ""}, "stages": {},
+                "organism": {"digest": organism}}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    (root / "iter_1").mkdir()
+    row = dict(split="test", metric="pass@1", subset="all", k=1, value=pass1, ci_low=None, ci_high=None, n=40)
+    (root / "iter_1" / "metrics.json").write_text(json.dumps({"iteration": 1, "table": [row]}))
+
+
+def test_runs_of_different_organisms_are_different_models(tmp_path):
+    _fake_run(tmp_path / "demo" / "dpo", "174d693d60ca", 0.36)
+    _fake_run(tmp_path / "demo" / "sft", "174d693d60ca", 0.36)
+    _fake_run(tmp_path / "tiny", "a9beeeb52399", 0.08)
+    assert set(plots.runs_table(tmp_path / "demo")["model"]) == {"organism"}  # one organism: its plain name
+    table = plots.runs_table([tmp_path / "demo", tmp_path / "tiny"])
+    assert table.groupby("run")["model"].first().to_dict() == {
+        "demo/dpo": "organism 174d693d", "demo/sft": "organism 174d693d", "tiny": "organism a9beeeb5"}
+    fig = plots.figure5_ood_disparity(table)  # a panel per M1, each with its own M1 line
+    m1_lines = sorted(round(float(ln.get_ydata()[0]), 2) for ax in fig.axes for ln in ax.get_lines()
+                      if ln.get_linestyle() == ":" and "test" in ax.get_title())
+    assert m1_lines == [8.0, 36.0]
+    plt.close(fig)
+
+
 def test_coverage_table_gives_the_advice_and_the_best_paradigm():
     cov = plots.coverage_table(_table())
     assert cov.loc[0, "coverage_mean"] == pytest.approx(0.62)
