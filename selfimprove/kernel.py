@@ -44,6 +44,8 @@ _gc.collect()
 _gc.freeze()
 if "torch" in _sys.modules and _sys.modules["torch"].cuda.is_initialized():
     _sys.modules["torch"].cuda.empty_cache()
+if "selfimprove.profiling" in _sys.modules:  # a stage's sample.threads / train.threads ends with the stage
+    _sys.modules["selfimprove.profiling"].set_torch_threads(0)
 del _gc, _sys
 """
 

@@ -15,6 +15,22 @@ from pathlib import Path
 
 from . import artifacts
 
+_DEFAULT_THREADS: int | None = None  # torch's own intra-op thread count, read before a stage first sets one
+
+
+def set_torch_threads(n: int) -> None:
+    """A stage's torch threads (`sample.threads`, `train.threads`): n, or with 0 torch's default, the count torch
+    chose in this process before any stage set one. Stages of a run share a kernel (kernel.py), so without
+    the reset one stage's count would stay for the next; the kernel's reset calls this with 0 after each."""
+    global _DEFAULT_THREADS
+    if not n and _DEFAULT_THREADS is None:
+        return  # no stage has set a count: torch's own is in place (and torch need not be imported)
+    import torch
+
+    if _DEFAULT_THREADS is None:
+        _DEFAULT_THREADS = torch.get_num_threads()
+    torch.set_num_threads(n or _DEFAULT_THREADS)
+
 
 class Clock:
     """Accumulated seconds and calls of a timed block."""

@@ -118,11 +118,9 @@ class TransformersSampler:
 
     def __init__(self, model_path: str | Path, threads: int | None = None, device: str = "auto",
                  dtype: str = "auto"):
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-        if threads:
-            torch.set_num_threads(threads)
+        profiling.set_torch_threads(threads or 0)
         device = torch_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.tokenizer.padding_side = "left"

@@ -238,6 +238,7 @@ def fit(cfg: TrainConfig, paths: artifacts.RunPaths, out_dir: Path) -> dict:
     """Train M_t into `out_dir` (and its adapter beside it when kept); returns the training log. Every
     process of a multi-process launch runs this; only the main one writes."""
     t = cfg.iteration
+    profiling.set_torch_threads(cfg.threads)
     if t == 1:  # gold SFT of M0 into M1
         from transformers import AutoTokenizer
 

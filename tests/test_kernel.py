@@ -55,6 +55,32 @@ def test_stages_share_a_process_but_not_a_namespace_or_random_state(tmp_path):
     assert s.km is None and not km.has_kernel  # closed with the block
 
 
+def _cells_notebook(path, *sources):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 0", metadata={"tags": ["parameters"]})]
+    nb.cells += [nbformat.v4.new_code_cell(src) for src in sources]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_a_stages_torch_threads_end_with_the_stage(tmp_path):
+    """sample.threads / train.threads hold for their stage only: the reset gives torch its own count back."""
+    setting = _cells_notebook(tmp_path / "set.ipynb", "import json, torch\nfrom selfimprove import profiling\n"
+                              "default = torch.get_num_threads()\nprofiling.set_torch_threads(default + 1)\n"
+                              "print(json.dumps([default, torch.get_num_threads()]))")
+    reading = _cells_notebook(tmp_path / "read.ipynb", "import json, torch\nprint(json.dumps(torch.get_num_threads()))")
+    with kernel.KernelSession(tmp_path, tmp_path / "kernel.stderr.log") as s:
+        outs = []
+        for nb in (setting, reading):
+            with open(tmp_path / "err.log", "a") as err:
+                s.execute(nb, tmp_path / f"out_{nb.name}", {"x": 1}, stderr_file=err, log_output=False)
+            cells = nbformat.read(tmp_path / f"out_{nb.name}", as_version=4).cells
+            outs.append(json.loads("".join(o.get("text", "") for o in cells[-1].outputs)))
+    (default, during), after = outs
+    assert during == default + 1 and after == default
+
+
 def test_a_kernel_that_died_between_stages_is_replaced(tmp_path):
     nb = _probe_notebook(tmp_path / "probe.ipynb")
     with kernel.KernelSession(tmp_path, tmp_path / "kernel.stderr.log") as s:

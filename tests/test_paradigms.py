@@ -125,11 +125,14 @@ def test_train_log_names_the_dpo_reference_that_was_used(tmp_path, monkeypatch, 
                               model=model, args=SimpleNamespace(output_dir=str(tmp_path / "o")),
                               state=SimpleNamespace(log_history=[]))
     monkeypatch.setitem(train.TRAINERS, "dpo", lambda *a, **k: (trainer, saver))
+    threads = []
+    monkeypatch.setattr(train.profiling, "set_torch_threads", threads.append)
     cfg = config.build(config.TrainConfig, {"run_dir": str(tmp_path), "iteration": 3, "iterations": 4,
-                                            "paradigm": "dpo", "merge_adapter": merge, "ref_model": ref_model},
-                       "test")
+                                            "paradigm": "dpo", "merge_adapter": merge, "ref_model": ref_model,
+                                            "threads": 1}, "test")
     log = train.fit(cfg, paths, paths.model(3).with_name("model.tmp"))
     assert log["reference"].endswith(reference)
+    assert threads == [1]  # train.threads is applied
 
 
 @pytest.fixture(scope="module")

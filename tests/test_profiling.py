@@ -49,3 +49,20 @@ def test_every_listed_gpu_is_found_by_its_torch_name():
     for name, bandwidth in names.items():
         assert profiling.gpu_peaks(name)["bandwidth"] == bandwidth, name
     assert profiling.gpu_peaks("NVIDIA GeForce RTX 4090") is None
+
+
+def test_stage_threads_are_set_and_given_back(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(profiling, "_DEFAULT_THREADS", None)
+    before = torch.get_num_threads()
+    try:
+        profiling.set_torch_threads(0)  # nothing set yet: nothing to do
+        assert profiling._DEFAULT_THREADS is None
+        profiling.set_torch_threads(1)  # sample.threads: 1
+        assert torch.get_num_threads() == 1 and profiling._DEFAULT_THREADS == before
+        profiling.set_torch_threads(0)  # the kernel's reset, or a stage with threads 0
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)
+
