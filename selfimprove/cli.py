@@ -130,7 +130,7 @@ def _metrics(args) -> int:
     except (metrics.MetricsError, EmbeddingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"tidy table: {written[-2]} (and .csv)")
+    print(f"tidy table: {written[-2]} (and {written[-1].name})")
     print("\n" + pipeline.summary_table(Path(args.run_dir)))
     v = verdict.for_run(args.run_dir, thresholds)
     if v is None:
