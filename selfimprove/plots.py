@@ -563,7 +563,10 @@ def _pass1_by_iteration_row(table: pd.DataFrame, ax_l, ax_r, name: str) -> None:
     p1 = table[table["metric"] == "pass@1"]
     lv = p1[(p1["split"] == "test") & p1["subset"].str.fullmatch(r"L\d+")].copy()
     lv["level"] = lv["subset"].str[1:].astype(int).map(lambda x: f"level {x}")
-    sns.lineplot(lv, x="iteration", y="value", hue="level", marker="o", palette="viridis", ax=ax_l)
+    if len(lv):
+        sns.lineplot(lv, x="iteration", y="value", hue="level", marker="o", palette="viridis", ax=ax_l)
+    else:  # a task without levels (GSM8K, CSQA, MBPP)
+        ax_l.text(0.5, 0.5, "no difficulty levels in this task", ha="center", va="center", transform=ax_l.transAxes)
     overall = p1[p1["subset"] == "all"].copy()
     overall["split"] = overall["split"].map({"test": "test (in-domain)", "ood": "OOD (unseen templates)"})
     sns.lineplot(overall, x="iteration", y="value", hue="split", style="split", marker="o", ax=ax_r)
@@ -583,4 +586,5 @@ def _pass1_by_iteration_row(table: pd.DataFrame, ax_l, ax_r, name: str) -> None:
         ax.set_title(prefix + panel)
         ax.set_xticks(sorted(table["iteration"].unique()))
         ax.set_ylim(0, 1.02)
-        ax.legend(fontsize=8, title=None, loc="upper right")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, title=None, loc="upper right")

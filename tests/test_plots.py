@@ -129,6 +129,7 @@ def test_pass1_by_iteration_marks_the_best_iterate_after_m1_as_figure1():
     assert marks == [[[3.0, pytest.approx(0.43)]]]
     assert [a.get_text() for a in ax_r.texts] == ["-7.0"]
     assert _texts(plots.figure1_pass1(table), "gain:") == {"gain:study/dpo": "-7.0"}
+    assert [t.get_text() for t in fig.axes[0].texts] == ["no difficulty levels in this task"]  # no L1.. rows
     plt.close("all")
 
 
