@@ -29,6 +29,10 @@ from pathlib import Path
 
 import pandas as pd
 
+# The repository root: notebooks/ and data/ (runs, cache) lie under it, and the stages run with it as their
+# working directory (pipeline.execute_stage).
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
 
 @dataclass(frozen=True)
 class RunPaths:

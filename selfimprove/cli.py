@@ -178,6 +178,19 @@ def _audit(args) -> int:
     return 1 if failed else 0
 
 
+def _bounded(kind, low, strict: bool = False):
+    """An argparse type: a `kind` number at least `low` (above it when `strict`), as grading/pool.py's
+    grade_batch requires; checked while parsing, before any file is read."""
+    def parse(text: str):
+        value = kind(text)
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {value}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse's "invalid int value: 'x'" for text that is not a number
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="selfimprove", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -253,25 +266,19 @@ def main(argv: list[str] | None = None) -> int:
                                ("audit", _audit, "grade gold answers against themselves; a run's grading rates")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--task", required=True, choices=sorted(GRADERS))
-        p.add_argument("--timeout-s", type=float, default=10.0, help="hard wall-clock limit per item")
-        p.add_argument("--workers", type=int, default=2, help="grading processes")
+        p.add_argument("--timeout-s", type=_bounded(float, 0, strict=True), default=10.0,
+                       help="hard wall-clock limit per item")
+        p.add_argument("--workers", type=_bounded(int, 1), default=2, help="grading processes")
         p.set_defaults(fn=fn)
     p = sub.choices["grade"]
     p.add_argument("--input", required=True, help="JSONL: response and gold (MBPP: tests, setup) per line")
     p.add_argument("--output", required=True, help="JSONL: each input line plus status, extracted, detail")
-    p.add_argument("--memory-mb", type=int, default=2048, help="address-space limit of each grading process")
+    p.add_argument("--memory-mb", type=_bounded(int, 256), default=2048,
+                   help="address-space limit of each grading process")
     p = sub.choices["audit"]
     p.add_argument("--data", help="dataset JSONL in its Hugging Face format (arith: the package's problems)")
     p.add_argument("--run", help="a run directory: rates of timeout, no_answer and error per iteration")
     args = parser.parse_args(argv)
-    if args.cmd in ("grade", "audit"):  # grading/pool.py's limits, checked before any file is read
-        limits = [("--timeout-s", args.timeout_s, args.timeout_s > 0, "> 0"),
-                  ("--workers", args.workers, args.workers >= 1, ">= 1")]
-        if args.cmd == "grade":
-            limits.append(("--memory-mb", args.memory_mb, args.memory_mb >= 256, ">= 256"))
-        for flag, value, ok, allowed in limits:
-            if not ok:
-                sub.choices[args.cmd].error(f"argument {flag}: must be {allowed}, got {value}")
     from .artifacts import ManifestError
     from .config import RecipeError
     from .data import DataError

@@ -55,7 +55,7 @@ def _read(path: Path) -> pd.DataFrame:
     return _read_parquet(str(path), path.stat().st_mtime_ns)
 
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the stages' working directory (pipeline.PACKAGE_ROOT)
+PACKAGE_ROOT = artifacts.PACKAGE_ROOT
 
 
 def resolve(path: str | Path) -> Path:

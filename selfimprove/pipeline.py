@@ -33,7 +33,7 @@ from pathlib import Path
 from . import arith, artifacts, kernel, metrics, organism, profiling, verdict
 from .config import RecipeError, RunConfig, load_recipe, resolve_recipe
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_ROOT = artifacts.PACKAGE_ROOT
 NOTEBOOKS = PACKAGE_ROOT / "notebooks"
 RECIPES = NOTEBOOKS / "params"
 # Set while a kernel starts, which inherits it: text progress bars, which the stage's log can show.
@@ -303,16 +303,16 @@ def run_config(cfg: RunConfig, *, runs_root: str | Path = "data/runs", organism_
     other runs of a study) finished with the same share key is copied from it instead of rerun. The stages run
     in `session` (a study's shared kernel) if given, else as `kernel` says (run())."""
     with kernel_session(kernel, Path(runs_root) / cfg.name / "kernel.stderr.log", session) as session:
-        model = cfg.model
+        model, folder = cfg.model, Path(cfg.model).expanduser()
         looks_local = model.startswith(("/", "./", "../", "~")) or model.count("/") > 1  # a hub id is [org/]name
-        if model and looks_local and not Path(model).expanduser().is_dir():
+        if model and looks_local and not folder.is_dir():
             raise RecipeError(f"recipe '{cfg.name}': model {model!r} is not a folder (a local model is a folder that "
                               "save_pretrained wrote; a hub id looks like 'org/name')")
         check_machine(cfg)
         # Absolute: the stage notebooks run with the package root as their working directory (execute_stage),
         # so a relative runs root or model folder would be read there, not where the command was started.
         paths = artifacts.RunPaths((Path(runs_root) / cfg.name).absolute())
-        local_model = str(Path(model).expanduser().absolute()) if model and Path(model).expanduser().is_dir() else ""
+        local_model = str(folder.absolute()) if model and folder.is_dir() else ""
         manifest = artifacts.Manifest.open(paths, asdict(cfg), cfg.digest(), overwrite=overwrite)
         log(f"run {cfg.name}: {paths.root}  (T={cfg.iterations}, paradigm={cfg.paradigm}, config {cfg.digest()})")
         prepare(cfg, paths, manifest, Path(organism_root), log=log)

@@ -110,6 +110,12 @@ def _checkpoint_dtype(model_path: Path):
     return getattr(torch, name, None) if isinstance(name, str) else None
 
 
+def _one_if_greedy(temperature: float, n: int) -> None:
+    """Greedy decoding gives one sequence per prompt, so `n` completions of it would not map to the prompt."""
+    if temperature == 0 and n != 1:
+        raise ValueError(f"greedy decoding (temperature 0) gives one completion per prompt, got n={n}")
+
+
 class TransformersSampler:
     """`model.generate` on CPU or GPU; prompts are length-sorted so a batch wastes little padding.
 
@@ -138,8 +144,7 @@ class TransformersSampler:
     def generate(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
                  batch_size: int, seed: int) -> list[list[Completion]]:
         """`n` completions per prompt; temperature 0 means greedy (then n must be 1)."""
-        if temperature == 0 and n != 1:  # greedy gives one sequence per prompt, so `n` rows would not map to it
-            raise ValueError(f"greedy decoding (temperature 0) gives one completion per prompt, got n={n}")
+        _one_if_greedy(temperature, n)
         tok = self.tokenizer
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         per_batch = max(1, batch_size // n)  # batch_size counts sequences, not prompts
@@ -250,8 +255,7 @@ class VLLMSampler:
         vLLM's scheduler batches continuously, bounded by its own `max_num_seqs` and KV-cache size."""
         from vllm import SamplingParams
 
-        if temperature == 0 and n != 1:
-            raise ValueError(f"greedy decoding (temperature 0) gives one completion per prompt, got n={n}")
+        _one_if_greedy(temperature, n)
         tok = self.tokenizer
         # One seed per request, hashed from the stage seed and the prompt's index, so a rerun draws the same
         # samples whatever vLLM batches together (vLLM seeds a generator per request: SamplingParams.seed).
