@@ -214,7 +214,7 @@ def run_tests(code: str, tests: list[str], setup: str = "", limits: Limits = Lim
     drop = _drop_target()
     result = work / f".result-{secrets.token_hex(8)}.json"
     payload = {"code": code, "tests": list(tests), "setup": setup or "", "guard": limits.guard,
-               "result": str(result), "cpu_s": max(1, math.ceil(limits.wall_s)), "drop_to": drop,
+               "result": str(result), "cpu_s": _cpu_s(limits), "drop_to": drop,
                "memory": limits.memory_mb * 2**20, "fsize": limits.fsize_mb * 2**20,
                "nproc": _procs_of(drop if drop is not None else os.getuid()) + limits.nproc}
     if drop is not None:
@@ -251,10 +251,18 @@ def run_tests(code: str, tests: list[str], setup: str = "", limits: Limits = Lim
     return _grade_of_exit(rc, code, time.monotonic() - t0, limits)
 
 
+def _cpu_s(limits: Limits) -> int:
+    """The CPU-seconds limit: one second above the wall-clock limit. A single thread cannot use more CPU time
+    than wall time, so a busy loop always meets the wall-clock limit first and is reported as such; the CPU
+    limit is the backstop for code that burns CPU in several threads at once. (Set to the wall-clock seconds,
+    the two limits raced: which fired first depended on the machine's load.)"""
+    return math.ceil(limits.wall_s) + 1
+
+
 def _grade_of_exit(rc: int, code: str, seconds: float, limits: Limits) -> Grade:
     """A process that left no result: say why from its exit status."""
     if rc in (-signal.SIGXCPU, -signal.SIGKILL) and seconds >= limits.wall_s * 0.5:
-        return Grade("timeout", code, f"CPU limit {math.ceil(limits.wall_s)} s")
+        return Grade("timeout", code, f"CPU limit {_cpu_s(limits)} s")
     if rc == -signal.SIGXFSZ:
         return Grade("error", code, f"output file limit {limits.fsize_mb} MB")
     if rc < 0:
