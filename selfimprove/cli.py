@@ -283,12 +283,19 @@ def main(argv: list[str] | None = None) -> int:
     from .config import RecipeError
     from .data import DataError
     from .grading.audit import AuditDataError
+    from .kernel import stop_kernels_on_interrupt
     from .metrics import MetricsError
     from .pipeline import StageError
     from .tasks import TaskDataError
 
     try:
-        return args.fn(args)
+        with stop_kernels_on_interrupt():
+            return args.fn(args)
+    except KeyboardInterrupt as e:  # one line, not a traceback (kernel.stop_kernels_on_interrupt)
+        what = getattr(e, "what", "")
+        print(f"\ninterrupted: {what} stopped; finished stages are kept. Run the same command again to resume (the "
+              "interrupted stage is redone from its start)." if what else "\ninterrupted.", file=sys.stderr)
+        return 130
     except (RecipeError, DataError, StageError, AuditDataError, TaskDataError, ManifestError, MetricsError,
             FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -78,6 +78,74 @@ def env_set(**values: str):
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
+# Which stage runs now ("stage"), and whether Ctrl-C came ("interrupted"): set by the pipeline around each
+# stage and by stop_kernels_on_interrupt's handler; the pipeline turns a stage ended by the handler into
+# Interrupted.
+INTERRUPT: dict = {}
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run; `what` names the stage that was running, if any."""
+
+    def __init__(self, what: str = ""):
+        super().__init__(what)
+        self.what = what
+
+
+def _kernel_processes() -> list:
+    """This process's Jupyter kernels (its children running ipykernel), shared or started by papermill."""
+    import psutil
+
+    out = []
+    for child in psutil.Process().children():
+        try:
+            if any("ipykernel" in part for part in child.cmdline()):
+                out.append(child)
+        except psutil.Error:
+            continue
+    return out
+
+
+@contextlib.contextmanager
+def stop_kernels_on_interrupt(state: dict = INTERRUPT):
+    """Ctrl-C (SIGINT) during the block, in the main thread: while a stage runs in a kernel (`state["stage"]`
+    set), kill that kernel's process group and let the stage end as a dead kernel, which the pipeline then
+    reports as an interruption (raise Interrupted); outside a stage, raise KeyboardInterrupt at once, as Python
+    does. A second Ctrl-C raises at once in any case.
+
+    Why not Python's default: its KeyboardInterrupt lands wherever the main thread happens to be, often inside
+    the asyncio loop that papermill and jupyter_client drive while a cell runs; landing in some of their
+    callbacks left the run waiting on the still-busy kernel, now and then for as long as the cell took (a run
+    did not stop within 60 s of SIGINT in tests/test_kernel.py). Killing the kernel is the same in every phase
+    of the stage: nbclient's liveness poll sees it gone within a second (DeadKernelError).
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum, frame):
+        state["interrupted"] = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C raises at once
+        kernels = _kernel_processes() if state.get("stage") else []
+        if not kernels:
+            raise Interrupted(state.get("stage") or "")
+        for proc in kernels:
+            try:  # jupyter_client starts each kernel in a session of its own: its pid is its process group
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        state.pop("interrupted", None)
+
+
 class KernelResetError(RuntimeError):
     """The shared kernel could not be reset after a stage."""
 

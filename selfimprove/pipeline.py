@@ -32,6 +32,7 @@ from pathlib import Path
 
 from . import arith, artifacts, kernel, metrics, organism, profiling, verdict
 from .config import RecipeError, RunConfig, load_recipe, resolve_recipe
+from .kernel import INTERRUPT, Interrupted
 
 PACKAGE_ROOT = artifacts.PACKAGE_ROOT
 NOTEBOOKS = PACKAGE_ROOT / "notebooks"
@@ -323,6 +324,8 @@ def run_config(cfg: RunConfig, *, runs_root: str | Path = "data/runs", organism_
                 if stage == "train" and local_model:
                     stage_cfg = replace(stage_cfg, base_model=local_model)
                 key = f"{t}/{stage}"
+                if INTERRUPT.get("interrupted"):  # Ctrl-C came as the stage before this one ended
+                    raise Interrupted(f"run {cfg.name} before stage {key}")
                 share_key = cfg.share_key(stage, t)
                 if key == "2/train":
                     log_paradigm_advice(paths, cfg.paradigm, log)
@@ -344,9 +347,12 @@ def run_config(cfg: RunConfig, *, runs_root: str | Path = "data/runs", organism_
                     manifest.start(key)
                     t0 = time.time()
                     out_nb = paths.notebooks(t) / STAGE_NOTEBOOKS[stage]
+                    INTERRUPT["stage"] = f"stage {key} of run {cfg.name}"
                     try:
                         execute_stage(stage, stage_cfg, out_nb, log_output, session)
                     except Exception as e:
+                        if INTERRUPT.get("interrupted"):  # Ctrl-C killed its kernel (kernel.py)
+                            raise Interrupted(INTERRUPT["stage"]) from None
                         reason = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', e)}"
                         manifest.fail(key, reason)
                         kernel_log = f" and {session.stderr_path}" if session is not None else ""
@@ -354,6 +360,8 @@ def run_config(cfg: RunConfig, *, runs_root: str | Path = "data/runs", organism_
                                          f"  kernel stderr: {out_nb.with_suffix('.stderr.log')}{kernel_log}\n"
                                          "  Finished stages are kept; fix the cause and run the same command "
                                          "again.") from e
+                    finally:
+                        INTERRUPT.pop("stage", None)
                     manifest.finish(key, stage_outputs(paths, stage, t, stage_cfg), time.time() - t0, paths.root,
                                     share_key=share_key)
                     log(f"  [{key}] done in {time.time() - t0:.1f}s")

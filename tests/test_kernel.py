@@ -156,7 +156,7 @@ def test_ctrl_c_stops_the_run_and_its_kernel_at_once(organism_root, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "selfimprove.cli", "run", "tiny", "--runs-root", str(tmp_path),
                              "--organism-root", str(organism_root), "--set", "sample.n_samples=128",
                              "--set", "sample.problems_per_iteration=0"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, cwd=pipeline.PACKAGE_ROOT)
+                            stderr=open(tmp_path / "cli.stderr", "w"), cwd=pipeline.PACKAGE_ROOT)
     manifest, kernels = tmp_path / "tiny" / "manifest.json", []
     log = tmp_path / "tiny" / "iter_1" / "notebooks" / "20_sample.stderr.log"
     try:
@@ -169,8 +169,10 @@ def test_ctrl_c_stops_the_run_and_its_kernel_at_once(organism_root, tmp_path):
         assert kernels, "the run ended before 1/sample was caught sampling"
         t0 = time.time()
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) != 0
+        assert proc.wait(timeout=60) == 130
         assert time.time() - t0 < 15  # at once, not when the sampling cell has finished (a minute later)
+        said = (tmp_path / "cli.stderr").read_text()
+        assert "interrupted: stage 1/sample of run tiny stopped" in said and "Traceback" not in said
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -179,3 +181,13 @@ def test_ctrl_c_stops_the_run_and_its_kernel_at_once(organism_root, tmp_path):
         time.sleep(0.2)
     assert not [k for k in kernels if _running(k)]
     assert json.loads(manifest.read_text())["stages"]["1/sample"]["state"] == "running"  # a rerun redoes it
+
+
+def test_ctrl_c_outside_a_stage_raises_at_once_and_the_handler_is_restored():
+    before = signal.getsignal(signal.SIGINT)
+    state = {}
+    with pytest.raises(kernel.Interrupted):
+        with kernel.stop_kernels_on_interrupt(state):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler raises in this frame at once
+    assert signal.getsignal(signal.SIGINT) is before and state == {}
