@@ -7,7 +7,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from selfimprove import artifacts, cli, metrics, pipeline
+from selfimprove import artifacts, cli, metrics, pipeline, verdict
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ def test_metrics_command_recomputes_what_the_evaluate_stage_wrote(tiny_run, tmp_
     p1 = table[(table["metric"] == "pass@1") & (table["subset"] == "all")]
     assert (p1["ci_low"] <= p1["value"]).all() and (p1["value"] <= p1["ci_high"]).all()
     v = json.loads((paths.report / "verdict.json").read_text())
-    assert v["label"] in ("progress", "reversal", "no gain") and v["line"].upper().startswith(v["label"].upper())
+    assert v["label"] in verdict.LABELS and v["line"].upper().startswith(v["label"].upper())
     assert "**Verdict: " in out and (paths.report / "verdict.md").exists()
     # M1's accuracy@N only goes to the samples it has (5 per test problem in the tiny recipe): N = 1, 2, 4
     assert sorted(table[table["metric"] == "m1_accuracy@N"]["k"].unique()) == [1, 2, 4]
