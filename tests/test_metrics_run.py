@@ -3,6 +3,7 @@ table, the verdict files, and the paradigm advice the pipeline logs before train
 
 import json
 import shutil
+from dataclasses import asdict
 
 import pandas as pd
 import pytest
@@ -55,3 +56,26 @@ def test_evaluate_stage_records_and_pipeline_logs_the_paradigm_advice(tiny_run, 
     assert len(logged) == 1 and f"coverage_mean {advice['coverage_mean']:.3f}" in logged[0]
     assert lines.index(logged[0]) < next(i for i, line in enumerate(lines) if "[2/train]" in line)
     assert any("**Verdict: " in line for line in lines)
+
+
+def test_report_and_metrics_use_the_runs_own_thresholds(tiny_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(pipeline.PACKAGE_ROOT)
+    run = tmp_path / "tiny"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("model", "notebooks"))
+    paths = artifacts.RunPaths(run)
+
+    def recorded():
+        return json.loads((paths.report / "verdict.json").read_text())["thresholds"]
+
+    # --threshold: this command only
+    assert cli.main(["metrics", str(run), "--threshold", "ood_drop=0.3"]) == 0
+    assert recorded()["ood_drop"] == 0.3
+    assert cli.main(["report", str(run)]) == 0  # back to the run's own: the defaults (no `verdict` section)
+    assert recorded() == asdict(verdict.Thresholds())
+    # a recipe's `verdict` section, recorded in the manifest, is what `selfimprove report` judges with
+    manifest = json.loads(paths.manifest.read_text())
+    manifest["config"]["verdict"] = {"ood_drop": 0.2, "diversity_drop": 0.5}
+    paths.manifest.write_text(json.dumps(manifest))
+    assert cli.main(["report", str(run)]) == 0
+    assert recorded()["ood_drop"] == 0.2 and recorded()["diversity_drop"] == 0.5
+    capsys.readouterr()
