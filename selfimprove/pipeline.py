@@ -17,7 +17,8 @@ The stages run in one Jupyter kernel per run or study, emptied after each stage 
 `kernel="fresh"` starts one per stage). Executed copies land in iter_<t>/notebooks/ (the run's log). The
 manifest records each stage as running, then done with its duration and output hashes; a rerun skips done
 stages and redoes an interrupted one from its start. Every stage is deterministic for the run's seed, so a
-killed and resumed run ends with the same metrics as one that never stopped.
+killed and resumed run ends with the same metrics as one that never stopped. A finished run (and study) ends
+with its report: tables, verdict and figures (report.py).
 """
 
 from __future__ import annotations
