@@ -60,17 +60,16 @@ def _run(args) -> int:
 
 
 def _report(args) -> int:
-    from . import artifacts, pipeline
+    from . import report
+    from .runs import Study
 
-    runs = pipeline.study_runs(Path(args.run_dir))
-    if runs:  # a study: every run's report, then the paradigms side by side
+    runs = Study(args.run_dir).run_dirs()
+    if runs:  # a study: every run's report (each with its own verdict thresholds), then the paradigms side by side
         for root in runs:
-            paths = artifacts.RunPaths(root)
-            pipeline.report(paths, artifacts.Manifest.load(paths), all_figures=False)
-        pipeline.report_study(Path(args.run_dir), runs, figures_dir=args.figures_dir)
+            report.report_run(root, all_figures=False)
+        report.report_study(Path(args.run_dir), runs, figures_dir=args.figures_dir)
         return 0
-    paths = artifacts.RunPaths(args.run_dir)
-    pipeline.report(paths, artifacts.Manifest.load(paths), figures_dir=args.figures_dir)
+    report.report_run(args.run_dir, figures_dir=args.figures_dir)
     return 0
 
 
@@ -120,18 +119,19 @@ def _key_values(items: list[str], what: str) -> dict:
 
 
 def _metrics(args) -> int:
-    from . import metrics, pipeline, verdict
-    from .config import build
+    from . import metrics, report, verdict
     from .diversity import EmbeddingError
+    from .runs import Run
 
-    thresholds = build(verdict.Thresholds, _key_values(args.threshold, "--threshold"), "--threshold")
+    # The run's own thresholds (its recipe's `verdict` section), with --threshold over them for this command only.
+    thresholds = Run(args.run_dir).thresholds(_key_values(args.threshold, "--threshold"))
     try:
         written = metrics.recompute(args.run_dir, _key_values(args.set, "--set"))
     except (metrics.MetricsError, EmbeddingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"tidy table: {written[-2]} (and {written[-1].name})")
-    print("\n" + pipeline.summary_table(Path(args.run_dir)))
+    print("\n" + report.summary_table(Path(args.run_dir)))
     v = verdict.for_run(args.run_dir, thresholds)
     if v is None:
         print("\nno verdict: it needs M1 and at least one later iterate")
@@ -258,7 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override an evaluate setting, e.g. diversity_per_problem=8 (repeatable)")
     p.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
-                   help="override a verdict threshold (selfimprove.verdict.Thresholds), e.g. ood_drop=0.02")
+                   help="override a verdict threshold (selfimprove.verdict.Thresholds), e.g. ood_drop=0.02, for "
+                        "this command only: the verdict it writes uses the run's own thresholds (its recipe's "
+                        "`verdict` section, recorded in manifest.json) with these over them; `selfimprove report` "
+                        "and later runs go back to the run's own (repeatable)")
     p.set_defaults(fn=_metrics)
     from .grading import GRADERS
 

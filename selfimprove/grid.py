@@ -32,6 +32,7 @@ import pandas as pd
 
 from . import metrics
 from .config import RecipeError, RunConfig, load_recipe
+from .runs import Run, best_iterate
 
 RECIPE_SUFFIXES = (".yaml", ".yml")
 
@@ -162,7 +163,7 @@ def collect(runs: list[GridRun]) -> pd.DataFrame:
     front; runs with no evaluated iteration yet are left out."""
     tables = []
     for r in runs:
-        if not any(r.run_dir.glob("iter_*/metrics.json")):
+        if not Run(r.run_dir).iterations("metrics.json"):
             continue
         t = metrics.collect(r.run_dir)
         for i, (col, value) in enumerate((("recipe", str(r.recipe)), ("run", r.name), ("model", r.model),
@@ -187,10 +188,9 @@ def pass1_table(table: pd.DataFrame) -> str:
              "|" + "---|" * (len(keys) + len(its) + 1)]
     for index, row in pivot.iterrows():
         cells = ["" if pd.isna(row[t]) else f"{row[t]:.3f}" for t in its]
-        best = row.dropna()
-        best = best[best.index >= 2]  # M_t* among t >= 2, as verdict.py, the study table and Figure 1
-        gain = f"M{best.idxmax()} {best.max():.3f} ({best.max() - row[1]:+.3f})" if 1 in row and pd.notna(row[1]) \
-            and len(best) else ""
+        t = best_iterate(row.dropna().to_dict())  # M_t*, t >= 2: the rule of the verdict and Figure 1
+        gain = f"M{t} {row[t]:.3f} ({row[t] - row[1]:+.3f})" if 1 in row and pd.notna(row[1]) and t is not None \
+            else ""
         lines.append("| " + " | ".join(map(str, index)) + " | " + " | ".join(cells) + f" | {gain} |")
     return "\n".join(lines)
 

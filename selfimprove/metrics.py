@@ -25,16 +25,16 @@ import pandas as pd
 from . import arith, artifacts, diversity, improvement, profiling
 from .config import EvaluateConfig
 from .estimators import bootstrap_ci, disparity, paradigm_advice, pass_at_k, pass_at_k_per_problem
+from .runs import EVAL_SPLITS, Run, RunError, greedy_correct
 
 __all__ = ["pass_at_k", "per_problem", "per_problem_table", "split_metrics", "coverage", "evaluate", "run",
-           "collect", "iteration_metrics", "write_table", "TABLE_COLUMNS"]
+           "collect", "iteration_metrics", "write_table", "TABLE_COLUMNS", "EVAL_SPLITS", "MetricsError"]
 
 TABLE_COLUMNS = ["iteration", "split", "metric", "subset", "k", "value", "ci_low", "ci_high", "n"]
-EVAL_SPLITS = ("test", "ood")
 
-
-class MetricsError(ValueError):
-    """A run's files cannot be evaluated; the message names the file and what is wrong."""
+# A run's files cannot be evaluated; the message names the file and what is wrong (runs.RunError: reading a
+# run raises it too).
+MetricsError = RunError
 
 
 def _row(metric: str, subset: str, k, value, ci=(None, None), n: int | None = None) -> dict:
@@ -52,11 +52,11 @@ def per_problem(df: pd.DataFrame, decoding: str) -> pd.DataFrame:
 def per_problem_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per problem of a split: level, greedy_correct (NaN without a greedy response), and n / c, the
     sampled responses and how many are correct (0 / 0 without samples)."""
-    greedy, sampled = per_problem(df, "greedy"), per_problem(df, "sample")
+    greedy, sampled = greedy_correct(df), per_problem(df, "sample")
     ids = greedy.index.union(sampled.index)
     out = pd.DataFrame(index=ids.rename("problem_id"))
     out["level"] = df.groupby("problem_id")["level"].first().reindex(ids)
-    out["greedy_correct"] = (greedy["c"] / greedy["n"]).reindex(ids)
+    out["greedy_correct"] = greedy.reindex(ids)
     out["n"] = sampled["n"].reindex(ids).fillna(0).astype(int)
     out["c"] = sampled["c"].reindex(ids).fillna(0).astype(int)
     return out
@@ -237,7 +237,7 @@ def recompute(run_dir: str | Path, overrides: dict | None = None, log=print) -> 
     recorded = artifacts.Manifest.load(paths).data["config"]
     cfg = build(RunConfig, {**recorded, "evaluate": {**recorded.get("evaluate", {}), **(overrides or {})}},
                 f"run {paths.root} (its manifest config)")
-    iterations = [t for t in range(1, cfg.iterations + 1) if paths.samples(t, "test").exists()]
+    iterations = [t for t in Run(paths.root).iterations("samples_test.parquet") if t <= cfg.iterations]
     if not iterations:
         raise MetricsError(f"{paths.root}: no iter_<t>/samples_test.parquet to evaluate")
     written: list[Path] = []
@@ -254,16 +254,8 @@ def recompute(run_dir: str | Path, overrides: dict | None = None, log=print) -> 
 
 
 def iteration_metrics(run_dir: str | Path) -> list[dict]:
-    """Every iter_<t>/metrics.json of a run, in iteration order."""
-    paths = sorted(Path(run_dir).glob("iter_*/metrics.json"), key=lambda p: int(p.parent.name[5:]))
-    out = []
-    for p in paths:
-        try:
-            out.append(json.loads(p.read_text()))
-        except json.JSONDecodeError as e:
-            raise MetricsError(f"{p}: not valid JSON ({e}); `selfimprove metrics {run_dir}` writes it again from "
-                               "the sample tables") from None
-    return out
+    """Every iter_<t>/metrics.json of a run, in iteration order (runs.Run.all_metrics)."""
+    return Run(run_dir).all_metrics()
 
 
 def collect(run_dir: str | Path) -> pd.DataFrame:
@@ -289,11 +281,5 @@ def write_table(run_dir: str | Path) -> list[Path]:
 
 
 def per_problem_tables(run_dir: str | Path) -> dict[int, pd.DataFrame]:
-    """{t: iter_<t>/per_problem.parquet} for every iteration that has one."""
-    paths = artifacts.RunPaths(run_dir)
-    out = {}
-    for d in sorted(Path(run_dir).glob("iter_*"), key=lambda p: int(p.name[5:])):
-        t = int(d.name[5:])
-        if paths.per_problem(t).exists():
-            out[t] = pd.read_parquet(paths.per_problem(t))
-    return out
+    """{t: iter_<t>/per_problem.parquet} for every iteration that has one (runs.Run.per_problem_tables)."""
+    return Run(run_dir).per_problem_tables()

@@ -17,7 +17,8 @@ The stages run in one Jupyter kernel per run or study, emptied after each stage 
 `kernel="fresh"` starts one per stage). Executed copies land in iter_<t>/notebooks/ (the run's log). The
 manifest records each stage as running, then done with its duration and output hashes; a rerun skips done
 stages and redoes an interrupted one from its start. Every stage is deterministic for the run's seed, so a
-killed and resumed run ends with the same metrics as one that never stopped.
+killed and resumed run ends with the same metrics as one that never stopped. A finished run (and study) ends
+with its report: tables, verdict and figures (report.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from . import arith, artifacts, kernel, metrics, organism, profiling, verdict
+from . import arith, artifacts, kernel, organism, report
 from .config import RecipeError, RunConfig, load_recipe, resolve_recipe
 from .kernel import INTERRUPT, Interrupted
 
@@ -292,7 +293,7 @@ def run(recipe: str, *, overrides: list[str] | None = None, runs_root: str | Pat
                        siblings=[r for r in roots if r != root], report_run=stop_after is None, kernel=kernel,
                        session=session)
     if stop_after is None:
-        report_study(study, roots, figures_dir=figures_dir, log=log)
+        report.report_study(study, roots, figures_dir=figures_dir, log=log)
     return study
 
 
@@ -368,7 +369,7 @@ def run_config(cfg: RunConfig, *, runs_root: str | Path = "data/runs", organism_
                 if key == stop_after:
                     return paths.root
         if report_run:  # a study's runs leave the paper's figures to the study report
-            report(paths, manifest, figures_dir=figures_dir, log=log, all_figures=not siblings)
+            report.report_run(paths.root, figures_dir=figures_dir, log=log, all_figures=not siblings)
         return paths.root
 
 
@@ -383,184 +384,3 @@ def log_paradigm_advice(paths: artifacts.RunPaths, paradigm: str, log=print) -> 
         log(f"  paradigm advice: M1 coverage_mean {advice['coverage_mean']:.3f} -> iterative {advice['advice']} "
             f"({advice['rule']}); this run: iterative {paradigm.upper()}"
             + ("" if agrees is None else " (as advised)" if agrees else " (not the advised paradigm)"))
-
-
-def report(paths: artifacts.RunPaths, manifest: artifacts.Manifest,
-           figures_dir: str | Path | None = None, log=print,
-           thresholds: verdict.Thresholds | None = None, all_figures: bool = True) -> None:
-    """Summary table, per-stage timings, the tidy metrics table, the verdict and the pass@1 figure of a
-    finished run, into report/ and, when given, `figures_dir` (`make demo` passes figures/)."""
-    from . import plots
-
-    metrics.write_table(paths.root)
-    table = metrics.collect(paths.root)
-    summary = summary_table(paths.root)
-    (paths.report / "summary.md").write_text(summary + "\n")
-    log("\n" + summary)
-    log("\n" + timing_table(manifest))
-    thresholds = thresholds or verdict.Thresholds()
-    v = verdict.for_run(paths.root, thresholds)
-    if v is not None:
-        verdict.write(v, paths.root, thresholds)
-        log("\n" + verdict.to_markdown(v))
-    fig = plots.pass1_by_iteration(table, title=f"run {paths.root.name}")
-    for path in plots.save(fig, "pass1_by_iteration", [paths.report] + ([Path(figures_dir)] if figures_dir else []),
-                           formats=("png",)):
-        log(f"figure: {path}")
-    plots.plt.close(fig)
-    if all_figures:
-        dirs = [paths.report] + ([Path(figures_dir)] if figures_dir else [])
-        written = plots.render_all(plots.runs_table([paths.root]), dirs)
-        log(f"figures ({', '.join(written)}): PNG and PDF in {', '.join(str(d) for d in dirs)}")
-
-
-def study_table(roots: list[Path]) -> str:
-    """Markdown, one row per paradigm run of a study: greedy test pass@1 of every M_t, the verdict's best
-    iterate M_t* (t >= 2) and its gain over M1 (paper Figure 1), OOD pass@1 of M1 and of M_t*, and the verdict
-    (each run's report/verdict.json, which its report wrote)."""
-    rows, width = [], 0
-    for root in roots:
-        ms = metrics.iteration_metrics(root)
-        p1 = [m.get("test", {}).get("pass@1", float("nan")) for m in ms]
-        ood = [m.get("ood", {}).get("pass@1", float("nan")) for m in ms]
-        width = max(width, len(p1))
-        path = artifacts.RunPaths(root).report / "verdict.json"
-        v = json.loads(path.read_text()) if path.exists() else None
-        best = v["best"] - 1 if v else 0
-        manifest = json.loads(artifacts.RunPaths(root).manifest.read_text())
-        rows.append([manifest["config"]["paradigm"], *[f"{x:.3f}" for x in p1],
-                     f"M{best + 1} ({(p1[best] - p1[0]) * 100:+.1f})" if v else "",
-                     f"{ood[0]:.3f} -> {ood[best]:.3f}" if v and ood else "", v["label"].upper() if v else ""])
-    header = ["paradigm", *[f"M{t} pass@1" for t in range(1, width + 1)], "best (gain, points)",
-              "OOD pass@1 M1 -> best", "verdict"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
-def study_runs(path: Path) -> list[Path]:
-    """The runs of a study folder (subfolders with a manifest), [] for anything else."""
-    return [] if (path / "manifest.json").exists() else sorted(p.parent for p in path.glob("*/manifest.json"))
-
-
-def report_study(study: Path, roots: list[Path], figures_dir: str | Path | None = None, log=print) -> None:
-    """The paradigms side by side: a table in <study>/report/summary.md and the printed log, and the paper's
-    figures with the reversal dashboard (plots.FIGURES) into <study>/report and, when given, `figures_dir`."""
-    from . import plots
-
-    table = study_table(roots)
-    (study / "report").mkdir(parents=True, exist_ok=True)
-    (study / "report" / "summary.md").write_text(table + "\n")
-    log("\nstudy " + study.name + ": the paradigms side by side (greedy test pass@1)\n\n" + table)
-    log("\nwhere the time went, all runs (model compute: forward/backward inside the stage; profiling.py)\n\n"
-        + time_by_stage_table(time_by_stage(roots)))
-    dirs = [study / "report"] + ([Path(figures_dir)] if figures_dir else [])
-    table = plots.runs_table(roots)
-    written = plots.render_all(table, dirs)
-    log(f"figures ({', '.join(written)}): PNG and PDF in {', '.join(str(d) for d in dirs)}")
-    fig = plots.pass1_by_iteration(table, title=f"study {study.name}: pass@1 by level and OOD, per paradigm")
-    for path in plots.save(fig, "pass1_by_iteration", dirs, formats=("png",)):
-        log(f"figure: {path}")
-    plots.plt.close(fig)
-
-
-def summary_table(run_dir: Path) -> str:
-    """Markdown: per iteration, greedy test pass@1 overall and per level, unbiased pass@k from the sampled
-    responses, greedy OOD pass@1, M_t's coverage of its training problems, and the DPO signals at the end of
-    the training that made M_t (reward margin, log-probability of the chosen responses)."""
-    rows = []
-    all_metrics = metrics.iteration_metrics(run_dir)
-    for m in all_metrics:
-        test, ood = m.get("test", {}), m.get("ood", {})
-        levels = test.get("pass@1_by_level", {})
-        ks = test.get("pass@k", {})
-        train = m.get("training", {}).get("summary", {})
-        kind = m.get("training", {}).get("kind", "gold SFT" if m["iteration"] == 1 else "")
-        rows.append([f"M{m['iteration']}", kind.upper() if kind != "gold SFT" else kind,
-                     f"{test.get('pass@1', float('nan')):.3f}",
-                     *[f"{levels[k]:.2f}" for k in sorted(levels, key=int)],
-                     *[f"{ks[k]:.3f}" for k in sorted(ks, key=int)],
-                     f"{ood.get('pass@1', float('nan')):.3f}",
-                     f"{m['train']['coverage_mean']:.3f}" if "train" in m else "",
-                     f"{train['rewards/margins']['last']:.2f}" if "rewards/margins" in train else "",
-                     f"{train['logps/chosen']['last']:.1f}" if "logps/chosen" in train else ""])
-    first = all_metrics[0]["test"]
-    header = ["model", "F_t", "test pass@1", *[f"L{k}" for k in sorted(first.get("pass@1_by_level", {}), key=int)],
-              *[f"pass@{k} (sampled)" for k in sorted(first.get("pass@k", {}), key=int)], "OOD pass@1",
-              "train coverage", "DPO margin", "logp chosen"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def stage_compute(root: Path, manifest: artifacts.Manifest, key: str) -> float | None:
-    """Seconds of model compute (forward/backward) inside stage `key` (profiling.py); None where not recorded.
-    The prepare stage counts the organism's training loops when it built the organism."""
-    st = manifest.data["stages"].get(key, {})
-    if st.get("shared_from"):
-        return 0.0
-    if key == "prepare":
-        org = manifest.data.get("organism", {})
-        return org.get("train_s", 0.0) if manifest.data.get("organism_built_here") else 0.0
-    t, stage = key.split("/")
-    if stage == "verify":
-        return 0.0  # grading runs no model
-    rec = profiling.read(root, int(t), stage)
-    return rec["compute_s"] if rec else None
-
-
-def time_by_stage(roots: list[Path]) -> dict:
-    """Wall and model-compute seconds per stage kind over runs (shared stages cost nothing): {"kinds": {kind:
-    {stages, shared, wall_s, compute_s}}, "wall_s", "compute_s", "other_share", "rows": one per stage}."""
-    rows, kinds = [], {}
-    for root in roots:
-        manifest = artifacts.Manifest.load(artifacts.RunPaths(root))
-        for key, st in manifest.data["stages"].items():
-            if st.get("state") != "done":
-                continue
-            compute = stage_compute(root, manifest, key)
-            rows.append({"run": root.name, "stage": key, "wall_s": st.get("seconds", 0.0), "compute_s": compute,
-                         "shared": bool(st.get("shared_from"))})
-            k = kinds.setdefault(key.split("/")[-1], {"stages": 0, "shared": 0, "wall_s": 0.0, "compute_s": 0.0})
-            k["stages"] += 1
-            k["shared"] += bool(st.get("shared_from"))
-            k["wall_s"] += st.get("seconds", 0.0)
-            k["compute_s"] += compute or 0.0
-    wall = sum(k["wall_s"] for k in kinds.values())
-    compute = sum(k["compute_s"] for k in kinds.values())
-    return {"rows": rows, "kinds": kinds, "wall_s": round(wall, 1), "compute_s": round(compute, 1),
-            "other_share": round((wall - compute) / wall, 3) if wall else None}
-
-
-def time_by_stage_table(timing: dict) -> str:
-    """Markdown of time_by_stage: per stage kind and in all, wall against model compute."""
-    lines = ["| stage | stages (shared) | wall s | model compute s | other s | other share |",
-             "|---|---|---|---|---|---|"]
-    for kind, k in timing["kinds"].items():
-        other = k["wall_s"] - k["compute_s"]
-        share = f"{other / k['wall_s']:.0%}" if k["wall_s"] else ""
-        lines.append(f"| {kind} | {k['stages']} ({k['shared']}) | {k['wall_s']:.1f} | {k['compute_s']:.1f} | "
-                     f"{other:.1f} | {share} |")
-    share = f"{timing['other_share']:.0%}" if timing["other_share"] is not None else ""
-    lines.append(f"| all | {len(timing['rows'])} | {timing['wall_s']:.1f} | {timing['compute_s']:.1f} | "
-                 f"{timing['wall_s'] - timing['compute_s']:.1f} | {share} |")
-    return "\n".join(lines)
-
-
-def timing_table(manifest: artifacts.Manifest) -> str:
-    """Per stage: wall seconds, model compute seconds inside it, and the rest (overhead: kernel start,
-    imports, model loads, tokenising, grading, I/O); shared stages cost nothing."""
-    root = manifest.path.parent
-    st = manifest.data["stages"]
-    lines = ["| stage | seconds | model compute s | other s | attempts | note |", "|---|---|---|---|---|---|"]
-    wall = compute = 0.0
-    for k, v in st.items():
-        c = stage_compute(root, manifest, k)
-        s = v.get("seconds", 0) or 0
-        wall += s
-        compute += c or 0
-        note = f"from {Path(v['shared_from']).name}" if v.get("shared_from") else ""
-        lines.append(f"| {k} | {s:.1f} | {'' if c is None else f'{c:.1f}'} | {'' if c is None else f'{s - c:.1f}'} | "
-                     f"{v.get('attempts', '')} | {note} |")
-    share = f"{(wall - compute) / wall:.0%} of wall" if wall else ""
-    lines.append(f"| total | {wall:.1f} | {compute:.1f} | {wall - compute:.1f} | | other = {share} |")
-    return "\n".join(lines)

@@ -36,7 +36,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from . import artifacts, metrics  # noqa: E402
+from . import metrics, runs  # noqa: E402
 from .estimators import paradigm_advice  # noqa: E402
 
 # One colour per paradigm in every figure (our choice: seaborn's colorblind palette, entries 0, 1, 2).
@@ -61,13 +61,12 @@ class PlotsError(ValueError):
 # Loading: run and study directories -> one tidy table.
 
 def _run_dirs(path: Path) -> list[tuple[str, Path]]:
-    """(name, run dir) for a run directory, or for each run of a study directory (a subfolder with a
-    manifest.json, named after its paradigm)."""
+    """(name, run dir) for a run directory, or for each run of a study directory (runs.Study)."""
     if not path.is_dir():
         raise PlotsError(f"{path}: no such directory (expected a run or a study directory)")
-    if (path / "manifest.json").exists():
+    if runs.Study.is_run(path):
         return [(path.name, path)]
-    subs = sorted(p for p in path.iterdir() if (p / "manifest.json").exists())
+    subs = runs.Study(path).run_dirs()
     if not subs:
         raise PlotsError(f"{path}: neither a run (no manifest.json) nor a study (no subfolder with a manifest.json)")
     return [(f"{path.name}/{p.name}", p) for p in subs]
@@ -86,13 +85,13 @@ def runs_table(paths) -> pd.DataFrame:
     paths = [paths] if isinstance(paths, str | Path) else list(paths)
     if not paths:
         raise PlotsError("no run or study directory given")
-    runs: dict[Path, str] = {}
+    found: dict[Path, str] = {}
     for p in paths:
         for name, d in _run_dirs(Path(p)):
-            runs.setdefault(d.resolve(), name)
+            found.setdefault(d.resolve(), name)
     tables, organisms = [], {}
-    for d, name in runs.items():
-        manifest = artifacts.read_manifest(d / "manifest.json")
+    for d, name in found.items():
+        manifest = runs.Run(d).manifest()
         config = manifest["config"]
         if not config.get("model"):  # the organism M1 of this run's organism config (prepare: build.json)
             organisms[name] = str((manifest.get("organism") or {}).get("digest") or "")
@@ -222,18 +221,17 @@ def _style_proxies(styles: dict[str, str], names: dict[str, str]) -> list[Line2D
 
 
 def best_iterate(rows: pd.DataFrame) -> dict | None:
-    """M_t* of one run's pass@1 rows: the highest value among t >= 2 (verdict.py's choice; the paper's
+    """M_t* of one run's pass@1 rows (columns iteration, value; runs.best_iterate: t >= 2, the paper's
     largest marker), with its gain over M1. None without M1 and a later iterate.
 
     >>> best_iterate(pd.DataFrame({"iteration": [1, 2, 3], "value": [0.40, 0.47, 0.45]}))
     {'t': 2, 'value': 0.47, 'gain': 0.06999999999999995}
     """
     by_t = rows.set_index("iteration")["value"]
-    later = by_t[by_t.index >= 2]
-    if 1 not in by_t.index or not len(later):
+    t = runs.best_iterate({int(k): float(v) for k, v in by_t.items()})
+    if 1 not in by_t.index or t is None:
         return None
-    t = int(later.idxmax())
-    return {"t": t, "value": float(later[t]), "gain": float(later[t] - by_t[1])}
+    return {"t": t, "value": float(by_t[t]), "gain": float(by_t[t] - by_t[1])}
 
 
 def gain_text(gain: float) -> str:
@@ -542,7 +540,7 @@ def render_all(table: pd.DataFrame, dirs) -> dict[str, list[Path]]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The single-run figure of pipeline.report (kept as it was).
+# The single-run figure of report.report_run (kept as it was).
 
 def pass1_by_iteration(table: pd.DataFrame, title: str = "") -> plt.Figure:
     """Greedy pass@1 per iteration: test overall and per level (left), test vs OOD with 95% intervals (right).
@@ -574,7 +572,7 @@ def _pass1_by_iteration_row(table: pd.DataFrame, ax_l, ax_r, name: str) -> None:
         if g["ci_low"].notna().all():  # the 95% bootstrap interval over problems
             ax_r.fill_between(g["iteration"], g["ci_low"].astype(float), g["ci_high"].astype(float), alpha=0.15,
                               color=f"C{i}", linewidth=0)
-    best = best_iterate(overall[overall["split"] == "test (in-domain)"])  # t >= 2, as Figure 1 and verdict.py
+    best = best_iterate(overall[overall["split"] == "test (in-domain)"])  # runs.best_iterate, as Figure 1
     if best is not None:
         ax_r.scatter([best["t"]], [best["value"]], s=140, zorder=5, color="C0", edgecolor="black", gid="best")
         ax_r.annotate(gain_text(best["gain"]), (best["t"], best["value"]), textcoords="offset points", xytext=(0, 9),

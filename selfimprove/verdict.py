@@ -11,14 +11,26 @@ operational rule (paper.md §3.7 is an inference; the thresholds are our choices
   group-disparity change on test and OOD (paired), and the share of the gained problems (IS(t)) that M1
   already solved within N samples, N = 64 or the most samples M1 has, stated.
 - A comparison is a *gain* when the pass@1 change exceeds `min_pass1_gain` and its interval lies above 0.
-  It is a *reversal* when it is a gain and at least one decline fires (a diversity mean falls by more than
-  `diversity_drop` of M1's value, OOD pass@1 falls by more than `ood_drop`, group disparity rises by more
-  than `disparity_rise`, each with its interval excluding 0); *progress* when it is a gain and none fires.
+  A *decline* fires when a diversity mean falls by more than `diversity_drop` of M1's value, OOD pass@1
+  falls by more than `ood_drop`, or group disparity rises by more than `disparity_rise`, each with its
+  interval excluding 0. The comparison's label:
+
+      gain and a decline        reversal
+      gain, no decline          progress
+      no gain, a decline        regression   (worse, and not even a proven pass@1 gain to show for it)
+      no gain, no decline       no gain      (nothing moved past the thresholds)
+
 - The answer-selection share does not decide the label: the paper's definition names declines, and a gain
   inside M1's reach is no loss. It is reported, and flagged past `selection_share`.
-- The run's label: "reversal" if either comparison is one, else "progress" if either gains, else "no gain".
+- The run's label: the first of reversal, progress, regression, no gain that either comparison has (a run
+  whose best iterate gains cleanly is progress even if its last iterate regresses; the line names both).
+- The one-line verdict lists a comparison's declines largest first and names the largest: the one that
+  moved most relative to M1's value (|change| / |M1|; a decline from a zero M1 value ranks first), so the
+  units of diversity, accuracy and disparity compare (our choice).
 
-`selfimprove metrics <run_dir>` and the end of `selfimprove run` write report/verdict.{md,csv,json}.
+The thresholds are the run's (recipe section `verdict:`, recorded in its manifest; runs.Run.thresholds).
+`selfimprove metrics <run_dir>`, `selfimprove report` and the end of `selfimprove run` write
+report/verdict.{md,csv,json} with them.
 """
 
 from __future__ import annotations
@@ -30,9 +42,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import artifacts, diversity, metrics
+from . import artifacts, diversity
 from .estimators import disparity_change, paired_change_ci, unpaired_change_ci
 from .improvement import share_within_reach, transition_sets
+from .runs import Run, best_iterate
+
+LABELS = ("reversal", "progress", "regression", "no gain")  # the run's label: the first any comparison has
 
 
 @dataclass(frozen=True)
@@ -56,7 +71,7 @@ class Thresholds:
 
 @dataclass
 class Verdict:
-    label: str  # "progress", "reversal" or "no gain"
+    label: str  # one of LABELS: "reversal", "progress", "regression" or "no gain"
     line: str  # the one-line verdict with its reasons
     table: pd.DataFrame  # one row per (comparison, signal)
     best: int
@@ -157,37 +172,56 @@ def _fmt(r: dict) -> str:
     return f"{r['signal']}{'' if r['split'] == 'test' else ' ' + r['split']} {r['change']:+.3f}{ci}"
 
 
+def decline_size(r: dict) -> float:
+    """How large a fired decline is, to rank declines of different units: |change| / |M1's value| (inf for
+    a decline from zero). In: a signals() row.
+
+    >>> decline_size({"change": -0.05, "m1": 0.5}), decline_size({"change": 0.02, "m1": 0.0})
+    (0.1, inf)
+    """
+    return abs(r["change"]) / abs(r["m1"]) if r["m1"] else float("inf")
+
+
+def _largest(declines: list[dict]) -> str:
+    """'; the largest decline: <signal> (<change relative to M1>)' for declines sorted largest first."""
+    r = declines[0]
+    name = r["signal"] + ("" if r["split"] == "test" else f" {r['split']}")
+    rel = "" if not r["m1"] else f" ({r['change'] / abs(r['m1']):+.0%} of M1)"
+    return f"; the largest decline: {name}{rel}"
+
+
 def judge(per_problem: dict[int, pd.DataFrame], th: Thresholds = Thresholds(), n_boot: int = 1000,
           seed: int = 0) -> Verdict:
     """The verdict from per-problem tables {t: table} (t = 1 and at least one t >= 2)."""
     if 1 not in per_problem or len(per_problem) < 2:
         raise ValueError(f"a verdict needs M1 and at least one later iterate, got iterations {sorted(per_problem)}")
     later = sorted(t for t in per_problem if t >= 2)
-    test_acc = {t: _split(per_problem[t], "test")["greedy_correct"].mean() for t in later}
-    best = max(later, key=lambda t: (test_acc[t], -t))
+    best = best_iterate({t: _split(per_problem[t], "test")["greedy_correct"].mean() for t in later})
     last = later[-1]
+    best = last if best is None else best  # no test pass@1 in any later iterate: judge the last
     rows, labels, lines = [], {}, {}
     for t, role in ((best, "best"), (last, "last")) if best != last else ((best, "best and last"),):
         comp = f"M1->M{t} ({role})"
         sig = signals(per_problem[1], per_problem[t], th, n_boot, seed)
         rows += [dict(comparison=comp, **r) for r in sig]
         gain = next((r for r in sig if r["kind"] == "gain"), None)
-        declines = [r for r in sig if r["kind"] == "decline" and r["fired"]]
+        declines = sorted((r for r in sig if r["kind"] == "decline" and r["fired"]), key=decline_size, reverse=True)
         notes = [r for r in sig if r["kind"] == "note" and r["mt"] is not None]
         if gain is None or not gain["fired"]:
-            labels[comp] = "no gain"
+            labels[comp] = "regression" if declines else "no gain"
             lines[comp] = f"{comp}: " + (_fmt(gain) if gain else "no test pass@1") + " is not a gain"
+            if declines:
+                lines[comp] += ", while " + ", ".join(_fmt(r) for r in declines) + _largest(declines)
             continue
         labels[comp] = "reversal" if declines else "progress"
         text = f"{comp}: {_fmt(gain)}"
-        text += (" while " + ", ".join(_fmt(r) for r in declines)) if declines else \
+        text += (" while " + ", ".join(_fmt(r) for r in declines) + _largest(declines)) if declines else \
             ", with no decline in diversity, OOD accuracy or group disparity past the thresholds"
         for r in notes:
             text += f"; {r['mt']:.0%} of the {r['n']} gained problems were within M1's {r['signal'].split()[-1]}"
             text += f" (M1's {r['m1']:.0%} on all it got wrong greedily)" if r["m1"] is not None else ""
         lines[comp] = text
-    label = "reversal" if "reversal" in labels.values() else "progress" if "progress" in labels.values() \
-        else "no gain"
+    label = next(lab for lab in LABELS if lab in labels.values())
     lead = next(c for c in lines if labels[c] == label)
     others = [f"{c}: {labels[c]}" for c in lines if c != lead]
     line = f"{label.upper()}: {lines[lead]}" + (f" ({'; '.join(others)})" if others else "")
@@ -215,18 +249,20 @@ def to_markdown(v: Verdict) -> str:
     return "\n".join(out)
 
 
-def for_run(run_dir: str | Path, th: Thresholds = Thresholds(), n_boot: int | None = None,
+def for_run(run_dir: str | Path | Run, th: Thresholds | None = None, n_boot: int | None = None,
             seed: int | None = None) -> Verdict | None:
     """The verdict of a run from its iter_<t>/per_problem.parquet files; None before two iterates exist.
-    n_boot and seed default to those its evaluate stage recorded (1,000 resamples where it recorded 0: the
-    verdict's signals need intervals)."""
-    tables = metrics.per_problem_tables(run_dir)
+    `th` defaults to the run's own thresholds (Run.thresholds: its recipe's `verdict` section, else the
+    defaults). n_boot and seed default to those its evaluate stage recorded (1,000 resamples where it recorded
+    0: the verdict's signals need intervals)."""
+    run = run_dir if isinstance(run_dir, Run) else Run(run_dir)
+    tables = run.per_problem_tables()
     if 1 not in tables or len(tables) < 2:
         return None
-    recorded = (metrics.iteration_metrics(run_dir) or [{}])[-1].get("evaluate", {})
+    recorded = run.evaluate_settings()
     n_boot = (recorded.get("bootstrap") or 1000) if n_boot is None else n_boot
     seed = recorded.get("seed", 0) if seed is None else seed
-    return judge(tables, th, n_boot, seed)
+    return judge(tables, run.thresholds() if th is None else th, n_boot, seed)
 
 
 def write(v: Verdict, run_dir: str | Path, th: Thresholds) -> list[Path]:

@@ -3,11 +3,12 @@ table, the verdict files, and the paradigm advice the pipeline logs before train
 
 import json
 import shutil
+from dataclasses import asdict
 
 import pandas as pd
 import pytest
 
-from selfimprove import artifacts, cli, metrics, pipeline
+from selfimprove import artifacts, cli, metrics, pipeline, verdict
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +30,7 @@ def test_metrics_command_recomputes_what_the_evaluate_stage_wrote(tiny_run, tmp_
     p1 = table[(table["metric"] == "pass@1") & (table["subset"] == "all")]
     assert (p1["ci_low"] <= p1["value"]).all() and (p1["value"] <= p1["ci_high"]).all()
     v = json.loads((paths.report / "verdict.json").read_text())
-    assert v["label"] in ("progress", "reversal", "no gain") and v["line"].upper().startswith(v["label"].upper())
+    assert v["label"] in verdict.LABELS and v["line"].upper().startswith(v["label"].upper())
     assert "**Verdict: " in out and (paths.report / "verdict.md").exists()
     # M1's accuracy@N only goes to the samples it has (5 per test problem in the tiny recipe): N = 1, 2, 4
     assert sorted(table[table["metric"] == "m1_accuracy@N"]["k"].unique()) == [1, 2, 4]
@@ -55,3 +56,26 @@ def test_evaluate_stage_records_and_pipeline_logs_the_paradigm_advice(tiny_run, 
     assert len(logged) == 1 and f"coverage_mean {advice['coverage_mean']:.3f}" in logged[0]
     assert lines.index(logged[0]) < next(i for i, line in enumerate(lines) if "[2/train]" in line)
     assert any("**Verdict: " in line for line in lines)
+
+
+def test_report_and_metrics_use_the_runs_own_thresholds(tiny_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(pipeline.PACKAGE_ROOT)
+    run = tmp_path / "tiny"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("model", "notebooks"))
+    paths = artifacts.RunPaths(run)
+
+    def recorded():
+        return json.loads((paths.report / "verdict.json").read_text())["thresholds"]
+
+    # --threshold: this command only
+    assert cli.main(["metrics", str(run), "--threshold", "ood_drop=0.3"]) == 0
+    assert recorded()["ood_drop"] == 0.3
+    assert cli.main(["report", str(run)]) == 0  # back to the run's own: the defaults (no `verdict` section)
+    assert recorded() == asdict(verdict.Thresholds())
+    # a recipe's `verdict` section, recorded in the manifest, is what `selfimprove report` judges with
+    manifest = json.loads(paths.manifest.read_text())
+    manifest["config"]["verdict"] = {"ood_drop": 0.2, "diversity_drop": 0.5}
+    paths.manifest.write_text(json.dumps(manifest))
+    assert cli.main(["report", str(run)]) == 0
+    assert recorded()["ood_drop"] == 0.2 and recorded()["diversity_drop"] == 0.5
+    capsys.readouterr()

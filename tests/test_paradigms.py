@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from selfimprove import artifacts, config, pairs, pipeline, profiling, sample, train
+from selfimprove import artifacts, config, pairs, pipeline, profiling, report, sample, train
 
 
 def test_train_kinds_follow_the_paper():
@@ -176,7 +176,7 @@ def test_a_study_runs_every_paradigm_and_shares_what_is_the_same(tiny_study):
     assert (sampled["device"], sampled["dtype"]) == (device, str(sample.torch_dtype(
         "auto", device, runs["dpo"].model(1))).removeprefix("torch."))
     assert 0 < profiling.read(runs["sft"].root, 2, "train")["compute_s"] < stages["sft"]["2/train"]["seconds"]
-    timing = pipeline.timing_table(artifacts.Manifest.load(runs["sft-dpo"]))
+    timing = report.timing_table(artifacts.Manifest.load(runs["sft-dpo"]))
     assert "| 2/train | 0.0 | 0.0 | 0.0 |" in timing and "from dpo" in timing
     # one comparison table, a row per paradigm
     summary = (root / "report" / "summary.md").read_text()

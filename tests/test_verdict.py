@@ -1,10 +1,12 @@
-"""The verdict on hand-made runs: progress, reversal and no gain, with the reasons it gives."""
+"""The verdict on hand-made runs: progress, reversal, regression and no gain, with the reasons it gives."""
+
+import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from selfimprove import verdict
+from selfimprove import runs, verdict
 from selfimprove.config import RecipeError, build
 
 N_TEST, N_OOD = 400, 300
@@ -57,6 +59,8 @@ def test_reversal_names_every_decline():
     assert {"pass@1/ood", "distinct_n (correct)/test", "distinct_n (incorrect)/test"} <= fired
     assert v.line.startswith("REVERSAL: M1->M3 (best and last): pass@1 +0.100")
     assert "pass@1 ood -0.200" in v.line and "distinct_n (correct) -" in v.line
+    # OOD 0.50 -> 0.30 is -40% of M1, distinct-n of correct responses 0.42 -> 0.27 is -36%: OOD comes first
+    assert "while pass@1 ood -0.200" in v.line and "; the largest decline: pass@1 ood (-40% of M1); " in v.line
     ood = v.table[(v.table["signal"] == "pass@1") & (v.table["split"] == "ood")].iloc[0]
     assert ood["change"] == pytest.approx(-0.20) and ood["ci_high"] < 0
 
@@ -69,12 +73,76 @@ def test_reversal_by_the_last_iterate_after_a_clean_best():
     assert set(v.table["comparison"]) == {"M1->M2 (best)", "M1->M3 (last)"}
 
 
-def test_no_gain_when_the_interval_covers_zero():
+def test_regression_when_the_interval_covers_zero_and_declines_fire():
     # M2 solves test problems 20..183 where M1 solved 0..159: 24 gained, 20 lost, +0.01 net
     v = verdict.judge({1: M1, 2: _table(0.41, 0.20, 0.10, 0.10, shift=20)}, n_boot=500)
-    assert v.label == "no gain" and "is not a gain" in v.line
+    assert v.label == "regression" and v.line.startswith("REGRESSION: M1->M2 (best and last): pass@1 +0.010 [")
+    assert "is not a gain, while " in v.line
     gain = v.table[v.table["kind"] == "gain"].iloc[0]
     assert gain["ci_low"] < 0 < gain["ci_high"] and not gain["fired"]
+    # OOD 0.50 -> 0.20 (-60%), correct distinct-n 0.42 -> 0.12 (-71%), incorrect 0.51 -> 0.11 (-78%): the largest
+    assert v.line.endswith("the largest decline: distinct_n (incorrect) (-78% of M1)")
+
+
+def test_no_gain_when_nothing_moves():
+    v = verdict.judge({1: M1, 2: _table(0.40, 0.50, 0.40, 0.50)}, n_boot=500)
+    assert v.label == "no gain"
+    assert v.line == "NO GAIN: M1->M2 (best and last): pass@1 +0.000 [+0.000, +0.000] is not a gain"
+    assert not v.table[v.table["kind"] == "decline"]["fired"].any()
+
+
+def test_regression_names_the_largest_decline_relative_to_m1():
+    # OOD 0.50 -> 0.45: -0.05, -10% of M1; correct distinct-n 0.12 -> 0.09: -0.03 but -25% of M1. By absolute
+    # change OOD would lead; relative to M1 (verdict.decline_size), diversity does.
+    m1 = _table(0.40, 0.50, 0.10, 0.50)
+    v = verdict.judge({1: m1, 2: _table(0.40, 0.45, 0.07, 0.50)}, n_boot=500)
+    fired = v.table[v.table["fired"] & (v.table["kind"] == "decline")]
+    assert set(fired["signal"] + "/" + fired["split"]) == {"pass@1/ood", "distinct_n (correct)/test"}
+    assert v.label == "regression" and v.line.startswith("REGRESSION: M1->M2 (best and last): pass@1 +0.000")
+    assert "while distinct_n (correct) -25.0%" in v.line and ", pass@1 ood -0.050" in v.line
+    assert v.line.endswith("the largest decline: distinct_n (correct) (-25% of M1)")
+
+
+def test_a_clean_best_iterate_outranks_a_regressing_last_one():
+    later = {2: _table(0.55, 0.50, 0.40, 0.50), 3: _table(0.40, 0.30, 0.40, 0.50)}
+    v = verdict.judge({1: M1, **later}, n_boot=500)
+    assert (v.best, v.last, v.label) == (2, 3, "progress")
+    assert v.line.startswith("PROGRESS: M1->M2 (best)") and v.line.endswith("(M1->M3 (last): regression)")
+
+
+def test_best_iterate_is_one_rule():
+    assert runs.best_iterate({1: 0.9, 2: 0.5, 3: 0.6, 4: 0.6}) == 3  # t >= 2, the earliest of a tie
+    assert runs.best_iterate({1: 0.9, 2: float("nan")}) is None
+    v = verdict.judge({1: M1, 2: _table(0.50, 0.5, 0.4, 0.5), 3: _table(0.50, 0.5, 0.4, 0.5)}, n_boot=50)
+    assert v.best == 2 and v.last == 3
+
+
+def _hand_written_run(root, config: dict):
+    """A run directory with a hand-written manifest and per-problem tables: M1 and a reversal at M2 (OOD
+    -0.02, nothing else)."""
+    for t, table in ((1, M1), (2, _table(0.50, 0.48, 0.40, 0.50))):
+        (root / f"iter_{t}").mkdir(parents=True)
+        table.to_parquet(root / f"iter_{t}" / "per_problem.parquet")
+    (root / "manifest.json").write_text(json.dumps({"config": config, "stages": {}}))
+    return root
+
+
+def test_a_run_is_judged_with_the_thresholds_its_recipe_recorded(tmp_path):
+    old = runs.Run(_hand_written_run(tmp_path / "old", {"task": "arith"}))  # made before the `verdict` section
+    assert old.thresholds() == verdict.Thresholds() and old.iterations() == [1, 2]
+    assert verdict.for_run(old.root, n_boot=300).label == "reversal"
+    own = runs.Run(_hand_written_run(tmp_path / "own", {"task": "arith", "verdict": {"ood_drop": 0.05}}))
+    assert own.thresholds() == verdict.Thresholds(ood_drop=0.05)
+    v = verdict.for_run(own.root, n_boot=300)  # no thresholds given: the run's own
+    assert v.label == "progress"
+    verdict.write(v, own.root, own.thresholds())
+    assert json.loads((own.root / "report" / "verdict.json").read_text())["thresholds"]["ood_drop"] == 0.05
+    # --threshold goes over the recorded section (for that command only: the manifest is not touched)
+    assert own.thresholds({"diversity_drop": 0.1}) == verdict.Thresholds(ood_drop=0.05, diversity_drop=0.1)
+    assert own.thresholds({"ood_drop": 0.01}).ood_drop == 0.01 and own.thresholds().ood_drop == 0.05
+    bad = runs.Run(_hand_written_run(tmp_path / "bad", {"verdict": {"od_drop": 0.05}}))
+    with pytest.raises(RecipeError, match=r"bad/manifest.json: config 'verdict': unknown key 'od_drop'"):
+        bad.thresholds()
 
 
 def test_group_disparity_signal_by_hand():

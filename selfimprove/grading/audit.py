@@ -77,8 +77,10 @@ def audit_rows(task: str, rows: list[tuple[str, dict]], timeout_s: float = 10.0,
 
 def run_rates(run_dir: str | Path) -> pd.DataFrame:
     """Per iteration and split of a run: responses graded and the rates of timeout, no_answer and error."""
+    from ..runs import Run
+
     rows = []
-    for path in sorted(Path(run_dir).glob("iter_*/samples_*.parquet")):
+    for t, split, path in Run(run_dir).sample_files():
         try:
             if "status" not in pq.read_schema(path).names:  # sampled but not graded yet
                 continue
@@ -86,7 +88,7 @@ def run_rates(run_dir: str | Path) -> pd.DataFrame:
         except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError: a file cut short
             raise AuditDataError(f"{path}: cannot be read, the file is damaged ({e})") from None
         n = len(df)
-        rows.append({"iteration": int(path.parent.name.split("_")[1]), "split": path.stem.split("_", 1)[1],
+        rows.append({"iteration": t, "split": split,
                      "responses": n, **{s: round(float((df["status"] == s).mean()), 4) if n else 0.0
                                         for s in ("timeout", "no_answer", "error")}})
     if not rows:
