@@ -325,7 +325,7 @@ def answer_diversity_summary(per_problem: pd.DataFrame, n_boot: int = 1000, seed
 
     >>> pp = pd.DataFrame({"distinct_answers": [1, 3], "answer_entropy": [0.0, 1.0], "solved": [True, False]})
     >>> s = answer_diversity_summary(pp, n_boot=0).set_index(["metric", "subset"])["value"]
-    >>> s["distinct_answers", "unsolved"], s["answer_entropy", "all"]
+    >>> float(s["distinct_answers", "unsolved"]), float(s["answer_entropy", "all"])
     (3.0, 0.5)
     """
     solved = per_problem["solved"]
