@@ -119,9 +119,11 @@ def pass_at_k_curves(before: pd.DataFrame, after: pd.DataFrame, ks: Sequence[int
                      n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Both models' pass@k curves on the same problems, per k: before, after, diff = after - before with a
     paired 95% interval (problems resampled together; estimators.paired_change_ci), n problems.
-    Inputs: per-problem tables (index problem_id, columns n, c; `problem_counts`). `ks` defaults to
-    k_grid of the smallest n of either model."""
+    Inputs: per-problem tables (index problem_id, columns n, c; `problem_counts`); problems without samples
+    in either model (n = 0) are left out. `ks` defaults to k_grid of the smallest n of either model."""
     b, a = _paired(before, after)
+    sampled = (b["n"].to_numpy() > 0) & (a["n"].to_numpy() > 0)
+    b, a = b[sampled], a[sampled]
     if ks is None:
         ks = k_grid(int(min(b["n"].min(), a["n"].min()))) if len(b) else []
     rows = []
@@ -224,13 +226,15 @@ def cover_at_tau(counts: pd.DataFrame, taus: Sequence[float] = TAUS, n_boot: int
                  seed: int = 0) -> pd.DataFrame:
     """Dragoi et al.'s cover@tau: the share of problems whose share of correct samples c/n is at least tau
     (boundary included: c/n >= tau, compared as c >= tau * n with a 1e-9 slack so that 1 of 10 counts at
-    tau = 0.1), with 95% intervals over problems. Columns: tau, value, ci_low, ci_high, n.
+    tau = 0.1), with 95% intervals over problems (those with samples, n > 0). Columns: tau, value, ci_low,
+    ci_high, n.
     cover@tau for tau -> 0+ is pass@n; cover@1 the share solved by every sample.
 
     >>> cover_at_tau(pd.DataFrame({"n": 4, "c": [0, 1, 2, 4]}), taus=(0.25, 0.5, 0.75), n_boot=0)["value"].tolist()
     [0.75, 0.5, 0.25]
     """
-    n, c = counts["n"].to_numpy(dtype=float), counts["c"].to_numpy(dtype=float)
+    sampled = counts[counts["n"] > 0]
+    n, c = sampled["n"].to_numpy(dtype=float), sampled["c"].to_numpy(dtype=float)
     rows = [{"tau": float(t)} | _ci_row((c >= t * n - 1e-9).astype(float), n_boot, seed) for t in taus]
     return pd.DataFrame(rows, columns=["tau", "value", "ci_low", "ci_high", "n"])
 
@@ -346,7 +350,7 @@ def mean_token_entropy(df: pd.DataFrame, column: str = "token_entropy", weightin
     `token_entropy` list column that `score_responses` returns and that a sampler can write beside
     `response` in the sample table). Per problem, weighting="token" (default) pools its responses' tokens
     (sum of entropies / tokens), "response" averages the per-response means; then the mean over problems.
-    Responses with no token are left out. -> {value, ci_low, ci_high, n (problems), tokens}.
+    Responses with no token (or None: not scored) are left out. -> {value, ci_low, ci_high, n (problems), tokens}.
 
     >>> d = pd.DataFrame({"problem_id": ["a", "a", "b"], "token_entropy": [[1.0, 1.0, 1.0], [0.0], [0.5]]})
     >>> mean_token_entropy(d, n_boot=0)["value"], mean_token_entropy(d, weighting="response", n_boot=0)["value"]
@@ -354,7 +358,7 @@ def mean_token_entropy(df: pd.DataFrame, column: str = "token_entropy", weightin
     """
     if weighting not in ("token", "response"):
         raise ValueError(f"weighting must be 'token' or 'response', got {weighting!r}")
-    ent = df[column].map(lambda e: np.asarray(e, dtype=float))
+    ent = df[column].map(lambda e: np.asarray([] if e is None else e, dtype=float).ravel())
     sums, lens = ent.map(np.sum), ent.map(len)
     keep = lens > 0
     pid = df.loc[keep, "problem_id"]

@@ -85,6 +85,20 @@ def test_paired_pass_at_n_interval_contains_the_true_difference():
     assert same["pass@n"]["diff"] == 0 and same["pass@n"]["ci"] == (0.0, 0.0)
 
 
+def test_problems_without_samples_are_left_out():
+    m1, mt = _counts([1, 2, 0], n=4), _counts([4, 0, 0], n=4)
+    m1.loc["p2", ["n", "c"]] = 0  # no sampled response for p2 (metrics.per_problem_table writes 0 / 0)
+    curves = beyond.pass_at_k_curves(m1, mt, n_boot=0)
+    assert curves["k"].tolist() == [1, 2, 4] and (curves["n"] == 2).all()
+    assert beyond.cover_at_tau(m1, taus=(0.1,), n_boot=0)[["value", "n"]].iloc[0].tolist() == [1.0, 2]
+
+
+def test_problem_counts_from_a_sample_table():
+    pc = beyond.problem_counts(_samples().assign(level=1))
+    assert pc[["n", "c"]].to_dict("index") == {"p1": {"n": 4, "c": 3}, "p2": {"n": 4, "c": 0}, "p3": {"n": 4, "c": 2}}
+    assert beyond.problem_counts(_samples().assign(level=1), "greedy")["c"].tolist() == [1, 0, 0]
+
+
 def test_paired_comparison_needs_the_same_problems():
     with pytest.raises(ValueError, match="same problems"):
         beyond.pass_at_k_curves(_counts([1, 2]), _counts([1, 2, 3]))
@@ -294,6 +308,7 @@ def test_score_responses_eos_and_temperature(bigrams):
 def test_mean_token_entropy_by_hand():
     d = pd.DataFrame({"problem_id": ["a", "a", "b", "c"],
                       "token_entropy": [[1.0, 2.0], [3.0], [0.5, 0.5, 0.5, 0.5], []]})
+    d = pd.concat([d, pd.DataFrame({"problem_id": ["c"], "token_entropy": [None]})], ignore_index=True)
     r = beyond.mean_token_entropy(d, n_boot=0)
     assert r["value"] == pytest.approx((2.0 + 0.5) / 2) and r["n"] == 2 and r["tokens"] == 7
     assert beyond.mean_token_entropy(d, weighting="response", n_boot=0)["value"] == pytest.approx((2.25 + 0.5) / 2)
