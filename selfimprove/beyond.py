@@ -8,7 +8,7 @@ problems from `selfimprove.estimators` (the problem is the unit; seeded, so reru
    Reasoning Capacity in LLMs Beyond the Base Model?", code LeapLabTHU/limit-of-RLVR): `k_grid`,
    `pass_at_k_curve`, `pass_at_k_curves`, `crossover_k`, `compare_pass_at_k`.
 2. The support ledger (Wu et al. 2025, "The Invisible Leash: Why RLVR May Not Escape Its Origin"):
-   `in_support`, `support_classes`, `support_table`.
+   `in_support`, `support_classes`, `support_table`, `support_ledger`.
 3. cover@tau (Dragoi et al. 2025, "Beyond Pass@k: Breadth-Depth Metrics for Reasoning Boundaries") and the
    random-guess baseline of pass@k: `cover_at_tau`, `guess_pass_at_k`, `guess_flags`.
 4. Answer-level diversity (Song, Kempe & Munos 2025, "Outcome-based Exploration for LLM Reasoning"):
@@ -217,6 +217,21 @@ def support_table(classes: pd.Series, level: pd.Series | None = None, n_boot: in
             hit = (cls == name).astype(float)
             rows.append({"subset": subset, "support": name, "count": int(hit.sum())} | _ci_row(hit, n_boot, seed))
     return pd.DataFrame(rows, columns=["subset", "support", "count", "value", "ci_low", "ci_high", "n"])
+
+
+def support_ledger(before: pd.DataFrame, after: pd.DataFrame, decoding: str = "sample", min_correct: int = 1,
+                   n_boot: int = 1000, seed: int = 0) -> tuple[pd.Series, pd.DataFrame]:
+    """The ledger from two sample tables (M1's and M_t's, same split): (classes per problem, support_table
+    overall and per level). decoding="sample" uses the n sampled responses, "greedy" greedy correctness.
+
+    >>> m1 = pd.DataFrame({"problem_id": ["a", "b"], "level": 1, "decoding": "greedy", "correct": [True, False]})
+    >>> mt = m1.assign(correct=[False, True])
+    >>> support_ledger(m1, mt, "greedy", n_boot=0)[0].tolist()
+    ['lost', 'gained']
+    """
+    b, a = problem_counts(before, decoding), problem_counts(after, decoding)
+    classes = support_classes(b, a, min_correct)
+    return classes, support_table(classes, b["level"], n_boot, seed)
 
 
 # ---------------------------------------------------------------------------------------------------------

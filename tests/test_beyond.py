@@ -376,3 +376,14 @@ def test_kl_ood_relation():
     assert "anecdotal" in r["note"]
     few = beyond.kl_ood_relation({2: 0.1, 3: 0.2}, ood)
     assert few["pearson"] is None and few["spearman"] is None
+
+
+def test_support_ledger_from_sample_tables():
+    m1 = _samples().assign(level=[1] * 5 + [2] * 10)
+    mt = m1.assign(correct=~m1["correct"])  # every verdict flipped
+    classes, table = beyond.support_ledger(m1, mt, n_boot=0)
+    # samples: p1 has 3/4 correct -> 1/4 after; p2 0/4 -> 4/4; p3 2/4 -> 2/4
+    assert classes.to_dict() == {"p1": "preserved", "p2": "gained", "p3": "preserved"}
+    assert table.set_index(["subset", "support"]).loc[("L2", "gained"), "value"] == 0.5
+    greedy, _ = beyond.support_ledger(m1, mt, "greedy", n_boot=0)
+    assert greedy.to_dict() == {"p1": "lost", "p2": "gained", "p3": "gained"}
