@@ -108,7 +108,7 @@ def test_setup_code_runs_first_and_nothing_is_left_behind():
 
 def test_environment_is_stripped(monkeypatch):
     monkeypatch.setenv("SECRET_TOKEN", "abc")
-    assert run_tests("import os\nassert 'SECRET_TOKEN' not in os.environ", ["assert True"],
+    assert run_tests("import os\ndef env():\n    return sorted(os.environ)", ["assert 'SECRET_TOKEN' not in env()"],
                      limits=FAST).status == "correct"
 
 
@@ -132,7 +132,8 @@ def test_network_namespace_blocks_loopback_without_the_guard():
         server.close()
     if got.status == "correct":
         pytest.skip("this kernel does not allow a new network namespace here; the guard alone blocks sockets")
-    assert got.status == "incorrect" and "unreachable" in got.detail.lower(), got
+    # its own namespace: the host's loopback is unreachable (process level) or has no listener (bwrap's loopback)
+    assert got.status == "incorrect" and ("unreachable" in got.detail.lower() or "refused" in got.detail.lower()), got
 
 
 @pytest.mark.skipif(os.geteuid() == 0 and sandbox._drop_target() is None,
@@ -191,13 +192,16 @@ def test_an_object_whose_eq_is_always_true_fails():
 
 @pytest.mark.parametrize("trick", [
     # call the harness's own report function, found through the garbage collector
-    "import gc\nfor o in gc.get_objects():\n    if callable(o) and getattr(o, '__name__', '') in ('report', 'verdict'):\n"
+    "import gc\nfor o in gc.get_objects():\n"
+    "    if callable(o) and getattr(o, '__name__', '') in ('report', 'verdict'):\n"
     "        try:\n            o('correct', None)\n        except Exception:\n            pass",
     # empty the harness's list of tests (or of expressions) so that nothing is checked
-    "import gc\nfor o in gc.get_objects():\n    if isinstance(o, dict):\n        for k in ('tests', 'exprs', 'units'):\n"
+    "import gc\nfor o in gc.get_objects():\n    if isinstance(o, dict):\n"
+    "        for k in ('tests', 'exprs', 'units'):\n"
     "            if isinstance(o.get(k), list):\n                o[k].clear()",
     # write a passing verdict on every open file descriptor, then leave before the tests run
-    "import os, json\nv = json.dumps({'status': 'correct', 'detail': None, 'violations': [], 'isolation': []})\n"
+    "import os, json\n"
+    "v = json.dumps({'status': 'correct', 'detail': None, 'violations': [], 'isolation': []})\n"
     "for fd in range(3, 64):\n    try:\n        os.write(fd, v.encode())\n    except OSError:\n        pass\nos._exit(0)",
     # the same through posix, and close every descriptor
     POSIX + "for fd in range(3, 64):\n    try:\n        posix.write(fd, b'{\"status\": \"correct\"}\\n')\n"
@@ -220,8 +224,8 @@ def test_code_that_reaches_for_the_harness_cannot_pass(trick):
 def test_files_outside_are_neither_readable_nor_visible():
     code = (POSIX + "import _io, os\n"
             "def leak():\n    return _io.FileIO('/etc/passwd').read()[:80]\n"
-            f"def seen():\n    return [p for p in ('/etc/passwd', '/etc/shadow', '/root', '/home', '/work', {CHECKOUT!r},"
-            f" {os.getcwd()!r}, {sandbox.__file__!r}) if os.path.exists(p)]\n")
+            f"def seen():\n    return [p for p in ('/etc/passwd', '/etc/shadow', '/root', '/home', '/work',\n"
+            f"        {CHECKOUT!r}, {os.getcwd()!r}, {sandbox.__file__!r}) if os.path.exists(p)]\n")
     got = run_tests(code, ["assert seen() == []"], limits=FAST)
     assert got.status == "correct", got
     got = run_tests(code, ["assert leak() == b''"], limits=FAST)
@@ -232,15 +236,17 @@ def test_no_file_written_outside_the_private_folder_survives(user_dir):
     canary, new = str(user_dir / "canary.txt"), str(user_dir / "new.txt")
     code = (POSIX + "import _io\n"
             f"for act in (lambda: _io.FileIO({new!r}, 'w').write(b'x'), lambda: _io.FileIO({canary!r}, 'w'),\n"
-            f"            lambda: posix.unlink({canary!r}), lambda: posix.mkdir('/tmp/../usr/x'),\n"
-            f"            lambda: _io.FileIO('/usr/escaped', 'w')):\n"
+            f"            lambda: posix.unlink({canary!r})):\n"
             "    try:\n        act()\n    except OSError:\n        pass\n"
             "_io.FileIO('/tmp/mine', 'w').write(b'ok')\n"
             "def add(a, b):\n    return a + b\n")
     got = run_tests(code, TESTS, limits=FAST)
     assert got.status == "correct", got
     assert _untouched(user_dir)
-    assert not Path("/usr/escaped").exists() and not Path("/usr/x").exists()
+    # the rest of what the code sees is read-only (checked inside, so that the old sandbox wrote nothing there)
+    ro = (POSIX + "import os\ndef writable():\n    return [p for p in ('/usr', '/usr/lib', '/opt/python') if "
+          "os.path.isdir(p) and not os.statvfs(p).f_flag & os.ST_RDONLY]\n")
+    assert run_tests(ro, ["assert writable() == []"], limits=FAST).status == "correct"
 
 
 def _token_processes(token: str) -> list[str]:

@@ -392,23 +392,39 @@ def _procs_of(uid: int) -> int:
     return n
 
 
-def _python() -> tuple[str, list[str], dict]:
-    """The interpreter inside the sandbox: its path there, the bwrap arguments that show it, its environment."""
+def _readable_by_all(path: Path) -> bool:
+    return all(d.stat().st_mode & 0o005 == 0o005 for d in [path, *path.parents])
+
+
+def _python() -> tuple[str, list[str], dict, int | None]:
+    """The interpreter inside the sandbox: its path there, the bwrap arguments that show it, its environment,
+    and the user bwrap runs as (`nobody` as root, so that RLIMIT_NPROC binds: the kernel exempts uid 0 from it
+    even in a user namespace). As root, an interpreter that `nobody` cannot read (pyenv under /root) is replaced
+    by Debian's /usr/bin/pythonX.Y of the same version when there is one."""
     exe = Path(os.path.realpath(sys.executable))
     prefix = Path(os.path.realpath(sys.base_prefix))
+    user = None
+    if os.geteuid() == 0:
+        stdlib = Path(os.path.realpath(os.path.dirname(os.__file__)))
+        same = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
+        if _readable_by_all(stdlib) and _readable_by_all(exe):
+            user = NOBODY
+        elif same.exists() and _readable_by_all(same.resolve()):
+            exe, prefix, user = same.resolve(), Path("/usr"), NOBODY
     if prefix == Path("/usr") or Path("/usr") in prefix.parents:
-        return str(exe), [], {}
+        return str(exe), [], {}, user
     if prefix not in exe.parents:
         raise OSError(f"the interpreter {exe} is not inside its installation {prefix}")
     env = {"LD_LIBRARY_PATH": PYTHON_MOUNT + "/lib"} if any((prefix / "lib").glob("libpython*.so*")) else {}
-    return f"{PYTHON_MOUNT}/{exe.relative_to(prefix)}", ["--ro-bind", str(prefix), PYTHON_MOUNT], env
+    return f"{PYTHON_MOUNT}/{exe.relative_to(prefix)}", ["--ro-bind", str(prefix), PYTHON_MOUNT], env, user
 
 
-def _bwrap_command(limits: Limits) -> list[str]:
+def _bwrap_command(limits: Limits) -> tuple[list[str], int | None]:
+    """The bwrap command line that runs the harness, and the user to run it as (None: the caller's)."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise OSError("bubblewrap (bwrap) is not installed")
-    exe, mounts, env = _python()
+    exe, mounts, env, user = _python()
     cmd = [bwrap, "--unshare-all", "--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY),
            "--die-with-parent", "--new-session", "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
@@ -417,22 +433,23 @@ def _bwrap_command(limits: Limits) -> list[str]:
         elif os.path.isdir(top):
             cmd += ["--ro-bind", top, top]
     cmd += mounts + ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.tmp_mb * 2**20), "--tmpfs", "/tmp",
-                     "--chdir", "/tmp", "--clearenv"]
-    for k, v in {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8", **env}.items():
+                     "--dir", "/tmp/work", "--chdir", "/tmp/work", "--clearenv"]
+    for k, v in {"PATH": "/usr/bin:/bin", "HOME": "/tmp/work", "TMPDIR": "/tmp/work", "LANG": "C.UTF-8", **env}.items():
         cmd += ["--setenv", k, v]
-    return cmd + ["--", exe, "-I", "-S", "-c", HARNESS]
+    return cmd + ["--", exe, "-I", "-S", "-c", HARNESS], user
 
 
 @functools.cache
 def isolation_problem() -> str | None:
     """None when bubblewrap can run the sandbox on this machine, else why not (checked once per process)."""
     try:
-        cmd = _bwrap_command(Limits())
+        cmd, user = _bwrap_command(Limits())
     except OSError as e:
         return str(e)
     cmd[-1] = "import sys; sys.stdout.write('ok')"
     try:
-        p = subprocess.run(cmd, capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+        p = subprocess.run(cmd, capture_output=True, timeout=30, stdin=subprocess.DEVNULL, cwd="/",
+                           **_as_user(user))
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"bwrap did not run: {e}"
     if p.stdout != b"ok":
@@ -443,7 +460,7 @@ def isolation_problem() -> str | None:
 
 def describe() -> dict:
     """The limits and isolation this machine gives (for logs and the README)."""
-    return {**asdict(Limits()), "bwrap": isolation_problem() or "ok", "unsafe_drop_to_nobody":
+    return {**asdict(Limits()), "bwrap": isolation_problem() or "ok", "python": _python()[0], "unsafe_drop_to_nobody":
             _drop_target() is not None}
 
 
@@ -475,9 +492,9 @@ def run_tests(code: str, tests: list[str], setup: str = "", limits: Limits = Lim
         problem = isolation_problem()
         if problem:
             return Grade("error", code, f"no sandbox for MBPP code: {problem}; to fix it, {NO_SANDBOX_FIX}")
-        cmd, env = _bwrap_command(limits), {}
+        (cmd, user), env = _bwrap_command(limits), {}
     try:
-        grade = _run(cmd, env, work, json.dumps(payload).encode(), asserts, code, limits, unsafe)
+        grade = _run(cmd, env, work, user, json.dumps(payload).encode(), asserts, code, limits, unsafe)
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
@@ -567,13 +584,17 @@ class _Check:
             raise _Verdict("correct", None)
 
 
-def _run(cmd: list[str], env: dict, work: Path | None, payload: bytes, asserts: list[_Assert], code: str,
-         limits: Limits, unsafe: bool) -> Grade:
+def _as_user(user: int | None) -> dict:
+    return {} if user is None else {"user": user, "group": user, "extra_groups": []}
+
+
+def _run(cmd: list[str], env: dict, work: Path | None, user: int | None, payload: bytes, asserts: list[_Assert],
+         code: str, limits: Limits, unsafe: bool) -> Grade:
     check = _Check(asserts)
     t0 = time.monotonic()
     deadline = t0 + limits.wall_s
     proc = subprocess.Popen(cmd, cwd=work or "/", env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+                            stderr=subprocess.DEVNULL, start_new_session=True, **_as_user(user))
     out, inp = proc.stdout.fileno(), proc.stdin.fileno()
     os.set_blocking(inp, False)
     buf, total, verdict, rc = b"", 0, None, None
