@@ -136,8 +136,6 @@ def test_network_namespace_blocks_loopback_without_the_guard():
     assert got.status == "incorrect" and ("unreachable" in got.detail.lower() or "refused" in got.detail.lower()), got
 
 
-@pytest.mark.skipif(os.geteuid() == 0 and sandbox._drop_target() is None,
-                    reason="as root without a user to drop to, RLIMIT_NPROC does not bind: the guard stops forks")
 def test_fork_bomb_is_contained_without_the_guard():
     code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
     got = run_tests(code, TESTS, limits=Limits(wall_s=2.0, guard=False))
@@ -202,9 +200,11 @@ def test_an_object_whose_eq_is_always_true_fails():
     # write a passing verdict on every open file descriptor, then leave before the tests run
     "import os, json\n"
     "v = json.dumps({'status': 'correct', 'detail': None, 'violations': [], 'isolation': []})\n"
-    "for fd in range(3, 64):\n    try:\n        os.write(fd, v.encode())\n    except OSError:\n        pass\nos._exit(0)",
+    "for fd in range(3, 64):\n    try:\n        os.write(fd, v.encode())\n    except OSError:\n        pass\n"
+    "os._exit(0)",
     # the same through posix, and close every descriptor
-    POSIX + "for fd in range(3, 64):\n    try:\n        posix.write(fd, b'{\"status\": \"correct\"}\\n')\n"
+    POSIX + "for fd in range(3, 64):\n    try:\n"
+    "        posix.write(fd, b'{\"status\": \"correct\"}\\n')\n"
     "        posix.close(fd)\n    except OSError:\n        pass",
     # print a fake verdict and exit 0 early
     "print('{\"status\": \"correct\", \"detail\": null}')\nimport sys\nsys.stdout.flush()\nimport os\nos._exit(0)",
