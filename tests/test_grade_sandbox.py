@@ -287,3 +287,13 @@ def test_forks_are_bounded_for_every_user():
     got = run_tests(code, ["assert forks() <= 40"], limits=Limits(wall_s=4.0))
     assert got.status == "correct", got
     assert _sandboxes() == []
+
+
+def test_unsafe_runs_without_bwrap_and_says_so(monkeypatch):
+    got = run_tests("def add(a, b):\n    return a + b", TESTS, limits=FAST, unsafe=True)
+    assert got.status == "correct" and got.detail.startswith("unsafe sandbox"), got
+    rigged = "class A:\n    def __eq__(s, o):\n        return True\ndef add(a, b):\n    return A()"
+    assert run_tests(rigged, TESTS, limits=FAST, unsafe=True).status != "correct"
+    monkeypatch.setattr(sandbox, "isolation_problem", lambda: "bubblewrap (bwrap) is not installed")
+    got = run_tests("def add(a, b):\n    return a + b", TESTS, limits=FAST)
+    assert got.status == "error" and "not installed" in got.detail and "--unsafe" in got.detail, got

@@ -486,7 +486,7 @@ def run_tests(code: str, tests: list[str], setup: str = "", limits: Limits = Lim
         if drop is not None:
             os.chown(work, drop, drop)
         payload.update(drop_to=drop, nproc=_procs_of(drop if drop is not None else os.getuid()) + limits.nproc)
-        cmd = [os.path.realpath(sys.executable), "-I", "-S", "-c", HARNESS]
+        cmd, user = [os.path.realpath(sys.executable), "-I", "-S", "-c", HARNESS], None
         env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8"}
     else:
         problem = isolation_problem()
