@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-cpu
 VLLM_STAMP := $(VENV)/.installed-vllm
 
-.PHONY: demo test lint install clean-runs browser
+.PHONY: demo test lint install clean-runs browser sandbox
 
 $(STAMP): requirements/cpu.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,12 +35,21 @@ browser:
 	    apt-get install -y -qq chromium > /dev/null || { apt-get update -qq && apt-get install -y -qq chromium > /dev/null; }; \
 	  else echo "make browser: chromium is missing and apt-get needs root; tests/test_browser.py will skip"; fi; }
 
+# bubblewrap (bwrap) for the MBPP sandbox (selfimprove/grading/sandbox.py), installed with apt when missing, as
+# for chromium above. Without root or apt it says so; MBPP grading then refuses unless --unsafe is given.
+sandbox:
+	@command -v bwrap > /dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq bubblewrap > /dev/null || { apt-get update -qq && apt-get install -y -qq bubblewrap > /dev/null; }; \
+	  else echo "make sandbox: bwrap is missing and apt-get needs root; MBPP grading will refuse without --unsafe"; fi; }
+
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/selfimprove run demo --figures-dir figures
 
-test: $(STAMP) $(VLLM_STAMP) browser
+test: $(STAMP) $(VLLM_STAMP) browser sandbox
 	$(BIN)/ruff check selfimprove tests notebooks bench
 	$(BIN)/python -m pytest selfimprove tests
 

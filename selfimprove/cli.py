@@ -145,7 +145,7 @@ def _grade(args) -> int:
     from .grading.files import grade_jsonl
 
     counts, problems = grade_jsonl(args.task, args.input, args.output, timeout_s=args.timeout_s,
-                                   workers=args.workers, memory_mb=args.memory_mb)
+                                   workers=args.workers, memory_mb=args.memory_mb, unsafe=args.unsafe)
     for msg in problems:
         print(f"error: {msg}", file=sys.stderr)
     print(f"{sum(counts.values())} lines graded into {args.output}: " +
@@ -278,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", required=True, help="JSONL: each input line plus status, extracted, detail")
     p.add_argument("--memory-mb", type=_bounded(int, 256), default=2048,
                    help="address-space limit of each grading process")
+    p.add_argument("--unsafe", action="store_true", help="MBPP without bubblewrap: the process-level sandbox only")
     p = sub.choices["audit"]
     p.add_argument("--data", help="dataset JSONL in its Hugging Face format (arith: the package's problems)")
     p.add_argument("--run", help="a run directory: rates of timeout, no_answer and error per iteration")

@@ -47,7 +47,7 @@ def read_items(path: Path, task: str) -> tuple[list[tuple[int, dict, object]], l
 
 
 def grade_jsonl(task: str, src: str | Path, dst: str | Path, timeout_s: float = 10.0, workers: int = 2,
-                memory_mb: int = 2048) -> tuple[Counter, list[str]]:
+                memory_mb: int = 2048, unsafe: bool = False) -> tuple[Counter, list[str]]:
     """Grade every valid line of `src` into `dst`; returns the status counts and the malformed-line messages."""
     src, dst = Path(src), Path(dst)
     if not src.is_file():
@@ -56,7 +56,7 @@ def grade_jsonl(task: str, src: str | Path, dst: str | Path, timeout_s: float = 
         raise FileExistsError(f"output {dst} is a folder; give a file name, e.g. {dst / 'graded.jsonl'}")
     items, problems = read_items(src, task)
     grades = grade_batch(task, [(obj["response"], gold) for _, obj, gold in items], timeout_s=timeout_s,
-                         workers=workers, memory_mb=memory_mb)
+                         workers=workers, memory_mb=memory_mb, unsafe=unsafe)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:

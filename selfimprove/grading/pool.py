@@ -24,6 +24,7 @@ from collections import deque
 from pathlib import Path
 
 from .graders import grade_one
+from .sandbox import Limits, grade_mbpp
 from .types import Grade
 
 STARTUP_S = 120.0  # a worker must import sympy and say it is ready within this (a loaded 2-core machine)
@@ -31,11 +32,12 @@ PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 
 
 class _Worker:
-    def __init__(self, task: str, memory_mb: int, sandbox_s: float):
+    def __init__(self, task: str, memory_mb: int, sandbox_s: float, unsafe: bool = False):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_PARENT,
                                                                           os.environ.get("PYTHONPATH")]))}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "selfimprove.grading.pool", task, str(memory_mb), str(sandbox_s)],
+            [sys.executable, "-m", "selfimprove.grading.pool", task, str(memory_mb), str(sandbox_s)]
+            + (["unsafe"] if unsafe else []),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
         self.fd = self.proc.stdout.fileno()
         self.buf = b""
@@ -82,11 +84,12 @@ class _Worker:
 
 
 def grade_batch(task: str, items: list[tuple[str, object]], timeout_s: float = 10.0, workers: int = 2,
-                memory_mb: int = 2048, progress=None) -> list[Grade]:
+                memory_mb: int = 2048, progress=None, unsafe: bool = False) -> list[Grade]:
     """Grade `(response, gold)` pairs in `workers` processes; each item gets at most `timeout_s` seconds.
 
     Returns one Grade per item, in order. MBPP items run their sandbox for `timeout_s - 1` seconds (at least
-    1) so the sandbox normally reports its own timeout and the kill is the backstop.
+    1) so the sandbox normally reports its own timeout and the kill is the backstop. `unsafe=True` lets MBPP
+    run without bubblewrap (sandbox.run_tests; every such verdict's detail says so).
 
     >>> [g.status for g in grade_batch("gsm8k", [("#### 3", "3"), ("#### 4", "3"), ("", "3")], workers=1)]
     ['correct', 'incorrect', 'no_answer']
@@ -99,7 +102,7 @@ def grade_batch(task: str, items: list[tuple[str, object]], timeout_s: float = 1
     sandbox_s = max(1.0, timeout_s - 1.0)
     pool: list[_Worker] = []
     try:
-        pool = [_Worker(task, memory_mb, sandbox_s) for _ in range(min(workers, len(items)))]
+        pool = [_Worker(task, memory_mb, sandbox_s, unsafe) for _ in range(min(workers, len(items)))]
         while pending or any(w.item is not None for w in pool):
             for k, w in enumerate(pool):
                 if w.ready and w.item is None and pending:
@@ -108,7 +111,7 @@ def grade_batch(task: str, items: list[tuple[str, object]], timeout_s: float = 1
                         results[i] = Grade("error", None, f"grader process died reading the item (exit "
                                                           f"{w.proc.wait()})")
                         w.kill()
-                        pool[k] = _Worker(task, memory_mb, sandbox_s)
+                        pool[k] = _Worker(task, memory_mb, sandbox_s, unsafe)
             now = time.monotonic()
             deadlines = [w.deadline if w.item is not None else w.started + STARTUP_S for w in pool]
             readable, _, _ = select.select([w.fd for w in pool], [], [], max(0.0, min(deadlines) - now))
@@ -118,7 +121,7 @@ def grade_batch(task: str, items: list[tuple[str, object]], timeout_s: float = 1
                     if w.item is not None:
                         results[w.item] = Grade("error", None, f"grader process died (exit {w.proc.wait()})")
                     w.kill()
-                    pool[k] = _Worker(task, memory_mb, sandbox_s)
+                    pool[k] = _Worker(task, memory_mb, sandbox_s, unsafe)
                     continue
                 for msg in lines:
                     if msg.get("ready"):
@@ -133,7 +136,7 @@ def grade_batch(task: str, items: list[tuple[str, object]], timeout_s: float = 1
                     results[w.item] = Grade("timeout", None, f"grading passed the {timeout_s:g} s limit; "
                                                              "its process was killed")
                     w.kill()
-                    pool[k] = _Worker(task, memory_mb, sandbox_s)
+                    pool[k] = _Worker(task, memory_mb, sandbox_s, unsafe)
                 elif not w.ready and now > w.started + STARTUP_S:
                     raise RuntimeError(f"a {task} grading worker did not start within {STARTUP_S:g} s")
     finally:
@@ -142,7 +145,7 @@ def grade_batch(task: str, items: list[tuple[str, object]], timeout_s: float = 1
     return results
 
 
-def _worker_main(task: str, memory_mb: int, sandbox_s: float) -> None:
+def _worker_main(task: str, memory_mb: int, sandbox_s: float, unsafe: bool = False) -> None:
     """Read items from stdin, write verdicts to a private copy of stdout; stray prints go to stderr."""
     import logging
     import resource
@@ -165,11 +168,20 @@ def _worker_main(task: str, memory_mb: int, sandbox_s: float) -> None:
     out.flush()
     for line in sys.stdin:
         msg = json.loads(line)
-        g = grade_one(task, msg["response"], msg["gold"], sandbox_s=sandbox_s)
+        g = _unsafe_mbpp(msg["response"], msg["gold"], sandbox_s) if unsafe and task == "mbpp" else \
+            grade_one(task, msg["response"], msg["gold"], sandbox_s=sandbox_s)
         out.write(json.dumps({"i": msg["i"], "status": g.status, "extracted": g.extracted, "detail": g.detail})
                   + "\n")
         out.flush()
 
 
+def _unsafe_mbpp(response: str, gold, sandbox_s: float) -> Grade:
+    """grade_one's guarantee (no exception escapes) for MBPP without bubblewrap."""
+    try:
+        return grade_mbpp(response, gold, Limits(wall_s=sandbox_s), unsafe=True)
+    except Exception as e:
+        return Grade("error", None, f"mbpp grader failed: {type(e).__name__}: {str(e)[:160]}")
+
+
 if __name__ == "__main__":
-    _worker_main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]))
+    _worker_main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:] == ["unsafe"])
