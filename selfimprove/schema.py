@@ -18,10 +18,18 @@ import re
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 
+# Names a config may take. What each task is (loader, prompt, grader, gold, ...) is tasks.TASKS_BY_NAME, which
+# holds one record per name of TASKS.
 TASKS = ("arith", "gsm8k", "math", "csqa", "mbpp")  # arith: the organism's generator; the rest: tasks.LOADERS
 REAL_TASKS = TASKS[1:]  # the tasks read from a dataset (tasks.LOADERS), in this order
 PARADIGMS = ("sft", "dpo", "sft-dpo")  # F_t for t >= 2 (paper.md §2.3)
 TRAIN_KINDS = ("sft", "dpo")  # what one iteration's training is
+SPLITS = ("train", "test", "ood")
+PAIRINGS = ("disjoint", "cross")  # DPO pair rules (pairs.PAIRINGS holds their functions)
+OPTIMIZERS = ("adamw", "muon")  # the organism's optimizers (organism.make_optimizers)
+LEVELS = (1, 2, 3, 4, 5)  # arith difficulty levels: operations per problem
+MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
+                 "prealgebra", "precalculus")  # EleutherAI/hendrycks_math config names
 
 
 def train_kind(paradigm: str, t: int) -> str | None:
@@ -43,16 +51,6 @@ def train_kind(paradigm: str, t: int) -> str | None:
 def lineage(paradigm: str, t: int) -> list[str]:
     """The training kinds F_2..F_t that made M_t: two paradigms with the same lineage have the same M_t."""
     return [train_kind(paradigm, s) for s in range(2, t + 1)]
-
-
-SPLITS = ("train", "test", "ood")
-PAIRINGS = ("disjoint", "cross")  # DPO pair rules, pairs.PAIRINGS (their functions)
-OPTIMIZERS = ("adamw", "muon")  # the organism's optimizers (organism.make_optimizers)
-LEVELS = (1, 2, 3, 4, 5)  # arith levels
-
-
-MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
-                 "prealgebra", "precalculus")  # EleutherAI/hendrycks_math config names
 
 
 class RecipeError(ValueError):

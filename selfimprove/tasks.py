@@ -1,4 +1,11 @@
-"""Real tasks: GSM8K, MATH, CommonsenseQA and MBPP problems from the Hugging Face Hub or from local files.
+"""The tasks: one `Task` record per task in TASKS_BY_NAME, and the real tasks' problems (GSM8K, MATH,
+CommonsenseQA, MBPP) from the Hugging Face Hub or from local files.
+
+The registry. `TASKS_BY_NAME[name]` (or `task_of(name)`) is everything the package knows about a task: its
+loader (None for arith, which arith.py generates), prompt template and `render`, grader (grading.GRADERS),
+gold fields and gold reader (`gold_of`, the one function that turns a problem row, or a `selfimprove grade`
+line, into the grader's gold argument), equation extractor and pattern (the Distinct Equations metric), token
+budget, and audit hook (grading/audit.py). LOADERS and PROMPTS are views of it by name.
 
 `load_problems(task, DataConfig)` reads a task's splits through `datasets` and turns every row into the run's
 problem format (data.py); `write_problems` writes them to <out>/<split>.jsonl. The run's prepare stage
