@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-LEVELS = (1, 2, 3, 4, 5)
+from .schema import LEVELS, ArithConfig  # noqa: F401  (ArithConfig: importable from here)
 
 # Each template is a story frame. `ops` maps an operation kind to phrasings; {n}, {k}, {m} are operands.
 # kinds: add (+n), sub (-n), add_groups (+k*m), sub_groups (-k*m).
@@ -71,27 +71,6 @@ OPS = ("add", "sub", "add_groups", "sub_groups")
 # wrong), not as 12; a trailing period ends the sentence.
 ANSWER_RE = re.compile(r"####\s*(-?\d+(?:[.,]\d+)*)")
 EQUATION_RE = re.compile(r"(-?\d+)\s*([-+*])\s*(-?\d+)\s*=\s*(-?\d+)")
-
-
-@dataclass(frozen=True)
-class ArithConfig:
-    """Generator settings; the defaults are the organism's (organism.md, 'Settings behind the numbers')."""
-
-    seed: int = 0
-    n_train: int = 6000  # training problems (gold SFT and the self-improvement pool)
-    n_test: int = 750  # test problems, spread evenly over levels
-    n_ood: int = 500  # OOD problems (unseen templates), spread evenly over levels
-    solutions_per_problem: int = 4  # distinct gold solutions kept per training problem (organism.md: 4)
-    max_operand: int = 50  # operands of + and - in 1..max_operand (organism.md: numbers 0-50)
-    max_total: int = 200  # every running total stays in 0..max_total (our choice: keeps answers small)
-    levels: list[int] = field(default_factory=lambda: list(LEVELS))  # levels to generate, spread evenly
-
-    def __post_init__(self):
-        if not self.levels or not set(self.levels) <= set(LEVELS):
-            raise ValueError(f"arith: levels must be a non-empty subset of {list(LEVELS)}, got {self.levels}")
-        for f in ("n_train", "n_test", "n_ood", "solutions_per_problem", "max_operand", "max_total"):
-            if getattr(self, f) < 1:
-                raise ValueError(f"arith: {f} must be >= 1, got {getattr(self, f)}")
 
 
 def _story_ops(rng: random.Random, level: int, cfg: ArithConfig):

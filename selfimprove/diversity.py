@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import arith
+from .tasks import EQUATION_RE, TASKS_BY_NAME, generic_equations  # noqa: F401  (EQUATION_RE: importable here)
 
 NGRAM_ORDERS = (1, 2, 3, 4, 5)  # distinct-n averaged over n = 1..5, as Kirk et al.'s AveragedDistinctNgrams
 SUBSETS = ("correct", "incorrect")
@@ -82,31 +82,8 @@ def distinct_n_avg(texts: list[str], orders: tuple[int, ...] = NGRAM_ORDERS) -> 
     return float(np.mean([distinct_n(texts, n) for n in orders]))
 
 
-# A generic equation: numbers joined by + - * / x × ÷ (parentheses allowed), then '=' and a number.
-# It finds GSM8K's `<<48/2=24>>` calculator annotations and plain `250 * 5 = 1250` lines alike; a number may
-# carry a dollar sign, as GSM8K's solutions write amounts (`12/60 = $0.2`; dropped when normalising, our choice).
-_NUM = r"\$?-?\d+(?:[.,]\d+)*"
-EQUATION_RE = re.compile(rf"\(*{_NUM}\)*(?:\s*[-+*/x×÷]\s*\(*{_NUM}\)*)+\s*=\s*{_NUM}")
-
-
-def generic_equations(text: str) -> list[str]:
-    """Arithmetic equations in free text, normalised: whitespace, dollar signs and thousands separators
-    removed, and parentheses removed when unbalanced (a match can start inside a bracket).
-
-    >>> generic_equations("She pays 2,000 - 1,800 = <<2000-1800=200>>200 and 200 / 1250 = 0.16.")
-    ['2000-1800=200', '200/1250=0.16']
-    """
-    out = []
-    for m in EQUATION_RE.finditer(text):
-        eq = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", re.sub(r"[\s$]+", "", m.group(0)))
-        if eq.count("(") != eq.count(")"):
-            eq = eq.replace("(", "").replace(")", "")
-        out.append(eq)
-    return out
-
-
-# Equation extractors per task; tasks not listed use the generic pattern.
-EQUATIONS = {"arith": arith.equations}
+# Equation extractors per task (the task registry's); generic_equations reads free text (GSM8K, MATH, ...).
+EQUATIONS = {name: t.equations for name, t in TASKS_BY_NAME.items()}
 
 
 def distinct_equations(texts: list[str], task: str = "arith") -> float | None:

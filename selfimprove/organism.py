@@ -17,16 +17,16 @@ Cached under data/organism/<config hash>/{M0,M1}; a finished build (marked by bu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from . import arith
+from .schema import OPTIMIZERS, OrganismConfig  # noqa: F401  (OrganismConfig: importable from here)
 
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|user|>", "<|assistant|>"]
 # Minimal chat template: "<|role|>\n" then the content; the assistant turn closed by <|end|> (the eos token).
@@ -37,50 +37,6 @@ CHAT_TEMPLATE = (
     "{% if m['role'] == 'assistant' %}<|end|>{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
-
-
-@dataclass(frozen=True)
-class OrganismConfig:
-    """Size and training budget of the organism (defaults from organism.md, 'Set-up that worked')."""
-
-    seed: int = 0
-    vocab_size: int = 512  # BPE vocabulary incl. 256 byte symbols (organism.md: ~425 tokens)
-    hidden_size: int = 128  # organism.md: 128-192
-    n_layers: int = 4
-    n_heads: int = 4
-    intermediate_size: int = 384
-    pretrain_steps: int = 150  # M0: language-model steps on raw solved problems (question + solution)
-    sft_steps: int = 750  # M1: gold-SFT steps in chat format, loss on the response only
-    batch_size: int = 32
-    learning_rate: float = 2e-3  # AdamW rate (organism.md: M1 SFT at 2e-3); with Muon, for the non-matrix weights
-    optimizer: str = "muon"  # "muon" for the hidden matrices (AdamW for the rest), or "adamw" for all (README)
-    muon_lr: float = 0.02  # Muon's rate for the hidden matrices (Keller Jordan's Muon: 0.02)
-    warmup_steps: int = 50
-    ood_fraction: float = 0.1  # OOD-template pool for M0/M1, as a share of n_train (organism.md: 10%)
-    data: dict | None = None  # arith.ArithConfig overrides; None = the defaults
-
-    def __post_init__(self):
-        for f in ("vocab_size", "hidden_size", "n_layers", "n_heads", "intermediate_size", "batch_size"):
-            if getattr(self, f) < 1:
-                raise ValueError(f"'{f}' must be >= 1, got {getattr(self, f)}")
-        if self.hidden_size % self.n_heads:
-            raise ValueError(f"'hidden_size' ({self.hidden_size}) must be a multiple of 'n_heads' ({self.n_heads})")
-        if self.pretrain_steps < 0 or self.sft_steps < 1:
-            raise ValueError("'pretrain_steps' must be >= 0 and 'sft_steps' >= 1")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"'optimizer' must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
-        if not 0 <= self.ood_fraction <= 1:
-            raise ValueError(f"'ood_fraction' must be in [0, 1], got {self.ood_fraction}")
-        _ = self.arith  # validates the data overrides now, not at build time
-
-    @property
-    def arith(self) -> arith.ArithConfig:
-        from .config import build
-
-        return build(arith.ArithConfig, self.data or {}, "organism.data")
-
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
@@ -191,8 +147,6 @@ def make_optimizers(model, name: str, lr: float, muon_lr: float) -> list:
         (hidden if p.ndim == 2 and "embed" not in n and "lm_head" not in n else rest).append(p)
     return [_muon_class()(hidden, lr=muon_lr), torch.optim.AdamW(rest, lr=lr, **adamw)]
 
-
-OPTIMIZERS = ("adamw", "muon")
 
 
 def collate(batch: list[tuple[list[int], int]], pad_id: int) -> dict:

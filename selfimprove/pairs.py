@@ -38,7 +38,7 @@ def _cross(good: list, bad: list, max_pairs: int, rng: random.Random) -> list[tu
     return rng.sample(combos, min(max_pairs, len(combos)))
 
 
-PAIRINGS = {"disjoint": _disjoint, "cross": _cross}
+PAIRINGS = {"disjoint": _disjoint, "cross": _cross}  # the names are schema.PAIRINGS
 
 
 def make_pairs(df: pd.DataFrame, *, rule: str = "disjoint", max_pairs: int = 4, seed: int = 0) -> pd.DataFrame:

@@ -159,11 +159,10 @@ class Run:
         return {t: self.per_problem(t) for t in self.iterations("per_problem.parquet")}
 
     def thresholds(self, overrides: Mapping | None = None):
-        """The verdict thresholds of this run: verdict.Thresholds from its recorded config's `verdict` section
+        """The verdict thresholds of this run: schema.Thresholds from its recorded config's `verdict` section
         (absent in older runs: the defaults), with `overrides` ({name: value}) over them. A bad name or value
         raises config.RecipeError naming the manifest."""
-        from .config import build
-        from .verdict import Thresholds
+        from .schema import Thresholds, build
 
         recorded = self.config().get("verdict") or {}
         th = build(Thresholds, recorded, f"{self.paths.manifest}: config 'verdict'")

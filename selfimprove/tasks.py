@@ -1,4 +1,11 @@
-"""Real tasks: GSM8K, MATH, CommonsenseQA and MBPP problems from the Hugging Face Hub or from local files.
+"""The tasks: one `Task` record per task in TASKS_BY_NAME, and the real tasks' problems (GSM8K, MATH,
+CommonsenseQA, MBPP) from the Hugging Face Hub or from local files.
+
+The registry. `TASKS_BY_NAME[name]` (or `task_of(name)`) is everything the package knows about a task: its
+loader (None for arith, which arith.py generates), prompt template and `render`, grader (grading.GRADERS),
+gold fields and gold reader (`gold_of`, the one function that turns a problem row, or a `selfimprove grade`
+line, into the grader's gold argument), equation extractor and pattern (the Distinct Equations metric), token
+budget, and audit hook (grading/audit.py). LOADERS and PROMPTS are views of it by name.
 
 `load_problems(task, DataConfig)` reads a task's splits through `datasets` and turns every row into the run's
 problem format (data.py); `write_problems` writes them to <out>/<split>.jsonl. The run's prepare stage
@@ -51,52 +58,21 @@ import re
 import socket
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from . import arith
 from .grading import grade_math
+from .grading.graders import GRADERS, GoldError
+from .schema import MATH_SUBJECTS, REAL_TASKS, SPLITS, TASKS, DataConfig  # noqa: F401  (importable from here)
 
-SPLITS = ("train", "test", "ood")
-MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
-                 "prealgebra", "precalculus")  # EleutherAI/hendrycks_math config names
 DATA_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
 class TaskDataError(ValueError):
     """A task's data cannot be loaded (unreachable hub, missing file) or a row is malformed; the message names
     the dataset, file or row and says how to fix it."""
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where a run's problems come from (recipe section `data:`); every field's "" or [] means the task's default."""
-
-    source: str = ""  # hub id, or a local copy (folder) of the whole dataset; "" = the task's hub id (docstring)
-    hub_config: str = ""  # hub config name; "" = gsm8k main, mbpp full, math one per subject (docstring)
-    revision: str = ""  # hub commit, tag or branch of `source` to pin; "" = the default branch (the OOD source's)
-    train: str = ""  # a split of `source` ("train", "train[:2000]") or a local JSON/JSONL/Parquet file, folder or glob
-    test: str = ""  # as `train`; "" = test (csqa: validation, its test labels are hidden; paper.md §4)
-    ood: str = ""  # as `train`, of `ood_source` in `ood_task`'s format; "" = gsm8k: MATH test (§3.5), others: none
-    ood_task: str = ""  # format, prompt and grader of the OOD rows; "" = gsm8k: math, others: the task itself
-    ood_source: str = ""  # hub id or local copy of the OOD dataset; "" = the hub id of `ood_task`
-    subjects: list[str] = field(default_factory=list)  # MATH subjects kept; [] = math: all, gsm8k's OOD: algebra (§3.5)
-    levels: list[int] = field(default_factory=list)  # MATH levels kept (1-5); [] = all
-    limit_train: int = 0  # at most this many training problems, a stable hash-chosen subset; 0 = all (our choice)
-    limit_test: int = 0  # as limit_train, for test
-    limit_ood: int = 0  # as limit_train, for ood
-    cache_dir: str = ""  # datasets cache folder; "" = its default (~/.cache/huggingface/datasets)
-
-    def __post_init__(self):
-        if not set(self.subjects) <= set(MATH_SUBJECTS):
-            raise ValueError(f"'subjects' must be MATH subjects ({', '.join(MATH_SUBJECTS)}), got {self.subjects}")
-        if not set(self.levels) <= {1, 2, 3, 4, 5}:
-            raise ValueError(f"'levels' must be MATH levels 1-5, got {self.levels}")
-        for name in ("limit_train", "limit_test", "limit_ood"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"'{name}' must be >= 0 (0 = every problem), got {getattr(self, name)}")
-        if self.ood_task and self.ood_task not in LOADERS:
-            raise ValueError(f"'ood_task' must be one of: {', '.join(LOADERS)}; got {self.ood_task!r}")
 
 
 # ---- rows: one parser per dataset format, shared with the audit (grading/audit.py) --------------------------
@@ -179,15 +155,13 @@ def parse_mbpp(row: dict, where: str) -> dict:
 
 # ---- prompts ----------------------------------------------------------------------------------------------
 
-PROMPTS = {
-    "gsm8k": "{problem}\n\nSolve the problem step by step. Then write the final answer as a number on the last "
-             "line, in the form \"#### <number>\".",
-    "math": "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}.",
-    "csqa": "{problem}\n\nAnswer Choices:\n{choices}\n\nThink it through briefly, then end your response with "
-            "\"The answer is (X)\", where X is the letter of the correct choice.",
-    "mbpp": "You are an expert Python programmer, and here is your task: {problem} Your code should pass these "
-            "tests:\n\n{tests}\n\nWrite your solution as one Python code block (```python ... ```).",
-}
+GSM8K_PROMPT = ("{problem}\n\nSolve the problem step by step. Then write the final answer as a number on the last "
+                "line, in the form \"#### <number>\".")
+MATH_PROMPT = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+CSQA_PROMPT = ("{problem}\n\nAnswer Choices:\n{choices}\n\nThink it through briefly, then end your response with "
+               "\"The answer is (X)\", where X is the letter of the correct choice.")
+MBPP_PROMPT = ("You are an expert Python programmer, and here is your task: {problem} Your code should pass these "
+               "tests:\n\n{tests}\n\nWrite your solution as one Python code block (```python ... ```).")
 
 
 def prompt_text(task: str, row: dict) -> str:
@@ -206,6 +180,113 @@ def prompt_text(task: str, row: dict) -> str:
                                 choices="\n".join(f"({lab}) {t}" for lab, t in zip(choices["label"], choices["text"])))
 
 
+# ---- gold answers -----------------------------------------------------------------------------------------
+
+def _gold_answer(row: dict, answer: str):
+    """The gold answer as text: the row's `answer` field (`gold` in a `selfimprove grade` line)."""
+    gold = row.get(answer)
+    if isinstance(gold, (int, float)) and not isinstance(gold, bool):
+        gold = str(gold)
+    if not isinstance(gold, str) or not gold.strip():
+        raise GoldError(f"field '{answer}' must be a non-empty string, got {gold!r}")
+    return gold
+
+
+def _gold_csqa(row: dict, answer: str):
+    """The letter and, when the row has them, the options: a response giving an option's text is read too."""
+    gold = _gold_answer(row, answer)
+    choices = row.get("choices")
+    if choices is None:
+        return gold
+    if not (isinstance(choices, dict) and isinstance(choices.get("label"), list)
+            and isinstance(choices.get("text"), list) and len(choices["label"]) == len(choices["text"])):
+        raise GoldError("field 'choices' must be {'label': [...], 'text': [...]} of equal lengths")
+    return {"answer": gold, "choices": choices}
+
+
+def _gold_mbpp(row: dict, answer: str):
+    """The asserts (`tests`) and their setup code (`setup`); MBPP's `answer` is the reference code, not read."""
+    tests, setup = row.get("tests"), row.get("setup") or ""
+    if not isinstance(tests, list) or not tests or not all(isinstance(t, str) for t in tests):
+        raise GoldError("field 'tests' must be a non-empty list of assert strings")
+    if not isinstance(setup, str):
+        raise GoldError("field 'setup' must be a string")
+    return {"tests": tests, "setup": setup}
+
+
+def gold_of(task: str, row: dict, answer: str = "answer"):
+    """The gold argument of `task`'s grader from a problem row, or from a `selfimprove grade` input line with
+    `answer="gold"`: every task reads its answer field; MBPP reads `tests` (a list of assert strings) and
+    optional `setup` instead, and CommonsenseQA also reads optional `choices` ({"label": [...], "text": [...]},
+    the dataset's field). Raises GoldError naming a missing or malformed field.
+
+    >>> gold_of("mbpp", {"response": "", "tests": ["assert f() == 1"]})
+    {'tests': ['assert f() == 1'], 'setup': ''}
+    >>> gold_of("gsm8k", {"response": "", "gold": 12}, answer="gold")
+    '12'
+    """
+    return task_of(task).gold(row, answer)
+
+
+# ---- audit: what must grade correct in a dataset row (grading/audit.py) -----------------------------------
+
+def _audit_arith(row: dict, where: str) -> list[tuple[str, str, str, object]]:
+    need(row, where, id=str, answer=str)  # the package's problem format
+    return [(row["id"], "gold_vs_itself", f"#### {row['answer']}", row["answer"])] + \
+        [(row["id"], "solution_vs_gold", s, row["answer"]) for s in row.get("solutions", [])]
+
+
+def _audit_gsm8k(row: dict, where: str) -> list[tuple[str, str, str, object]]:
+    p = parse_gsm8k(row, where)
+    gold = p["answer"]
+    return [(where, "gold_vs_itself", f"#### {gold}", gold), (where, "solution_vs_gold", p["solutions"][0], gold)]
+
+
+def _audit_math(row: dict, where: str) -> list[tuple[str, str, str, object]]:
+    p = parse_math(row, where)
+    gold = p["answer"]
+    return [(where, "gold_vs_itself", "\\boxed{" + gold + "}", gold),
+            (where, "solution_vs_gold", p["solutions"][0], gold)]
+
+
+def _audit_csqa(row: dict, where: str) -> list[tuple[str, str, str, object]]:
+    p = parse_csqa(row, where)
+    text = p["choices"]["text"][p["choices"]["label"].index(p["answer"])]
+    gold = {"answer": p["answer"], "choices": p["choices"]}
+    return [(p["id"], "gold_vs_itself", p["answer"], gold), (p["id"], "solution_vs_gold", text, gold)]
+
+
+def _audit_mbpp(row: dict, where: str) -> list[tuple[str, str, str, object]]:
+    p = parse_mbpp(row, where)
+    gold = {"tests": p["tests"], "setup": p["setup"]}  # the reference code against its own asserts
+    return [(str(row.get("task_id", where)), "solution_vs_gold", p["answer"], gold)]
+
+
+# ---- equations: the units of the Distinct Equations metric (diversity.py) ---------------------------------
+
+# A generic equation: numbers joined by + - * / x × ÷ (parentheses allowed), then '=' and a number.
+# It finds GSM8K's `<<48/2=24>>` calculator annotations and plain `250 * 5 = 1250` lines alike; a number may
+# carry a dollar sign, as GSM8K's solutions write amounts (`12/60 = $0.2`; dropped when normalising, our choice).
+_NUM = r"\$?-?\d+(?:[.,]\d+)*"
+EQUATION_RE = re.compile(rf"\(*{_NUM}\)*(?:\s*[-+*/x×÷]\s*\(*{_NUM}\)*)+\s*=\s*{_NUM}")
+
+
+def generic_equations(text: str) -> list[str]:
+    """Arithmetic equations in free text, normalised: whitespace, dollar signs and thousands separators
+    removed, and parentheses removed when unbalanced (a match can start inside a bracket).
+
+    >>> generic_equations("She pays 2,000 - 1,800 = <<2000-1800=200>>200 and 200 / 1250 = 0.16.")
+    ['2000-1800=200', '200/1250=0.16']
+    """
+    out = []
+    for m in EQUATION_RE.finditer(text):
+        eq = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", re.sub(r"[\s$]+", "", m.group(0)))
+        if eq.count("(") != eq.count(")"):
+            eq = eq.replace("(", "").replace(")", "")
+        out.append(eq)
+    return out
+
+
 # ---- the registry -----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -219,16 +300,69 @@ class Loader:
     ood_subjects: tuple[str, ...] = ()  # MATH subjects of the default OOD set
 
 
-LOADERS = {
-    "gsm8k": Loader(parse_gsm8k, "openai/gsm8k", ("main",), {"train": "train", "test": "test", "ood": "test"},
-                    "question, answer (a worked solution ending in '#### <number>')", "math", ("algebra",)),
-    "math": Loader(parse_math, "EleutherAI/hendrycks_math", MATH_SUBJECTS, {"train": "train", "test": "test"},
-                   "problem, level ('Level 1'..'Level 5'), type (the subject), solution (answer in \\boxed{})"),
-    "csqa": Loader(parse_csqa, "tau/commonsense_qa", ("",), {"train": "train", "test": "validation"},
-                   "id, question, choices {label: [A..E], text: [...]}, answerKey"),
-    "mbpp": Loader(parse_mbpp, "google-research-datasets/mbpp", ("full",), {"train": "train", "test": "test"},
-                   "task_id, text, code, test_list (asserts), test_setup_code"),
-}
+@dataclass(frozen=True)
+class Task:
+    """Everything the package knows about one task; TASKS_BY_NAME holds one per name of schema.TASKS."""
+
+    name: str  # as in recipes (`task:`) and in problem rows (`task`)
+    title: str  # for tables and plots
+    loader: Loader | None  # where its problems come from; None: generated (arith.generate, the organism's data)
+    prompt: str  # zero-shot template of the user turn (prompt_text); "": the row's `question` is the prompt
+    grader: Callable  # grading.GRADERS[name]: (response, gold) -> Grade
+    gold_fields: tuple[str, ...]  # the problem-row fields the grader's gold is read from (gold_of)
+    gold: Callable[[dict, str], object]  # (row, answer field) -> the grader's gold argument; raises GoldError
+    equations: Callable[[str], list[str]]  # a response's equations, the units of Distinct Equations
+    equation_re: re.Pattern  # what explore highlights: the matches `equations` counts
+    max_new_tokens: int  # sampling budget a recipe for the task starts from
+    audit: Callable[[dict, str], list[tuple[str, str, str, object]]]  # a dataset row -> (id, check, response,
+    # gold) items that must all grade `correct` (grading/audit.py)
+
+    def render(self, row: dict) -> str:
+        """The user turn of a problem row (its `question` for a generated task)."""
+        return prompt_text(self.name, row) if self.prompt else row["question"]
+
+
+def _task(name, title, loader, prompt, gold, gold_fields, budget, audit, equations=generic_equations,
+          equation_re=EQUATION_RE) -> Task:
+    return Task(name, title, loader, prompt, GRADERS[name], gold_fields, gold, equations, equation_re, budget, audit)
+
+
+TASKS_BY_NAME: dict[str, Task] = {t.name: t for t in (
+    # arith: 128 new tokens are 3x its longest gold solution (SampleConfig.max_new_tokens)
+    _task("arith", "arith", None, "", _gold_answer, ("answer",), 128, _audit_arith,
+          equations=arith.equations, equation_re=arith.EQUATION_RE),
+    _task("gsm8k", "GSM8K", Loader(parse_gsm8k, "openai/gsm8k", ("main",),
+                                   {"train": "train", "test": "test", "ood": "test"},
+                                   "question, answer (a worked solution ending in '#### <number>')", "math",
+                                   ("algebra",)),
+          GSM8K_PROMPT, _gold_answer, ("answer",), 1024, _audit_gsm8k),
+    _task("math", "MATH", Loader(parse_math, "EleutherAI/hendrycks_math", MATH_SUBJECTS,
+                                 {"train": "train", "test": "test"},
+                                 "problem, level ('Level 1'..'Level 5'), type (the subject), solution (answer in "
+                                 "\\boxed{})"),
+          MATH_PROMPT, _gold_answer, ("answer",), 1024, _audit_math),
+    _task("csqa", "CommonsenseQA", Loader(parse_csqa, "tau/commonsense_qa", ("",),
+                                          {"train": "train", "test": "validation"},
+                                          "id, question, choices {label: [A..E], text: [...]}, answerKey"),
+          CSQA_PROMPT, _gold_csqa, ("answer", "choices"), 256, _audit_csqa),
+    _task("mbpp", "MBPP", Loader(parse_mbpp, "google-research-datasets/mbpp", ("full",),
+                                 {"train": "train", "test": "test"},
+                                 "task_id, text, code, test_list (asserts), test_setup_code"),
+          MBPP_PROMPT, _gold_mbpp, ("tests", "setup"), 512, _audit_mbpp),
+)}
+assert tuple(TASKS_BY_NAME) == TASKS and set(GRADERS) == set(TASKS), "schema.TASKS, the registry and GRADERS differ"
+
+# Views of the registry, by name: the loaders of the real tasks and their prompt templates.
+LOADERS = {name: t.loader for name, t in TASKS_BY_NAME.items() if t.loader}
+PROMPTS = {name: t.prompt for name, t in TASKS_BY_NAME.items() if t.prompt}
+assert tuple(LOADERS) == REAL_TASKS
+
+
+def task_of(name: str) -> Task:
+    """The registry's record of task `name`; KeyError naming the tasks otherwise."""
+    if name not in TASKS_BY_NAME:
+        raise KeyError(f"unknown task {name!r}; tasks: {', '.join(TASKS_BY_NAME)}")
+    return TASKS_BY_NAME[name]
 
 
 @dataclass(frozen=True)

@@ -46,27 +46,9 @@ from . import artifacts, diversity
 from .estimators import disparity_change, paired_change_ci, unpaired_change_ci
 from .improvement import share_within_reach, transition_sets
 from .runs import Run, best_iterate
+from .schema import Thresholds
 
 LABELS = ("reversal", "progress", "regression", "no gain")  # the run's label: the first any comparison has
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """When a signal fires. Every default is our choice; the paper gives no number (paper.md §3.7)."""
-
-    min_pass1_gain: float = 0.0  # pass@1 gain: change above this, with its interval above 0
-    diversity_drop: float = 0.05  # a diversity mean falls by more than 5% of M1's value
-    ood_drop: float = 0.01  # OOD pass@1 falls by more than 1 point (absolute)
-    disparity_rise: float = 0.01  # group disparity rises by more than 0.01 (1 point on the paper's x100 scale)
-    selection_share: float = 0.9  # flag: at least 90% of IS(t) within M1's pass@N (reported, not decisive)
-    require_ci: bool = True  # a signal fires only when its 95% interval excludes 0
-
-    def __post_init__(self):
-        for name in ("min_pass1_gain", "diversity_drop", "ood_drop", "disparity_rise"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"threshold '{name}' must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.selection_share <= 1:
-            raise ValueError(f"threshold 'selection_share' must be in [0, 1], got {self.selection_share}")
 
 
 @dataclass

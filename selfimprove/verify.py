@@ -17,7 +17,8 @@ import pandas as pd
 
 from . import artifacts, data, pairs
 from .config import VerifyConfig, train_kind
-from .grading import GRADERS, STATUSES, grade_batch
+from .grading import GRADERS, STATUSES, GoldError, grade_batch
+from .tasks import TASKS_BY_NAME, gold_of
 
 __all__ = ["GRADERS", "STATUSES", "grade_table", "run"]
 
@@ -26,8 +27,8 @@ def grade_table(df: pd.DataFrame, problems: list[dict], task: str, timeout_s: fl
                 memory_mb: int = 2048) -> pd.DataFrame:
     """The sample table with `extracted`, `status` and `correct` (re)computed from `response`.
 
-    `problems` are the run's problem rows; their `answer` is the gold (MBPP rows carry `tests` and `setup`,
-    CommonsenseQA rows may carry the dataset's `choices`).
+    `problems` are the run's problem rows; `tasks.gold_of` reads each one's gold (the `answer`; MBPP rows'
+    `tests` and `setup`, with CommonsenseQA rows the dataset's `choices` too).
     A problem row's own `task` (GSM8K's OOD split holds MATH problems) picks its grader; else `task`.
     """
     gold = {p["id"]: p for p in problems}
@@ -35,23 +36,22 @@ def grade_table(df: pd.DataFrame, problems: list[dict], task: str, timeout_s: fl
     if unknown:
         raise data.DataError(f"{len(unknown)} sampled problem ids are not in the problem file, e.g. {min(unknown)}")
     row_task = {pid: p.get("task") or task for pid, p in gold.items()}
-    missing = sorted(set(row_task.values()) - set(GRADERS))
+    missing = sorted(set(row_task.values()) - set(TASKS_BY_NAME))
     if missing:
         raise data.DataError(f"no grader for task {missing[0]!r}; graders: {', '.join(GRADERS)}")
-
-    def gold_of(p: dict, t: str):
-        if t == "mbpp":
-            return {"tests": p["tests"], "setup": p.get("setup", "")}
-        if t == "csqa" and p.get("choices"):  # with the options, a response giving an option's text is read too
-            return {"answer": p["answer"], "choices": p["choices"]}
-        return p["answer"]
+    golds = {}
+    for pid in set(df["problem_id"]):
+        try:
+            golds[pid] = gold_of(row_task[pid], gold[pid])
+        except GoldError as e:
+            raise data.DataError(f"problem {pid!r}: {e}") from None
 
     responses, pids = df["response"].tolist(), df["problem_id"].tolist()  # lists: pandas' per-cell access is slow
     tasks = [row_task[pid] for pid in pids]
     results: list = [None] * len(df)
     for t in sorted(set(tasks)):
         idx = [i for i, x in enumerate(tasks) if x == t]
-        items = [(responses[i], gold_of(gold[pids[i]], t)) for i in idx]
+        items = [(responses[i], golds[pids[i]]) for i in idx]
         for i, r in zip(idx, grade_batch(t, items, timeout_s=timeout_s, workers=workers, memory_mb=memory_mb)):
             results[i] = r
     out = df.drop(columns=[c for c in ("extracted", "status", "correct") if c in df.columns])

@@ -53,6 +53,11 @@ def test_demo_recipe_runs_all_three_paradigms_with_at_least_four_iterations():
     ("sample: [1, 2", r"not valid YAML"),
     ("sample: {n_samples: 2024-01-01}", r"'n_samples' must be int, got '2024-01-01' \(str\)"),  # no dates
     ("sample: !!set {a, b}", r"r.yaml: values must be strings, numbers"),
+    ("verdict: {ood_dorp: 0.02}", r"section 'verdict': unknown key 'ood_dorp' \(did you mean 'ood_drop'\?\); "
+                                  r"valid keys: disparity_rise, diversity_drop, min_pass1_gain, ood_drop, require_ci, "
+                                  r"selection_share$"),
+    ("verdict: {ood_drop: -1}", r"section 'verdict': threshold 'ood_drop' must be >= 0"),
+    ("verdict: {require_ci: 1}", r"section 'verdict': 'require_ci' must be bool"),
 ])
 def test_bad_recipe_fails_naming_the_problem(tmp_path, text, message):
     with pytest.raises(config.RecipeError, match=message):
@@ -95,6 +100,19 @@ def test_config_hash_changes_with_any_value(tmp_path):
     p = _write(tmp_path, "sample: {n_samples: 4}")
     assert config.load_recipe(p).digest() == config.load_recipe(p).digest()
     assert config.load_recipe(p).digest() != config.load_recipe(p, ["sample.n_samples=5"]).digest()
+
+
+def test_verdict_thresholds_change_no_hash(tmp_path):
+    """Thresholds judge the metrics and compute nothing: a run keeps its digest and every stage its share key."""
+    p = _write(tmp_path, "sample: {n_samples: 4}")
+    plain, judged = config.load_recipe(p), config.load_recipe(p, ["verdict.ood_drop=0.05", "verdict.require_ci=false"])
+    assert judged.thresholds() == config.Thresholds(ood_drop=0.05, require_ci=False)
+    assert plain.thresholds() == config.Thresholds()
+    assert judged.digest() == plain.digest()
+    assert all(judged.share_key(stage, t) == plain.share_key(stage, t) for stage in config.STAGES for t in (1, 2))
+    for name in ("demo", "tiny"):  # the committed recipes: their runs made before `verdict:` existed still resume
+        cfg = config.load_recipe(pipeline.RECIPES / f"{name}.yaml")
+        assert cfg.verdict == {} and cfg.digest() == {"demo": "cf17dc1a4e384540", "tiny": "cc4e27fbd385f7a5"}[name]
 
 
 def test_sample_splits_follow_the_iteration():

@@ -2,8 +2,9 @@
 
 import pytest
 
-from selfimprove.grading import GoldError, gold_of, grade_one
+from selfimprove.grading import GoldError, grade_one
 from selfimprove.grading.grade_text import extract_csqa, extract_gsm8k, grade_csqa, grade_gsm8k
+from selfimprove.tasks import gold_of
 
 
 @pytest.mark.parametrize("response,extracted", [
@@ -74,16 +75,27 @@ def test_csqa_grading():
 
 
 def test_gold_of_reads_each_task_and_names_bad_fields():
-    assert gold_of("math", {"gold": r"\frac12"}) == r"\frac12"
-    assert gold_of("csqa", {"gold": "A", "choices": CHOICES}) == {"answer": "A", "choices": CHOICES}
+    assert gold_of("math", {"gold": r"\frac12"}, answer="gold") == r"\frac12"
+    assert gold_of("csqa", {"gold": "A", "choices": CHOICES}, answer="gold") == {"answer": "A", "choices": CHOICES}
     assert gold_of("mbpp", {"tests": ["assert f()"], "setup": "import math"}) == {"tests": ["assert f()"],
                                                                                    "setup": "import math"}
     with pytest.raises(GoldError, match="'gold'"):
-        gold_of("gsm8k", {"response": "x"})
+        gold_of("gsm8k", {"response": "x"}, answer="gold")
     with pytest.raises(GoldError, match="'tests'"):
         gold_of("mbpp", {"tests": "assert f()"})
     with pytest.raises(GoldError, match="'choices'"):
-        gold_of("csqa", {"gold": "A", "choices": {"label": ["A"]}})
+        gold_of("csqa", {"gold": "A", "choices": {"label": ["A"]}}, answer="gold")
+
+
+def test_gold_of_reads_a_problem_row_as_verify_does():
+    """The one gold reader serves problem rows (`answer`) and `selfimprove grade` lines (`gold`) alike."""
+    assert gold_of("gsm8k", {"id": "p", "answer": "12", "solutions": []}) == "12"
+    assert gold_of("csqa", {"answer": "A", "choices": CHOICES}) == {"answer": "A", "choices": CHOICES}
+    assert gold_of("csqa", {"answer": "A"}) == "A"
+    assert gold_of("mbpp", {"answer": "def f(): ...", "tests": ["assert f()"]}) == {"tests": ["assert f()"],
+                                                                                     "setup": ""}
+    with pytest.raises(GoldError, match="'answer'"):
+        gold_of("arith", {"answer": " "})
 
 
 def test_grade_one_turns_grader_exceptions_into_errors():

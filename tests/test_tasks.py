@@ -49,6 +49,14 @@ def test_registry_matches_the_graders_and_the_recipe_tasks():
 
     assert set(tasks.LOADERS) <= set(GRADERS) and set(tasks.LOADERS) == set(config.TASKS) - {"arith"}
     assert set(tasks.PROMPTS) == set(tasks.LOADERS)
+    assert tuple(tasks.TASKS_BY_NAME) == config.TASKS
+    for name, t in tasks.TASKS_BY_NAME.items():
+        assert t.name == name and t.grader is GRADERS[name] and t.max_new_tokens > 0 and t.gold_fields
+        assert (t.loader is None) == (name == "arith") and bool(t.prompt) == (name != "arith")
+    assert tasks.TASKS_BY_NAME["arith"].render({"question": "Q?"}) == "Q?"
+    assert tasks.TASKS_BY_NAME["math"].render({"problem": " 1+1? "}).startswith("1+1?\n\nPlease reason")
+    with pytest.raises(KeyError, match="unknown task 'gsm'"):
+        tasks.task_of("gsm")
 
 
 def test_gsm8k_rows(loaded):
@@ -287,7 +295,7 @@ def test_recipe_data_section(tmp_path, cache):
     assert recipe("task: csqa\nmodel: m\n").digest() != recipe("task: csqa\nmodel: m\ndata: {limit_test: 5}\n").digest()
     # Without `model` and `data`, a recipe keeps the hash it had before they existed: earlier runs still resume.
     demo = config.load_recipe(pipeline.RECIPES / "demo.yaml")
-    before = {k: v for k, v in asdict(demo).items() if k not in ("model", "data")}
+    before = {k: v for k, v in asdict(demo).items() if k not in ("model", "data", "verdict")}
     assert demo.digest() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
     for text, message in [("task: gsm8k\n", "task gsm8k needs 'model'"),
                           ("task: csqa\nmodel: m\ndata: {subjets: [algebra]}\n",

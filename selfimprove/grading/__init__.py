@@ -5,11 +5,12 @@
 
 Graders (GRADERS): arith, gsm8k, csqa (grade_text.py), math (grade_math.py), mbpp (sandbox.py); each module
 documents its extraction rule and its sources. `selfimprove grade` and `selfimprove audit` (cli.py) and the
-verify stage (verify.py) all call `grade_batch`.
+verify stage (verify.py) all call `grade_batch`. The gold argument a grader takes is read from a row by
+`tasks.gold_of`, the task registry's (tasks.TASKS_BY_NAME).
 """
 
-from .graders import GRADERS, GoldError, gold_of, grade_one
+from .graders import GRADERS, GoldError, grade_one
 from .pool import grade_batch
 from .types import STATUSES, Grade
 
-__all__ = ["GRADERS", "STATUSES", "Grade", "GoldError", "gold_of", "grade_batch", "grade_one"]
+__all__ = ["GRADERS", "STATUSES", "Grade", "GoldError", "grade_batch", "grade_one"]

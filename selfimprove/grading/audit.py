@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from ..data import json_objects
-from ..tasks import LOADERS, TaskDataError, need
+from ..tasks import TASKS_BY_NAME, TaskDataError
 from .pool import grade_batch
 
 CHECKS = ("gold_vs_itself", "solution_vs_gold")
@@ -32,27 +32,12 @@ AuditDataError = TaskDataError  # a dataset row lacks a field its task needs; th
 
 
 def checks_of(task: str, row: dict, where: str) -> list[tuple[str, str, str, object]]:
-    """(row id, check, response, gold) pairs that must all grade `correct` for one dataset row (rows are read by
-    the task loaders' parsers, tasks.LOADERS, so the audit checks the data exactly as a run reads it)."""
-    if task == "arith":
-        need(row, where, id=str, answer=str)
-        return [(row["id"], "gold_vs_itself", f"#### {row['answer']}", row["answer"])] + \
-            [(row["id"], "solution_vs_gold", s, row["answer"]) for s in row.get("solutions", [])]
-    if task not in LOADERS:
+    """(row id, check, response, gold) pairs that must all grade `correct` for one dataset row: the task's audit
+    hook (tasks.TASKS_BY_NAME), which reads rows by the task loaders' parsers, so the audit checks the data
+    exactly as a run reads it."""
+    if task not in TASKS_BY_NAME:
         raise AuditDataError(f"no audit for task {task!r}")
-    p = LOADERS[task].parse(row, where)
-    gold = p["answer"]
-    if task == "gsm8k":
-        return [(where, "gold_vs_itself", f"#### {gold}", gold), (where, "solution_vs_gold", p["solutions"][0], gold)]
-    if task == "math":
-        return [(where, "gold_vs_itself", "\\boxed{" + gold + "}", gold),
-                (where, "solution_vs_gold", p["solutions"][0], gold)]
-    if task == "csqa":
-        text = p["choices"]["text"][p["choices"]["label"].index(gold)]
-        gold = {"answer": gold, "choices": p["choices"]}
-        return [(p["id"], "gold_vs_itself", p["answer"], gold), (p["id"], "solution_vs_gold", text, gold)]
-    gold = {"tests": p["tests"], "setup": p["setup"]}  # mbpp: the reference code against its own asserts
-    return [(str(row.get("task_id", where)), "solution_vs_gold", p["answer"], gold)]
+    return TASKS_BY_NAME[task].audit(row, where)
 
 
 def read_rows(path: str | Path) -> list[tuple[str, dict]]:

@@ -1,7 +1,7 @@
 """JSONL in, JSONL out: the `selfimprove grade` command.
 
 Each input line is a JSON object with `response` and the gold fields of its task (`gold`; MBPP: `tests` and
-optional `setup`; CommonsenseQA: optional `choices`, see graders.gold_of). Each output line is the input
+optional `setup`; CommonsenseQA: optional `choices`, see tasks.gold_of). Each output line is the input
 object plus `status`, `extracted` and `detail`. A malformed line is reported with its line number and left
 out of the output; every valid line is still graded.
 """
@@ -12,7 +12,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from .graders import GoldError, gold_of
+from ..tasks import gold_of
+from .graders import GoldError
 from .pool import grade_batch
 
 
@@ -40,7 +41,7 @@ def read_items(path: Path, task: str) -> tuple[list[tuple[int, dict, object]], l
                 problems.append(f"{path}:{no}: field 'response' must be a string, got {obj.get('response')!r:.60}")
                 continue
             try:
-                items.append((no, obj, gold_of(task, obj)))
+                items.append((no, obj, gold_of(task, obj, answer="gold")))
             except GoldError as e:
                 problems.append(f"{path}:{no}: {e}")
     return items, problems

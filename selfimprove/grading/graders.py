@@ -1,4 +1,4 @@
-"""The grader registry, one-item grading, and the gold answer of a JSONL line.
+"""The graders by task name, and one-item grading.
 
 `GRADERS[task](response, gold) -> Grade`; `grade_one` adds the guarantee that no grader exception escapes
 (it becomes an `error` with its type). Time limits are the batch runner's job (pool.py): `grade_one` itself
@@ -16,7 +16,7 @@ GRADERS = {"arith": grade_arith, "gsm8k": grade_gsm8k, "math": grade_math, "csqa
 
 
 class GoldError(ValueError):
-    """An input line's gold fields are missing or of the wrong type; the message says which."""
+    """An input line's gold fields are missing or of the wrong type; the message says which (tasks.gold_of)."""
 
 
 def grade_one(task: str, response: str, gold, sandbox_s: float = Limits.wall_s) -> Grade:
@@ -37,35 +37,3 @@ def grade_one(task: str, response: str, gold, sandbox_s: float = Limits.wall_s) 
         return Grade("error", None, f"{type(e).__name__} in the {task} grader")
     except Exception as e:  # a grader bug must not lose the batch; the row says what happened
         return Grade("error", None, f"{task} grader failed: {type(e).__name__}: {str(e)[:160]}")
-
-
-def gold_of(task: str, line: dict):
-    """The gold argument of `task`'s grader from one input line (`selfimprove grade`).
-
-    Every task reads `gold`; MBPP reads `tests` (a list of assert strings) and optional `setup` instead, and
-    CommonsenseQA also reads optional `choices` ({"label": [...], "text": [...]}, the dataset's field).
-
-    >>> gold_of("mbpp", {"response": "", "tests": ["assert f() == 1"]})
-    {'tests': ['assert f() == 1'], 'setup': ''}
-    >>> gold_of("gsm8k", {"response": "", "gold": 12})
-    '12'
-    """
-    if task == "mbpp":
-        tests, setup = line.get("tests"), line.get("setup") or ""
-        if not isinstance(tests, list) or not tests or not all(isinstance(t, str) for t in tests):
-            raise GoldError("field 'tests' must be a non-empty list of assert strings")
-        if not isinstance(setup, str):
-            raise GoldError("field 'setup' must be a string")
-        return {"tests": tests, "setup": setup}
-    gold = line.get("gold")
-    if isinstance(gold, (int, float)) and not isinstance(gold, bool):
-        gold = str(gold)
-    if not isinstance(gold, str) or not gold.strip():
-        raise GoldError(f"field 'gold' must be a non-empty string, got {gold!r}")
-    if task == "csqa" and line.get("choices") is not None:
-        choices = line["choices"]
-        if not (isinstance(choices, dict) and isinstance(choices.get("label"), list)
-                and isinstance(choices.get("text"), list) and len(choices["label"]) == len(choices["text"])):
-            raise GoldError("field 'choices' must be {'label': [...], 'text': [...]} of equal lengths")
-        return {"answer": gold, "choices": choices}
-    return gold

