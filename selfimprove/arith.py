@@ -170,12 +170,15 @@ def make_problem(rng: random.Random, pid: str, split: str, level: int, templates
 
 
 def generate(cfg: ArithConfig = ArithConfig()) -> dict[str, list[dict]]:
-    """All three splits; the same config always gives the same rows, and no question appears in two splits."""
+    """The splits train, test, ood (and fresh when `n_fresh` > 0); the same config always gives the same rows, and
+    no question appears in two splits. `fresh` is drawn last, so train, test and ood do not depend on it."""
     rng = random.Random(cfg.seed)
     seen: set[str] = set()
     out: dict[str, list[dict]] = {}
     plan = [("train", cfg.n_train, ID_TEMPLATES, cfg.solutions_per_problem),
             ("test", cfg.n_test, ID_TEMPLATES, 1), ("ood", cfg.n_ood, OOD_TEMPLATES, 1)]
+    if cfg.n_fresh:
+        plan.append(("fresh", cfg.n_fresh, ID_TEMPLATES, cfg.solutions_per_problem))
     for split, n, templates, n_sol in plan:
         rows = []
         while len(rows) < n:

@@ -55,7 +55,7 @@ def _run(args) -> int:
 
     pipeline.run(args.recipe, overrides=args.set, runs_root=args.runs_root, organism_root=args.organism_root,
                  overwrite=args.overwrite, log_output=args.verbose, stop_after=args.stop_after,
-                 figures_dir=args.figures_dir, kernel=args.kernel)
+                 figures_dir=args.figures_dir, kernel=args.kernel, seeds=args.seeds)
     return 0
 
 
@@ -178,6 +178,17 @@ def _audit(args) -> int:
     return 1 if failed else 0
 
 
+def _seed_list(text: str) -> list[int]:
+    """--seeds 0,1,2: distinct integers >= 0."""
+    try:
+        seeds = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2, got {text!r}") from None
+    if min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct integers >= 0, got {text!r}")
+    return seeds
+
+
 def _bounded(kind, low, strict: bool = False):
     """An argparse type: a `kind` number at least `low` (above it when `strict`), as grading/pool.py's
     grade_batch requires; checked while parsing, before any file is read."""
@@ -221,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--runs-root", default="data/runs")
     run_p.add_argument("--overwrite", action="store_true", help="delete a run made with another config")
     run_p.add_argument("--verbose", action="store_true", help="stream the notebooks' output")
+    run_p.add_argument("--seeds", type=_seed_list, default=None, metavar="S,S,...",
+                       help="run the recipe once per seed (run and organism seed) into <name>-seeds/seed<s>/, then "
+                            "the per-seed verdicts and the across-seed mean and spread in <name>-seeds/report/")
     run_p.add_argument("--stop-after", default=None, metavar="T/STAGE", help="stop after this stage, e.g. 2/train")
     run_p.add_argument("--kernel", choices=("shared", "fresh"), default="shared",
                        help="shared: the stages run in one kernel, reset after each (default); fresh: each stage "

@@ -270,10 +270,15 @@ def check_machine(cfg: RunConfig) -> None:
 def run(recipe: str, *, overrides: list[str] | None = None, runs_root: str | Path = "data/runs",
         organism_root: str | Path = "data/organism", overwrite: bool = False, log_output: bool = False,
         stop_after: str | None = None, figures_dir: str | Path | None = None, kernel: str = "shared",
-        log=print) -> Path:
+        seeds: list[int] | None = None, log=print) -> Path:
     """Run (or resume) a recipe; returns the run directory, or for a study (a list of paradigms) the study
     directory holding one run per paradigm. `stop_after` ("<t>/<stage>") ends early (each run of a study).
-    `kernel`: "shared" runs the stages in one kernel, reset after each (kernel.py), "fresh" each in its own."""
+    `kernel`: "shared" runs the stages in one kernel, reset after each (kernel.py), "fresh" each in its own.
+    `seeds`: run the recipe once per seed (run_seeds) into <name>-seeds/seed<s>/; returns that folder."""
+    if seeds is not None:
+        return run_seeds(recipe, seeds, overrides=overrides, runs_root=runs_root, organism_root=organism_root,
+                         overwrite=overwrite, log_output=log_output, stop_after=stop_after, figures_dir=figures_dir,
+                         kernel=kernel, log=log)
     cfg = load_recipe(resolve_recipe(recipe, RECIPES), overrides)
     if stop_after is not None:  # a mistyped stage would otherwise stop nothing and run the whole recipe
         valid = [f"{t}/{s}" for t in range(1, cfg.iterations + 1) for s in stages_of(t, bool(cfg.model))]
@@ -295,6 +300,33 @@ def run(recipe: str, *, overrides: list[str] | None = None, runs_root: str | Pat
     if stop_after is None:
         report.report_study(study, roots, figures_dir=figures_dir, log=log)
     return study
+
+
+def seed_overrides(name: str, seed: int) -> list[str]:
+    """The overrides that make a recipe's seed-`seed` member: its run seed (sampling, pair drawing, training
+    order) and its organism seed (M1's initialisation and batch order; the arith problems stay the same), so
+    that the spread across seeds includes M1's own (our choice: a new M1 per seed, as the paper's M1 would be a
+    new SFT). Named <name>-seeds/seed<s>."""
+    return [f"seed={seed}", f"organism.seed={seed}", f"name={name}-seeds/seed{seed}"]
+
+
+def run_seeds(recipe: str, seeds: list[int], *, overrides: list[str] | None = None,
+              runs_root: str | Path = "data/runs", figures_dir: str | Path | None = None, stop_after=None,
+              log=print, **kwargs) -> Path:  # figures_dir: each seed's figures stay in its own report/
+    """The recipe once per seed (`selfimprove run demo --seeds 0,1,2`): every seed's config is validated before
+    the first runs; then <name>-seeds/report/ gets the per-seed verdicts and the across-seed mean and spread
+    of every number of the tidy metrics tables (report.report_seeds)."""
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise RecipeError(f"--seeds needs distinct seeds >= 0, got {seeds}")
+    base = load_recipe(resolve_recipe(recipe, RECIPES), overrides)
+    for s in seeds:  # a bad override fails here, before any seed has run
+        load_recipe(resolve_recipe(recipe, RECIPES), [*(overrides or []), *seed_overrides(base.name, s)])
+    roots = [run(recipe, overrides=[*(overrides or []), *seed_overrides(base.name, s)], runs_root=runs_root,
+                 figures_dir=None, stop_after=stop_after, log=log, **kwargs) for s in seeds]
+    folder = Path(runs_root) / f"{base.name}-seeds"
+    if stop_after is None:
+        report.report_seeds(folder, dict(zip(seeds, roots)), log=log)
+    return folder
 
 
 def run_config(cfg: RunConfig, *, runs_root: str | Path = "data/runs", organism_root: str | Path = "data/organism",

@@ -199,3 +199,68 @@ def timing_table(manifest: artifacts.Manifest) -> str:
     share = f"{(wall - compute) / wall:.0%} of wall" if wall else ""
     lines.append(f"| total | {wall:.1f} | {compute:.1f} | {wall - compute:.1f} | | other = {share} |")
     return "\n".join(lines)
+
+
+SEED_KEYS = ["arm", "iteration", "split", "metric", "subset", "k"]
+
+
+def _runs_of(root: Path) -> list[Run]:
+    """The runs of a study folder, or the one run a run directory is."""
+    study = Study(root)
+    return study.runs() or [Run(root)]
+
+
+def seeds_tables(by_seed: dict[int, Path]) -> tuple:
+    """(verdicts, spread) over seeds. `by_seed`: {seed: its run or study folder}. verdicts: one row per (seed,
+    arm) with the run's label and one-line verdict (report/verdict.json). spread: every number of the runs'
+    tidy metrics tables (metrics.collect, what the figures draw) with its mean, standard deviation (ddof 1),
+    min and max over seeds and the number of seeds that have it, per (arm, iteration, split, metric, subset, k).
+    The arm of a run is its paradigm."""
+    import pandas as pd
+
+    verdicts, tables = [], []
+    for seed, root in by_seed.items():
+        for run in _runs_of(Path(root)):
+            arm = run.config()["paradigm"]
+            path = run.paths.report / "verdict.json"
+            v = json.loads(path.read_text()) if path.exists() else {}
+            verdicts.append({"seed": seed, "arm": arm, "label": v.get("label", ""), "line": v.get("line", "")})
+            tables.append(metrics.collect(run.root).assign(seed=seed, arm=arm))
+    long = pd.concat(tables, ignore_index=True)
+    long["k"] = long["k"].fillna(-1)  # groupby drops missing keys; -1 stands for "no k" and is put back below
+    spread = (long.groupby(SEED_KEYS, sort=True)["value"]
+              .agg(mean="mean", sd="std", min="min", max="max", seeds="count").reset_index())
+    spread["k"] = spread["k"].astype("Int64").mask(spread["k"] == -1)
+    return pd.DataFrame(verdicts), spread
+
+
+def seeds_markdown(verdicts, spread) -> str:
+    """The per-seed verdicts, the label counts per arm, and greedy pass@1 (test and OOD) per arm and iteration
+    as mean ± sd [min, max] over seeds."""
+    lines = ["| seed | arm | verdict |", "|---|---|---|"]
+    lines += [f"| {r.seed} | {r.arm} | {r.label.upper()} |" for r in verdicts.itertuples()]
+    lines += ["", "| arm | verdicts over seeds |", "|---|---|"]
+    for arm, g in verdicts.groupby("arm", sort=False):
+        counts = g["label"].value_counts()
+        lines.append(f"| {arm} | " + ", ".join(f"{k} {v}/{len(g)}" for k, v in counts.items()) + " |")
+    p1 = spread[(spread["metric"] == "pass@1") & (spread["subset"] == "all") & spread["split"].isin(["test", "ood"])]
+    lines += ["", "| arm | model | split | pass@1 mean ± sd | min - max | seeds |", "|---|---|---|---|---|---|"]
+    for r in p1.sort_values(["arm", "split", "iteration"]).itertuples():
+        sd = "" if r.sd != r.sd else f" ± {r.sd:.3f}"  # NaN with one seed
+        lines.append(f"| {r.arm} | M{r.iteration} | {r.split} | {r.mean:.3f}{sd} | {r.min:.3f} - {r.max:.3f} | "
+                     f"{r.seeds} |")
+    return "\n".join(lines)
+
+
+def report_seeds(folder: Path, by_seed: dict[int, Path], log=print) -> None:
+    """<folder>/report/: seeds.md (seeds_markdown), seeds_verdicts.csv and seeds_metrics.csv (seeds_tables: the
+    across-seed mean and spread of every number the figures draw). Each seed's own figures are in its study's
+    report/ (each seed has its own M1, which the figures keep apart)."""
+    verdicts, spread = seeds_tables(by_seed)
+    out = Path(folder) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    verdicts.to_csv(out / "seeds_verdicts.csv", index=False)
+    spread.to_csv(out / "seeds_metrics.csv", index=False)
+    text = seeds_markdown(verdicts, spread)
+    (out / "seeds.md").write_text(text + "\n")
+    log(f"\nseeds {', '.join(map(str, by_seed))}: verdicts and pass@1 across seeds ({out})\n\n" + text)

@@ -412,6 +412,8 @@ class ArithConfig:
     n_train: int = 6000  # training problems (gold SFT and the self-improvement pool)
     n_test: int = 750  # test problems, spread evenly over levels
     n_ood: int = 500  # OOD problems (unseen templates), spread evenly over levels
+    n_fresh: int = 0  # held-out training problems with gold solutions, never seen by M1 nor sampled by the loop:
+    # the positive control's new information (the `gold` arm); 0 = none (our choice)
     solutions_per_problem: int = 4  # distinct gold solutions kept per training problem (organism.md: 4)
     max_operand: int = 50  # operands of + and - in 1..max_operand (organism.md: numbers 0-50)
     max_total: int = 200  # every running total stays in 0..max_total (our choice: keeps answers small)
@@ -423,6 +425,8 @@ class ArithConfig:
         for f in ("n_train", "n_test", "n_ood", "solutions_per_problem", "max_operand", "max_total"):
             if getattr(self, f) < 1:
                 raise ValueError(f"arith: {f} must be >= 1, got {getattr(self, f)}")
+        if self.n_fresh < 0:
+            raise ValueError(f"arith: n_fresh must be >= 0, got {self.n_fresh}")
 
 
 @dataclass(frozen=True)

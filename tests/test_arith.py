@@ -97,3 +97,15 @@ def test_write_jsonl_roundtrip(tmp_path, splits):
     arith.write_jsonl(splits, tmp_path, SMALL)
     assert data.load_jsonl(tmp_path / "test.jsonl") == splits["test"]
     assert (tmp_path / "config.json").exists()
+
+
+def test_fresh_split_is_held_out_and_leaves_the_other_splits_unchanged():
+    from selfimprove.arith import ArithConfig, generate
+
+    small = dict(n_train=60, n_test=20, n_ood=10)
+    base, more = generate(ArithConfig(**small)), generate(ArithConfig(**small, n_fresh=30))
+    assert "fresh" not in base and len(more["fresh"]) == 30
+    assert all(base[s] == more[s] for s in ("train", "test", "ood"))  # drawn last: nothing else moves
+    others = {r["question"] for s in ("train", "test", "ood") for r in more[s]}
+    assert not others & {r["question"] for r in more["fresh"]}
+    assert all(len(r["solutions"]) >= 1 and r["split"] == "fresh" for r in more["fresh"])

@@ -1,0 +1,44 @@
+"""`selfimprove run <recipe> --seeds ...`: one run per seed (run seed and organism seed), then the per-seed verdicts
+and the across-seed mean and spread of every number of the metrics tables."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from selfimprove import metrics, pipeline
+from selfimprove.config import RecipeError
+
+
+@pytest.mark.slow
+def test_seeds_run_the_recipe_per_seed_and_report_mean_and_spread(organism_root, tmp_path):
+    folder = pipeline.run("tiny", seeds=[0, 1], overrides=["sample.problems_per_iteration=20"], runs_root=tmp_path,
+                          organism_root=organism_root, log=lambda *a: None)
+    assert folder == tmp_path / "tiny-seeds"
+    values = {}
+    for s in (0, 1):
+        manifest = json.loads((folder / f"seed{s}" / "manifest.json").read_text())
+        assert manifest["config"]["seed"] == s and manifest["config"]["organism"]["seed"] == s
+        table = metrics.collect(folder / f"seed{s}")
+        values[s] = table[(table["split"] == "test") & (table["metric"] == "pass@1") & (table["subset"] == "all")]
+    spread = pd.read_csv(folder / "report" / "seeds_metrics.csv")
+    p1 = spread[(spread["split"] == "test") & (spread["metric"] == "pass@1") & (spread["subset"] == "all")]
+    assert sorted(p1["iteration"]) == [1, 2] and (p1["seeds"] == 2).all()
+    for t in (1, 2):
+        both = [float(values[s].loc[values[s]["iteration"] == t, "value"].iloc[0]) for s in (0, 1)]
+        row = p1[p1["iteration"] == t].iloc[0]
+        assert row["mean"] == pytest.approx(sum(both) / 2)
+        assert (row["min"], row["max"]) == (pytest.approx(min(both)), pytest.approx(max(both)))
+    verdicts = pd.read_csv(folder / "report" / "seeds_verdicts.csv")
+    assert list(verdicts["seed"]) == [0, 1] and verdicts["label"].notna().all()
+    text = (folder / "report" / "seeds.md").read_text()
+    assert "| 0 | dpo |" in text and "| 1 | dpo |" in text and "M2 | test" in text
+
+
+def test_a_bad_seed_list_or_override_is_refused_before_any_run(tmp_path):
+    with pytest.raises(RecipeError, match="distinct seeds"):
+        pipeline.run("tiny", seeds=[1, 1], runs_root=tmp_path, organism_root=tmp_path / "org", log=lambda *a: None)
+    with pytest.raises(RecipeError, match="unknown key"):
+        pipeline.run("tiny", seeds=[0, 1], overrides=["sample.n_sample=4"], runs_root=tmp_path,
+                     organism_root=tmp_path / "org", log=lambda *a: None)
+    assert not any(tmp_path.iterdir())
