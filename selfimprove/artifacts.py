@@ -187,11 +187,13 @@ def versions() -> dict:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             out[pkg] = None
-    try:
-        out["git"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                    timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        out["git"] = None
+    out["git"] = None  # the checkout's commit; an installed package has none (the working directory's is not ours)
+    if CHECKOUT is not None:
+        try:
+            out["git"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                        cwd=CHECKOUT).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            pass
     return out
 
 
