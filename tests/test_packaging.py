@@ -40,8 +40,10 @@ def _files(root: Path) -> set[str]:
 
 def test_installed_package_runs_outside_the_checkout(tmp_path):
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(target), str(_sources(tmp_path / "src"))], check=True)
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                          "--no-index", "--target", str(target), str(_sources(tmp_path / "src"))],
+                         capture_output=True, text=True)
+    assert pip.returncode == 0, f"pip install failed:\n{pip.stdout[-3000:]}\n{pip.stderr[-3000:]}"
     installed = target / "selfimprove" / "notebooks"
     missing = _files(CHECKOUT / "notebooks") - _files(installed)
     assert not missing, f"not installed (list their folder in pyproject.toml's packages): {sorted(missing)}"
@@ -60,8 +62,8 @@ def test_installed_package_runs_outside_the_checkout(tmp_path):
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     run = work / "data" / "runs" / "tiny"
     manifest = json.loads((run / "manifest.json").read_text())
-    assert {k: v["state"] for k, v in manifest["stages"].items()} == {
-        "1/sample": "done", "1/verify": "done", "1/evaluate": "done"}
+    states = {k: v["state"] for k, v in manifest["stages"].items()}
+    assert states == {"prepare": "done", "1/sample": "done", "1/verify": "done", "1/evaluate": "done"}, states
     assert (run / "iter_1" / "metrics.json").exists() and (run / "report" / "summary.md").exists()
     assert (run / "iter_1" / "notebooks" / "40_evaluate.ipynb").exists()
     assert any((work / "data" / "organism").glob("*/M1")), "the organism is not under the working directory"
