@@ -329,7 +329,7 @@ def _operate(page, runs: list[Path], expected: list, deadline: Deadline) -> None
     the run dropdown (one above each explorer, the same widget) switches both explorers to the other run."""
     pickers = page.locator(".si-run select")
     assert pickers.count() == 2, f"{pickers.count()} run dropdowns, expected one above each explorer"
-    assert pickers.first.input_value() == str(runs[0])
+    assert pickers.first.input_value() == runs[0].name  # an ipywidgets option's DOM value is its label
     # The diversity explorer ran too: its heatmap image (embeddings of the samples) is there.
     page.wait_for_selector(".si-diversity img.si-heatmap[src^='blob:']", state="attached", timeout=deadline.ms())
     _choose(page, *expected[0], deadline)
@@ -337,6 +337,6 @@ def _operate(page, runs: list[Path], expected: list, deadline: Deadline) -> None
     pickers.first.select_option(label=runs[1].name, timeout=deadline.ms())
     for old in shown:  # both explorers are made again for the chosen run
         page.wait_for_function("el => !el.isConnected", arg=old, timeout=deadline.ms())
-    assert pickers.last.input_value() == str(runs[1]), "the two run dropdowns disagree"
+    assert pickers.last.input_value() == runs[1].name, "the two run dropdowns disagree"
     page.wait_for_selector(".si-diversity img.si-heatmap[src^='blob:']", state="attached", timeout=deadline.ms())
     _choose(page, *expected[1], deadline)
