@@ -263,7 +263,9 @@ def _check_explore(nb, project: Path) -> None:
 def _saved(page, path: Path, deadline: Deadline):
     """The notebook as the page holds it (outputs, execution counts), saved with Ctrl+S and read back."""
     before = path.stat().st_mtime_ns
-    page.locator(".jp-NotebookPanel .jp-Notebook").first.click(position={"x": 5, "y": 5}, timeout=deadline.ms())
+    # the shown notebook (a tab restored from the workspace may hold another, hidden)
+    page.locator(".jp-NotebookPanel .jp-Notebook:visible").first.click(position={"x": 5, "y": 5},
+                                                                        timeout=deadline.ms())
     page.keyboard.press("Control+s")
     while path.stat().st_mtime_ns == before:
         page.wait_for_timeout(250)
