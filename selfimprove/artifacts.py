@@ -29,9 +29,35 @@ from pathlib import Path
 
 import pandas as pd
 
-# The repository root: notebooks/ and data/ (runs, cache) lie under it, and the stages run with it as their
-# working directory (pipeline.execute_stage).
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+_PACKAGE = Path(__file__).resolve().parent
+# The folder that holds the `selfimprove` package (a checkout, or site-packages when installed): a kernel or
+# worker process started elsewhere imports the same code from it.
+IMPORT_ROOT = _PACKAGE.parent
+# The checkout the package is imported from (its pyproject.toml and notebooks/ beside the package), or None
+# when it is installed (`pip install .`).
+CHECKOUT: Path | None = (IMPORT_ROOT if (IMPORT_ROOT / "pyproject.toml").is_file()
+                         and (IMPORT_ROOT / "notebooks" / "params").is_dir() else None)
+# The folder whose notebooks/ holds the stage notebooks and notebooks/params the recipes: the checkout, or the
+# installed package, which ships them as package data `selfimprove.notebooks` (pyproject.toml).
+PACKAGE_ROOT = CHECKOUT if CHECKOUT is not None else _PACKAGE
+
+
+def project_dir(cwd: str | Path | None = None) -> Path:
+    """The folder that relative paths such as `data/runs/demo` or `data/cache` are read from by the notebooks
+    opened in JupyterLab: the checkout when the working directory is its notebooks/ folder or below (JupyterLab
+    starts a notebook's kernel in the notebook's folder, while `make demo` writes data/ at the checkout's top),
+    else the working directory, where `selfimprove run` writes data/ (and where its stages run)."""
+    cwd = Path.cwd() if cwd is None else Path(cwd)
+    if CHECKOUT is not None and cwd.resolve().is_relative_to(CHECKOUT / "notebooks"):
+        return CHECKOUT
+    return cwd
+
+
+def resolve(path: str | Path, cwd: str | Path | None = None) -> Path:
+    """`path` as given if absolute, else under project_dir() (the checkout from its notebooks/ folder, else the
+    working directory)."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else project_dir(cwd) / p
 
 
 @dataclass(frozen=True)
@@ -161,11 +187,13 @@ def versions() -> dict:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             out[pkg] = None
-    try:
-        out["git"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                    timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        out["git"] = None
+    out["git"] = None  # the checkout's commit; an installed package has none (the working directory's is not ours)
+    if CHECKOUT is not None:
+        try:
+            out["git"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                        cwd=CHECKOUT).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            pass
     return out
 
 

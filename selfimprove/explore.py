@@ -5,7 +5,12 @@ how a problem's sampled responses collapse (or not) across iterations.
 Pure data functions read the run directory (README, "What a run is": iter_<t>/samples_<split>.parquet, the graded sample
 table; iter_<t>/train_data.parquet, the data that made M(t+1)) and return DataFrames, arrays or HTML strings;
 tests call them without widgets. `improvement_explorer(run_dir)` and `diversity_explorer(run_dir)` wire them to
-ipywidgets; their key widgets carry stable CSS classes (`si-*`, see WIDGET_CLASSES) for the browser test.
+ipywidgets; their key widgets carry stable CSS classes (`si-*`, see WIDGET_CLASSES) for the browser test. Given
+a study folder (one run per paradigm, as `make demo` writes data/runs/demo) or a `run_picker` of one, they
+show a dropdown of its runs above them and follow its choice.
+
+A relative folder is read from artifacts.project_dir(): the checkout when the working directory is its
+notebooks/ folder (JupyterLab starts the notebook's kernel there), else the working directory.
 
 Greedy correctness decides the transition sets, as in improvement.py (paper.md §3.3 [INF]); the equations
 highlighted are those the Distinct Equations metric counts (diversity.EQUATIONS); the heatmaps are the cosine
@@ -34,7 +39,7 @@ STATUS_COLORS = {"correct": "#1a7f37", "incorrect": "#cf222e", "no_answer": "#9a
 EQUATION_PATTERNS = {"arith": arith.EQUATION_RE}
 WIDGET_CLASSES = ("si-improvement", "si-iter-a", "si-iter-b", "si-split", "si-table", "si-set", "si-problem",
                   "si-problem-card", "si-train-problem", "si-train-card", "si-diversity", "si-div-problem",
-                  "si-samples", "si-heatmap")
+                  "si-samples", "si-heatmap", "si-run")
 
 
 class ImprovementView(NamedTuple):
@@ -55,24 +60,48 @@ def _read(path: Path) -> pd.DataFrame:
     return _read_parquet(str(path), path.stat().st_mtime_ns)
 
 
-PACKAGE_ROOT = artifacts.PACKAGE_ROOT
-
-
 def resolve(path: str | Path) -> Path:
-    """`path` as given if it is absolute or exists from the working directory, else from the package root.
-    JupyterLab starts a notebook's kernel in the notebook's folder (notebooks/), while `data/runs/<run>` and
-    the evaluate stage's `data/cache` are under the package root, where `make demo` and the stages run."""
-    p = Path(path)
-    return p if p.is_absolute() or p.exists() else PACKAGE_ROOT / p
+    """`path` as given if absolute, else under artifacts.project_dir(): the checkout from its notebooks/ folder
+    (where JupyterLab starts the notebook's kernel; `make demo` writes data/ at the checkout's top), else the
+    working directory (where `selfimprove run` writes data/)."""
+    return artifacts.resolve(path)
+
+
+def _is_run(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.glob("iter_*"))
 
 
 def _paths(run_dir: str | Path) -> artifacts.RunPaths:
     root = resolve(run_dir)
-    if not root.is_dir() or not any(root.glob("iter_*")):
-        raise FileNotFoundError(f"run directory {str(run_dir)!r} does not exist or has no iter_<t>/ folder (looked "
-                                f"in {Path.cwd()} and {PACKAGE_ROOT}); give the folder `selfimprove run` wrote "
-                                "(data/runs/<run>)")
+    if not _is_run(root):
+        study = " (a study folder: choose one of its runs, or give it to run_picker)" if runs_in(root) else ""
+        raise FileNotFoundError(f"run directory {str(run_dir)!r} ({root}) does not exist or has no iter_<t>/ "
+                                f"folder{study}; give the folder `selfimprove run` wrote (data/runs/<run>)")
     return artifacts.RunPaths(root)
+
+
+def runs_in(folder: Path) -> list[Path]:
+    """The runs directly under a study folder, paradigms in the order sft, dpo, sft-dpo, then others by name."""
+    from .config import PARADIGMS
+
+    found = [p for p in folder.iterdir() if _is_run(p)] if folder.is_dir() else []
+    return sorted(found, key=lambda p: (PARADIGMS.index(p.name) if p.name in PARADIGMS else len(PARADIGMS), p.name))
+
+
+def runs_of(path: str | Path) -> list[Path]:
+    """The runs to explore under `path`: [the run] for a run folder (with iter_<t>/ folders), the study's runs
+    for a study folder (`selfimprove run` of a recipe with a list of paradigms: one run per paradigm)."""
+    root = resolve(path)
+    if _is_run(root):
+        return [root]
+    runs = runs_in(root)
+    if not runs:
+        where = "does not exist" if not root.exists() else "is neither a run (iter_<t>/ folders) nor a study " \
+                "(one run per paradigm in subfolders)"
+        raise FileNotFoundError(f"{str(path)!r} ({root}) {where}; relative folders are read from "
+                                f"{artifacts.project_dir()} (the checkout from its notebooks/ folder, else the "
+                                "working directory). Make one with `make demo` or `selfimprove run <recipe>`")
+    return runs
 
 
 def iterations(run_dir: str | Path, split: str = "test") -> list[int]:
@@ -314,10 +343,46 @@ def _dropdown(widgets, css: str, description: str, options, value=None):
     return w
 
 
-def improvement_explorer(run_dir: str | Path, split: str = "test"):
+def run_picker(path: str | Path):
+    """A dropdown (class si-run) of the runs under `path`, a study folder (its paradigms) or a run folder (that
+    run alone); its value is the chosen run's folder. Give it to both explorers: they show it and follow it."""
+    import ipywidgets as widgets
+
+    runs = runs_of(path)
+    return _dropdown(widgets, "si-run", "run", [(r.name, str(r)) for r in runs], str(runs[0]))
+
+
+def _following(run, build):
+    """`build(run_dir)` for a run folder; for a study folder or a run_picker, a box with the picker above what
+    `build` makes for the chosen run, made again when the choice changes."""
+    import ipywidgets as widgets
+
+    if not isinstance(run, widgets.Dropdown):
+        if _is_run(resolve(run)):
+            return build(run)
+        run = run_picker(run)
+    body = widgets.VBox([build(run.value)])
+    message = widgets.HTML()
+
+    def rebuild(change=None):
+        body.children = [build(run.value)]
+        message.value = ""
+
+    run.observe(_reporting(message, rebuild), names="value")
+    return widgets.VBox([run, message, body])
+
+
+def improvement_explorer(run_dir, split: str = "test"):
     """Widgets: choose two iterations and a split; see gained, lost and stable problems by level; choose a
     problem of a set to see its responses in every iteration; choose a training problem to see its samples
-    and the pairs or SFT rows that trained the next model."""
+    and the pairs or SFT rows that trained the next model. `run_dir`: a run folder, a study folder or a
+    run_picker (then a dropdown of the runs comes first)."""
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"split {split!r}: transition sets need greedy responses, which only {EVAL_SPLITS} have")
+    return _following(run_dir, lambda r: _improvement_explorer(r, split))
+
+
+def _improvement_explorer(run_dir: str | Path, split: str):
     import ipywidgets as widgets
 
     if split not in EVAL_SPLITS:
@@ -385,11 +450,18 @@ def improvement_explorer(run_dir: str | Path, split: str = "test"):
     return box
 
 
-def diversity_explorer(run_dir: str | Path, split: str = "test", embedding_model: str = diversity.DEFAULT_MODEL,
+def diversity_explorer(run_dir, split: str = "test", embedding_model: str = diversity.DEFAULT_MODEL,
                        cache_dir: str | Path = "data/cache"):
     """Widgets: choose a problem; its sampled responses across iterations side by side with the equations
     highlighted, and a cosine-similarity heatmap of their embeddings per iteration (`embedding_model` ''
-    leaves the heatmaps out; embeddings are cached under `cache_dir`, as in the evaluate stage)."""
+    leaves the heatmaps out; embeddings are cached under `cache_dir`, as in the evaluate stage). `run_dir`: a
+    run folder, a study folder or a run_picker (then a dropdown of the runs comes first)."""
+    embedder = (diversity.Embedder(embedding_model, resolve(cache_dir) if cache_dir else "")
+                if embedding_model else None)  # one for all runs: the model loads once
+    return _following(run_dir, lambda r: _diversity_explorer(r, split, embedder))
+
+
+def _diversity_explorer(run_dir: str | Path, split: str, embedder: diversity.Embedder | None):
     import ipywidgets as widgets
 
     its = iterations(run_dir, split)
@@ -397,8 +469,6 @@ def diversity_explorer(run_dir: str | Path, split: str = "test", embedding_model
         raise FileNotFoundError(f"{run_dir}: no iter_<t>/samples_{split}.parquet; has the run sampled?")
     task = _task(run_dir, its[0], split)
     ids = sorted(samples(run_dir, its[0], split)["problem_id"].unique())
-    embedder = (diversity.Embedder(embedding_model, resolve(cache_dir) if cache_dir else "")
-                if embedding_model else None)
     problem_w = _dropdown(widgets, "si-div-problem", "problem", ids, ids[0] if ids else None)
     side = widgets.HTML()
     side.add_class("si-samples")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -35,11 +36,18 @@ from . import arith, artifacts, kernel, organism, report
 from .config import RecipeError, RunConfig, load_recipe, resolve_recipe
 from .kernel import INTERRUPT, Interrupted
 
+# The stage notebooks and recipes: the checkout's notebooks/ and notebooks/params/, or the same files shipped
+# in the installed package (artifacts.PACKAGE_ROOT).
 PACKAGE_ROOT = artifacts.PACKAGE_ROOT
 NOTEBOOKS = PACKAGE_ROOT / "notebooks"
 RECIPES = NOTEBOOKS / "params"
-# Set while a kernel starts, which inherits it: text progress bars, which the stage's log can show.
-KERNEL_ENV = {"SELFIMPROVE_PROGRESS": "text"}
+
+
+def kernel_env() -> dict[str, str]:
+    """Set while a kernel starts, which inherits it: text progress bars, which the stage's log can show, and
+    the folder this package is imported from first on PYTHONPATH, so the stages run the runner's own code."""
+    path = os.pathsep.join(filter(None, [str(artifacts.IMPORT_ROOT), os.environ.get("PYTHONPATH")]))
+    return {"SELFIMPROVE_PROGRESS": "text", "PYTHONPATH": path}
 STAGE_NOTEBOOKS = {"train": "10_train.ipynb", "sample": "20_sample.ipynb", "verify": "30_verify.ipynb",
                    "evaluate": "40_evaluate.ipynb"}
 
@@ -179,8 +187,8 @@ def execute_stage(stage: str, stage_cfg, out_nb: Path, log_output: bool,
         if session is not None and not kernel.needs_fresh_kernel(stage, stage_cfg):
             session.execute(nb, out_nb, params, stderr_file=kernel_stderr, log_output=log_output)
             return
-        with kernel.env_set(**KERNEL_ENV):  # a fresh kernel inherits it
-            pm.execute_notebook(str(nb), str(out_nb), parameters=params, cwd=str(PACKAGE_ROOT), progress_bar=False,
+        with kernel.env_set(**kernel_env()):  # a fresh kernel inherits it; it runs where `selfimprove run` does
+            pm.execute_notebook(str(nb), str(out_nb), parameters=params, cwd=str(Path.cwd()), progress_bar=False,
                                 log_output=log_output, stderr_file=kernel_stderr, kernel_name="python3")
 
 
@@ -193,7 +201,8 @@ def kernel_session(policy: str, stderr_path: Path, given: kernel.KernelSession |
     if given is not None or policy == "fresh":
         yield given
         return
-    with kernel.KernelSession(PACKAGE_ROOT, stderr_path, env=KERNEL_ENV) as session:
+    # The kernel's working directory is the runner's: relative paths (data/cache) mean the same in both.
+    with kernel.KernelSession(Path.cwd(), stderr_path, env=kernel_env()) as session:
         yield session
 
 
@@ -343,8 +352,8 @@ def run_config(cfg: RunConfig, *, runs_root: str | Path = "data/runs", organism_
             raise RecipeError(f"recipe '{cfg.name}': model {model!r} is not a folder (a local model is a folder that "
                               "save_pretrained wrote; a hub id looks like 'org/name')")
         check_machine(cfg)
-        # Absolute: the stage notebooks run with the package root as their working directory (execute_stage),
-        # so a relative runs root or model folder would be read there, not where the command was started.
+        # Absolute: the run directory and model folder are written into the executed notebooks (the run's
+        # log), and must not depend on the working directory of whoever opens them.
         paths = artifacts.RunPaths((Path(runs_root) / cfg.name).absolute())
         local_model = str(folder.absolute()) if model and folder.is_dir() else ""
         manifest = artifacts.Manifest.open(paths, asdict(cfg), cfg.digest(), overwrite=overwrite)

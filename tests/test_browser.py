@@ -1,8 +1,14 @@
-"""The explore notebook in a real browser: JupyterLab on 127.0.0.1 with a token, headless Chromium (Debian's
-`chromium`, driven by Python Playwright through `executable_path`; no browser download), Run All Cells on a
-copy of notebooks/60_explore.ipynb pointed at the tiny run, then choose a transition set and a problem in
-the improvement explorer and check that the problem's id, verdicts and extracted answers, read here from the
-run's Parquet files, appear in the page. The screenshot is kept at tests/artifacts/explore.png.
+"""The analysis and explore notebooks in a real browser, opened as a new user does after `make demo`:
+JupyterLab on 127.0.0.1 with a token, headless Chromium (Debian's `chromium`, driven by Python Playwright through
+`executable_path`; no browser download). A copy of the project (selfimprove/, notebooks/, pyproject.toml) in a
+temporary folder holds a study made as `make demo` makes one, from the tiny recipe (`selfimprove run tiny --set
+'paradigm=[dpo,sft]' --set name=demo`, so data/runs/demo/{dpo,sft}/), and nothing is written into the checkout.
+notebooks/50_analysis.ipynb and notebooks/60_explore.ipynb are opened with their default parameters, their
+kernels start in notebooks/, and Run All Cells must finish without an error output: 50 shows every figure, 60
+its widgets. In 60 the test then chooses a transition set and a problem in the improvement explorer and checks
+that the problem's verdicts and extracted answers, read here from the run's Parquet files, appear in the page;
+then it chooses the other run of the study in the run dropdown and checks again. The screenshots are kept in
+tests/artifacts/ (analysis.png, explore.png).
 
 `make test` installs chromium (`make browser`); without it or without playwright this test skips, saying so.
 """
@@ -27,7 +33,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from selfimprove import pipeline
+from selfimprove import explore
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
 # Checked before any fixture runs, so that a machine without them does not build the tiny run for nothing.
@@ -40,8 +46,9 @@ pytestmark = [
 ]
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-BUDGET_S = 180  # the whole test after the tiny run exists: server, kernel, run all, clicks (our choice)
-NOTEBOOK = "60_explore.ipynb"
+BUDGET_S = 240  # the whole test after the study exists: server, two notebooks' kernels, run all, clicks (our choice)
+ANALYSIS, EXPLORE = "notebooks/50_analysis.ipynb", "notebooks/60_explore.ipynb"
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
 
 class Deadline:
@@ -132,99 +139,179 @@ def _expected(run_dir: Path) -> tuple[str, str, list[str], list[str]]:
     return pid, label, list(h["status"]), extracted
 
 
-def _notebook_copy(folder: Path, run_dir: Path) -> Path:
-    nb = nbformat.read(pipeline.NOTEBOOKS / NOTEBOOK, as_version=4)
-    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    source, n = re.subn(r"^run_dir: str = .*$", f"run_dir: str = {str(run_dir)!r}", params.source, flags=re.M)
-    assert n == 1, f"{NOTEBOOK}: no `run_dir: str = ...` line in its parameters cell"
-    params.source = re.sub(r"^cache_dir: str = .*$", f"cache_dir: str = {str(folder / 'cache')!r}", source,
-                           flags=re.M)
-    path = folder / NOTEBOOK
-    nbformat.write(nb, path)
-    return path
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, organism_root) -> Path:
+    """A copy of the project holding the demo study of the tiny recipe, made from its top as `make demo` does
+    (into data/runs/demo/; the organism from the test session's shared folder)."""
+    root = tmp_path_factory.mktemp("project")
+    skip = shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints")
+    for name in ("selfimprove", "notebooks"):
+        shutil.copytree(explore.artifacts.CHECKOUT / name, root / name, ignore=skip)
+    shutil.copy2(explore.artifacts.CHECKOUT / "pyproject.toml", root)
+    log = root / "demo.log"
+    with open(log, "w") as fh:
+        done = subprocess.run([sys.executable, "-m", "selfimprove.cli", "run", "tiny", "--set", "paradigm=[dpo,sft]",
+                               "--set", "name=demo", "--organism-root", str(organism_root)], cwd=root,
+                              env=_env_for(root), stdout=fh, stderr=subprocess.STDOUT)
+    assert done.returncode == 0, f"the demo study failed:\n{log.read_text()[-3000:]}"
+    return root
 
 
-def test_explore_notebook_in_jupyterlab(tiny_run, tmp_path):
+def _env_for(root: Path, **extra) -> dict:
+    """The environment with the project copy's selfimprove first: its kernels import the copy, which finds the
+    copy's data/ as a checkout's."""
+    return os.environ | {"PYTHONPATH": str(root)} | extra
+
+
+@pytest.mark.skipif(explore.artifacts.CHECKOUT is None, reason="needs the sources (a checkout)")
+def test_notebooks_run_with_their_defaults_in_jupyterlab(project, tmp_path):
     from playwright import sync_api
 
-    pid, set_label, statuses, extracted = _expected(Path(tiny_run))
-    root = tmp_path / "lab"
-    root.mkdir()
-    _notebook_copy(root, Path(tiny_run))
+    study = project / "data" / "runs" / "demo"
+    runs = explore.runs_of(study)
+    assert [r.name for r in runs] == ["sft", "dpo"]
+    expected = [_expected(r) for r in runs]
     token, port = secrets.token_hex(16), _free_port()
     base = f"http://127.0.0.1:{port}"
     # Config, data, runtime, settings and workspace folders of our own: nothing of the user's Jupyter is read
     # or written, and no workspace of an earlier session is restored. Kernels and lab extensions still come
     # from the environment's share/jupyter.
-    env = os.environ | {k: str(tmp_path / k.lower()) for k in (
+    env = _env_for(project, **{k: str(tmp_path / k.lower()) for k in (
         "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "JUPYTERLAB_SETTINGS_DIR",
-        "JUPYTERLAB_WORKSPACES_DIR")}
+        "JUPYTERLAB_WORKSPACES_DIR")})
     news = Path(env["JUPYTERLAB_SETTINGS_DIR"]) / "@jupyterlab" / "apputils-extension"
     news.mkdir(parents=True)  # no "get notified about Jupyter news?" toast over the screenshot
     (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
     log = tmp_path / "jupyter.log"
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-           "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+           "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={project}",
            "--LabApp.news_url=None",  # offline: no announcement feed, no update check
            "--LabApp.check_for_updates_class=jupyterlab.handlers.announcements.NeverCheckForUpdate"]
     if os.geteuid() == 0:  # CI containers run as root; Jupyter refuses that unless told
         cmd.append("--allow-root")
     deadline = Deadline(BUDGET_S)
     with open(log, "w") as fh:
-        server = subprocess.Popen(cmd, cwd=root, env=env, stdout=fh, stderr=subprocess.STDOUT,
+        server = subprocess.Popen(cmd, cwd=project, env=env, stdout=fh, stderr=subprocess.STDOUT,
                                   start_new_session=True)
-    shot = ARTIFACTS / "explore.png"
+    ARTIFACTS.mkdir(exist_ok=True)
     try:
         _wait_ready(server, base, token, log, deadline)
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--disable-dev-shm-usage"])
             try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1600})
-                try:
-                    _operate(page, base, token, pid, set_label, statuses, extracted, deadline)
-                finally:
-                    ARTIFACTS.mkdir(exist_ok=True)
-                    page.screenshot(path=str(shot))
-                    print(f"screenshot: {shot}")
+                for name, check in ((ANALYSIS, _check_analysis), (EXPLORE, _check_explore)):
+                    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+                    shot = ARTIFACTS / f"{Path(name).stem.split('_', 1)[1]}.png"
+                    try:
+                        _run_all(page, base, token, name, deadline)
+                        cwds = _kernel_cwds(server.pid)
+                        assert cwds == {(project / "notebooks").resolve()}, f"kernels run in {cwds}"
+                        if name == EXPLORE:
+                            _operate(page, runs, expected, deadline)
+                        check(_saved(page, project / name, deadline), project)
+                    finally:
+                        page.screenshot(path=str(shot), full_page=name == ANALYSIS)
+                        print(f"screenshot: {shot}")
+                        page.close()
+                    assert shot.stat().st_size > 10_000, f"{shot} is too small to show the notebook"
             finally:
                 browser.close()
     except Exception as e:
         raise AssertionError(f"{e}\n--- jupyter lab log (last 3000 chars) ---\n{log.read_text()[-3000:]}") from e
     finally:
         _stop(server, base, token)
-    assert shot.stat().st_size > 10_000, f"{shot} is too small to show the explorer"
 
 
-def _kernel_connected(base: str, token: str) -> bool:
-    """A kernel is running, idle, and the page holds a connection to it (JupyterLab shows "idle" in its
-    toolbar before the kernel has even started, so the page alone cannot tell)."""
+def _kernel_cwds(server_pid: int) -> set[Path]:
+    """The working directories of the kernels the server started (ipykernel processes below it)."""
+    cwds = set()
+    for pid in _descendants(server_pid):
+        try:
+            if b"ipykernel" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                cwds.add(Path(os.readlink(f"/proc/{pid}/cwd")))
+        except OSError:
+            continue
+    return cwds
+
+
+def _outputs(nb) -> list[tuple[int, dict]]:
+    return [(i, o) for i, c in enumerate(nb.cells) if c.cell_type == "code" for o in c.outputs]
+
+
+def _check_ran(nb, name: str) -> None:
+    errors = [f"cell {i}: {o.get('ename')}: {o.get('evalue')}" for i, o in _outputs(nb) if o.output_type == "error"]
+    assert not errors, f"{name}: error outputs: {errors}"
+    not_run = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.execution_count is None]
+    assert not not_run, f"{name}: cells {not_run} did not run"
+
+
+def _check_analysis(nb, project: Path) -> None:
+    _check_ran(nb, ANALYSIS)
+    images = {i for i, o in _outputs(nb) if "image/png" in o.get("data", {})}
+    figure_cells = {i for i, c in enumerate(nb.cells) if "plots.save(fig" in c.source}
+    assert figure_cells and figure_cells <= images, f"{ANALYSIS}: cells {sorted(figure_cells - images)} show no figure"
+    assert (project / "figures" / "reversal_dashboard.png").exists(), "figures_dir 'figures' is not the project's"
+
+
+def _check_explore(nb, project: Path) -> None:
+    _check_ran(nb, EXPLORE)
+    widgets = {i for i, o in _outputs(nb) if WIDGET_MIME in o.get("data", {})}
+    explorers = {i for i, c in enumerate(nb.cells) if "_explorer(" in c.source}
+    assert explorers and explorers <= widgets, f"{EXPLORE}: cells {sorted(explorers - widgets)} show no widget"
+
+
+def _saved(page, path: Path, deadline: Deadline):
+    """The notebook as the page holds it (outputs, execution counts), saved with Ctrl+S and read back."""
+    before = path.stat().st_mtime_ns
+    # the shown notebook (a tab restored from the workspace may hold another, hidden)
+    page.locator(".jp-NotebookPanel .jp-Notebook:visible").first.click(position={"x": 5, "y": 5},
+                                                                        timeout=deadline.ms())
+    page.keyboard.press("Control+s")
+    while path.stat().st_mtime_ns == before:
+        page.wait_for_timeout(250)
+        deadline.ms()
+    page.wait_for_timeout(500)  # the save has been renamed into place; read it whole
+    return nbformat.read(path, as_version=4)
+
+
+def _kernel_connected(base: str, token: str, name: str) -> bool:
+    """The notebook's kernel is running, idle, and the page holds a connection to it (JupyterLab shows "idle" in
+    its toolbar before the kernel has even started, so the page alone cannot tell)."""
     try:
-        with urllib.request.urlopen(f"{base}/api/kernels?token={token}", timeout=2) as r:
-            kernels = json.load(r)
+        with urllib.request.urlopen(f"{base}/api/sessions?token={token}", timeout=2) as r:
+            sessions = json.load(r)
     except OSError:
         return False
-    return any(k.get("execution_state") == "idle" and k.get("connections", 0) >= 1 for k in kernels)
+    return any(s.get("path") == name and s["kernel"].get("execution_state") == "idle"
+               and s["kernel"].get("connections", 0) >= 1 for s in sessions)
 
 
-def _wait_for_kernel(page, base: str, token: str, deadline: Deadline) -> None:
-    """Until the notebook's kernel is connected and idle; accepts JupyterLab's "Select Kernel" dialog
-    (python3, the notebook's kernelspec, is preselected) if it asks."""
+def _run_all(page, base: str, token: str, name: str, deadline: Deadline) -> None:
+    """Open the notebook, wait for its kernel (accepting JupyterLab's "Select Kernel" dialog, python3 being
+    preselected, if it asks), Run > Run All Cells, and wait until no cell is queued or running any more."""
+    page.goto(f"{base}/lab/tree/{name}?token={token}", timeout=deadline.ms())
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=deadline.ms())
     accept = page.locator(".jp-Dialog .jp-mod-accept")
     idle = page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')
-    while not (_kernel_connected(base, token) and idle.count()):
+    while not (_kernel_connected(base, token, name) and idle.count()):
         if accept.count() and accept.first.is_visible():
             accept.first.click(timeout=deadline.ms())
         page.wait_for_timeout(500)
         deadline.ms()
-
-
-def _operate(page, base, token, pid, set_label, statuses, extracted, deadline: Deadline) -> None:
-    page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={token}", timeout=deadline.ms())
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=deadline.ms())
-    _wait_for_kernel(page, base, token, deadline)
-    # Run > Run All Cells, by the menu's command id (JupyterLab 4).
+    # Run > Run All Cells, by the menu's labels (JupyterLab 4).
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click(timeout=deadline.ms())
     page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click(timeout=deadline.ms())
+    prompts = page.locator(".jp-CodeCell .jp-InputPrompt")
+    while True:  # every prompt is [n] or, after an error stopped the run, [ ]; none is [*]
+        texts = [t.strip() for t in prompts.all_inner_texts()]
+        if texts and re.fullmatch(r"\[\d+\]:", texts[0]) and not any("*" in t for t in texts) \
+                and _kernel_connected(base, token, name):
+            return
+        page.wait_for_timeout(500)
+        deadline.ms()
+
+
+def _choose(page, pid, set_label, statuses, extracted, deadline: Deadline) -> None:
     page.wait_for_selector(".si-improvement .si-table table.si-transitions", timeout=deadline.ms())
     page.locator(".si-set select").select_option(label=set_label, timeout=deadline.ms())
     page.wait_for_selector(f'.si-problem select option[value="{pid}"]', state="attached", timeout=deadline.ms())
@@ -235,7 +322,23 @@ def _operate(page, base, token, pid, set_label, statuses, extracted, deadline: D
     assert shown == statuses, f"verdicts of {pid} in the page {shown} != in the run's Parquet files {statuses}"
     got = card.locator("td.si-extracted").all_inner_texts()
     assert got == extracted, f"extracted answers of {pid} in the page {got} != in the Parquet files {extracted}"
-    # The diversity explorer below it ran too: its heatmap image (embeddings of the samples) is there.
-    page.wait_for_selector(".si-diversity img.si-heatmap[src^='blob:']", state="attached", timeout=deadline.ms())
     card.scroll_into_view_if_needed(timeout=deadline.ms())  # the screenshot shows the card
     print(f"problem {pid} ({set_label}): verdicts {shown}")
+
+
+def _operate(page, runs: list[Path], expected: list, deadline: Deadline) -> None:
+    """In the explore notebook: the first run of the study is shown; a problem's card matches its Parquet files;
+    the run dropdown (one above each explorer, the same widget) switches both explorers to the other run."""
+    pickers = page.locator(".si-run select")
+    assert pickers.count() == 2, f"{pickers.count()} run dropdowns, expected one above each explorer"
+    assert pickers.first.input_value() == runs[0].name  # an ipywidgets option's DOM value is its label
+    # The diversity explorer ran too: its heatmap image (embeddings of the samples) is there.
+    page.wait_for_selector(".si-diversity img.si-heatmap[src^='blob:']", state="attached", timeout=deadline.ms())
+    _choose(page, *expected[0], deadline)
+    shown = [page.locator(css).element_handle(timeout=deadline.ms()) for css in (".si-improvement", ".si-diversity")]
+    pickers.first.select_option(label=runs[1].name, timeout=deadline.ms())
+    for old in shown:  # both explorers are made again for the chosen run
+        page.wait_for_function("el => !el.isConnected", arg=old, timeout=deadline.ms())
+    assert pickers.last.input_value() == runs[1].name, "the two run dropdowns disagree"
+    page.wait_for_selector(".si-diversity img.si-heatmap[src^='blob:']", state="attached", timeout=deadline.ms())
+    _choose(page, *expected[1], deadline)

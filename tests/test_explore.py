@@ -158,12 +158,23 @@ def test_diversity_explorer_without_embeddings(run_dir):
     assert by_class["si-heatmap"].value == b""
 
 
-def test_relative_paths_are_read_from_the_package_root(run_dir, tmp_path_factory, monkeypatch):
-    """JupyterLab runs notebooks/60_explore.ipynb with notebooks/ as its working directory; its run_dir
-    ('data/runs/<run>') and cache_dir ('data/cache') are where the pipeline writes them, under the package root."""
-    monkeypatch.setattr(explore, "PACKAGE_ROOT", run_dir.parent, raising=False)
-    monkeypatch.chdir(tmp_path_factory.mktemp("notebooks"))
-    assert explore.iterations(run_dir.name) == [1, 2]
+def test_relative_paths_are_read_from_the_checkout_in_its_notebooks_folder(run_dir, tmp_path_factory, monkeypatch):
+    """JupyterLab runs notebooks/60_explore.ipynb with the checkout's notebooks/ as its working directory; its
+    study_dir ('data/runs/<run>') and cache_dir ('data/cache') are where `make demo` writes them, at the
+    checkout's top. Anywhere else they are read from the working directory."""
+    import re
+    import shutil
+
+    from selfimprove import artifacts
+
+    checkout = tmp_path_factory.mktemp("checkout")
+    shutil.copytree(run_dir, checkout / "data" / "runs" / "demo")
+    (checkout / "notebooks" / "sub").mkdir(parents=True)
+    monkeypatch.setattr(artifacts, "CHECKOUT", checkout)
+    for cwd in (checkout / "notebooks", checkout / "notebooks" / "sub"):
+        monkeypatch.chdir(cwd)
+        assert artifacts.project_dir() == checkout
+        assert explore.iterations("data/runs/demo") == [1, 2]
     seen = {}
 
     class RecordingEmbedder(FakeEmbedder):
@@ -171,8 +182,57 @@ def test_relative_paths_are_read_from_the_package_root(run_dir, tmp_path_factory
             seen["cache_dir"] = cache_dir
 
     monkeypatch.setattr(explore.diversity, "Embedder", RecordingEmbedder)
-    explore.diversity_explorer(run_dir.name, embedding_model="fake", cache_dir="data/cache")
-    assert seen["cache_dir"] == run_dir.parent / "data" / "cache"
+    explore.diversity_explorer("data/runs/demo", embedding_model="fake", cache_dir="data/cache")
+    assert seen["cache_dir"] == checkout / "data" / "cache"
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    monkeypatch.chdir(elsewhere)  # outside the checkout's notebooks/: the working directory
+    assert artifacts.project_dir() == elsewhere
+    with pytest.raises(FileNotFoundError, match=f"does not exist; relative folders are read from "
+                                                f"{re.escape(str(elsewhere))}"):
+        explore.run_picker("data/runs/demo")
+    monkeypatch.chdir(checkout)
+    assert explore.iterations("data/runs/demo") == [1, 2]
+    monkeypatch.setattr(artifacts, "CHECKOUT", None)  # installed: the working directory, also in a notebooks/
+    monkeypatch.chdir(checkout / "notebooks")
+    assert artifacts.project_dir() == checkout / "notebooks"
+
+
+@pytest.fixture
+def study(run_dir, tmp_path_factory):
+    """A study folder as `selfimprove run` writes one: runs dpo/ and sft/ (sft: M2 lost nothing), a report/."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("study")
+    for paradigm in ("dpo", "sft"):
+        shutil.copytree(run_dir, root / paradigm)
+    df = pd.read_parquet(root / "sft" / "iter_2" / "samples_test.parquet")
+    df.loc[df["problem_id"] == "p3", "status"] = "correct"
+    df.to_parquet(root / "sft" / "iter_2" / "samples_test.parquet")
+    (root / "report").mkdir()
+    return root
+
+
+def test_a_study_offers_its_runs_in_a_dropdown(study, run_dir):
+    assert [p.name for p in explore.runs_of(study)] == ["sft", "dpo"]  # the paper's order of paradigms
+    assert explore.runs_of(run_dir) == [run_dir]
+    with pytest.raises(FileNotFoundError, match="a study folder: choose one of its runs"):
+        explore.iterations(study)
+    with pytest.raises(FileNotFoundError, match="neither a run .* nor a study"):
+        explore.runs_of(study / "report")
+    picker = explore.run_picker(study)
+    assert picker.options == (("sft", str(study / "sft")), ("dpo", str(study / "dpo")))
+    boxes = [explore.improvement_explorer(picker), explore.diversity_explorer(picker, embedding_model="")]
+    for box in boxes:
+        assert box.children[0] is picker  # the same dropdown above each explorer
+    by_class = {c: w for box in boxes for w in _walk(box) for c in w._dom_classes}
+    by_class["si-set"].value = "lost"
+    assert by_class["si-problem"].options == ()  # sft: M2 lost nothing
+    picker.value = str(study / "dpo")
+    by_class = {c: w for box in boxes for w in _walk(box) for c in w._dom_classes}
+    by_class["si-set"].value = "lost"
+    assert by_class["si-problem"].options == ("p3",)
+    box = explore.improvement_explorer(study)  # a study folder itself: its own dropdown
+    assert "si-run" in box.children[0]._dom_classes and box.children[0].value == str(study / "sft")
 
 
 def _walk(w):
@@ -197,7 +257,8 @@ def test_training_html_renders_sft_rows():
 
 
 def test_widget_classes_are_all_there(run_dir):
-    boxes = [explore.improvement_explorer(run_dir), explore.diversity_explorer(run_dir, embedding_model="")]
+    picker = explore.run_picker(run_dir)
+    boxes = [explore.improvement_explorer(picker), explore.diversity_explorer(picker, embedding_model="")]
     found = {c for box in boxes for w in _walk(box) for c in w._dom_classes}
     assert found == set(explore.WIDGET_CLASSES)
     with pytest.raises(ValueError, match="split 'train'"):

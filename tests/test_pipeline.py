@@ -166,8 +166,8 @@ def test_failing_stage_names_itself_and_keeps_finished_stages(organism_root, tmp
 
 
 def test_stages_get_absolute_paths_when_started_elsewhere(tmp_path, monkeypatch):
-    """The stage notebooks run with the package root as their working directory: a relative runs root or model
-    folder, given where the command was started, must reach them as absolute paths."""
+    """A relative runs root or model folder, given where the command was started, reaches the stage notebooks
+    as absolute paths (the executed notebooks keep them, whoever opens them and from wherever)."""
     seen = {}
 
     def stage(stage, stage_cfg, out_nb, log_output, session=None):
@@ -182,6 +182,17 @@ def test_stages_get_absolute_paths_when_started_elsewhere(tmp_path, monkeypatch)
         pipeline.run("tiny", overrides=["model=./m0", "name=rel"], runs_root="runs", kernel="fresh",
                      log=lambda *a: None)
     assert seen == {"run_dir": str(tmp_path / "runs" / "rel"), "base_model": str(tmp_path / "m0")}
+
+
+def test_stages_run_in_the_runners_working_directory_with_its_code(tmp_path, monkeypatch):
+    """The shared kernel starts where `selfimprove run` was started (data/cache there, as for `selfimprove
+    metrics`), not in the package's folder (site-packages when installed), and imports the runner's own package."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    with pipeline.kernel_session("shared", tmp_path / "kernel.stderr.log") as session:  # starts no kernel yet
+        assert session.cwd == str(tmp_path)
+        assert session.env["PYTHONPATH"].split(os.pathsep) == [str(artifacts.IMPORT_ROOT), "/elsewhere"]
+        assert session.env["SELFIMPROVE_PROGRESS"] == "text"
 
 
 def test_stop_after_must_name_a_stage_of_the_recipe(tmp_path, monkeypatch):
