@@ -37,7 +37,7 @@ def test_demo_recipe_runs_all_three_paradigms_with_at_least_four_iterations():
     ("sample: {top_p: 1.5}", r"top_p"),
     ("sample: {n_samples: 0}", r"'n_samples' must be > 0"),
     ("train: {loss_type: [sigmoid, sft], loss_weights: [1.0]}", r"loss_weights"),
-    ("verify: {pairing: best}", r"'pairing' must be one of: disjoint, cross"),
+    ("train: {pairing: best}", r"'pairing' must be one of: disjoint, cross"),
     ("task: gsm9k", r"'task' must be one of"),
     ("paradigm: ppo", r"'paradigm' must be one of"),
     ("sample: {seed: 3}", r"'seed' is set at the top level"),
