@@ -156,7 +156,7 @@ def test_a_study_runs_every_paradigm_and_shares_what_is_the_same(tiny_study):
     assert set(pd.read_parquet(runs["sft"].train_data(2)).columns) >= {"prompt", "completion"}
     assert set(pd.read_parquet(runs["sft-dpo"].train_data(3)).columns) >= {"prompt", "completion"}
     assert set(pd.read_parquet(runs["dpo"].train_data(3)).columns) >= {"prompt", "chosen", "rejected"}
-    for p, r in runs.items():
+    for r in runs.values():
         for t in (2, 3):
             assert json.loads(r.train_log(t).read_text())["data"]["rows"] == len(pd.read_parquet(r.train_data(t)))
     # shared: M1's sampling, grading and metrics for all (no stage looks ahead to F_(t+1)); SFT-DPO's M2, its

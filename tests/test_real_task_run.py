@@ -4,7 +4,6 @@ directory as M0 (the tiny organism's M0, which has a chat template), made M1 by 
 
 import json
 
-import pandas as pd
 import pytest
 import yaml
 
