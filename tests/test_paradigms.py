@@ -28,13 +28,15 @@ def test_share_keys_match_exactly_where_the_stage_is_the_same():
     sft, dpo, mix = (s.member(p) for p in ("sft", "dpo", "sft-dpo"))
     # M1's samples are the same for every paradigm
     assert sft.share_key("sample", 1) == dpo.share_key("sample", 1) == mix.share_key("sample", 1)
-    # verify at t = 1 builds SFT rows for the SFT run and pairs for the others
-    assert sft.share_key("verify", 1) != dpo.share_key("verify", 1) == mix.share_key("verify", 1)
-    # SFT-DPO's M2 is DPO's M2, but its data for M3 are SFT rows
-    assert dpo.share_key("train", 2) == mix.share_key("train", 2)
-    assert dpo.share_key("sample", 2) == mix.share_key("sample", 2)
-    assert dpo.share_key("verify", 2) != mix.share_key("verify", 2)
-    assert dpo.share_key("train", 3) != mix.share_key("train", 3)
+    # every stage of M1 reads and writes the same for all three: none looks ahead to F_2
+    for stage in ("verify", "evaluate"):
+        assert sft.share_key(stage, 1) == dpo.share_key(stage, 1) == mix.share_key(stage, 1)
+    assert sft.share_key("train", 2) != dpo.share_key("train", 2)  # M2 by SFT vs by DPO
+    # SFT-DPO's M2 is DPO's M2, and so are its samples, grades and metrics; M3 differs (SFT vs DPO)
+    for stage in ("train", "sample", "verify", "evaluate"):
+        assert dpo.share_key(stage, 2) == mix.share_key(stage, 2)
+    for stage in ("train", "sample", "verify", "evaluate"):
+        assert dpo.share_key(stage, 3) != mix.share_key(stage, 3)
     # any other setting separates them
     other = _study(seed=1).member("dpo")
     assert other.share_key("sample", 1) != dpo.share_key("sample", 1)
