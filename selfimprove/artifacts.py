@@ -5,7 +5,9 @@ data/runs/<run>/
   problems/<split>.jsonl      the task's problems this run uses
   iter_<t>/model/             M_t (merged weights)      iter_<t>/train_log.json  how M_t was trained
   iter_<t>/adapter/           M_t's LoRA adapter on M1, only with train.merge_adapter: false
-  iter_<t>/samples_<split>.parquet  the sample table    iter_<t>/train_data.parquet  the data that made M(t+1)
+  iter_<t>/samples_<split>.parquet  the sample table, as the sample stage wrote it
+  iter_<t>/graded_<split>.parquet   its grades (row keys + extracted, status, correct; the verify stage)
+  iter_<t>/train_data.parquet  the data that made M_t (built by M_t's train stage from M(t-1)'s graded samples)
   iter_<t>/metrics.json       every metric of M_t       iter_<t>/notebooks/NN_stage.ipynb  executed notebooks
   iter_<t>/per_problem.parquet  per-problem values behind the metrics (the verdict reads them)
   report/                     summary table and figures for the whole run
@@ -92,7 +94,12 @@ class RunPaths:
     def samples(self, t: int, split: str) -> Path:
         return self.iter_dir(t) / f"samples_{split}.parquet"
 
+    def graded(self, t: int, split: str) -> Path:
+        """The verify stage's grades of samples_<split>.parquet (runs.Run.graded joins the two)."""
+        return self.iter_dir(t) / f"graded_{split}.parquet"
+
     def train_data(self, t: int) -> Path:
+        """The data that trained M_t (t >= 2), written by M_t's train stage."""
         return self.iter_dir(t) / "train_data.parquet"
 
     def train_log(self, t: int) -> Path:

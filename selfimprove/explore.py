@@ -2,8 +2,9 @@
 the model answered to one problem in every iteration and which pairs or SFT rows trained the next model, and
 how a problem's sampled responses collapse (or not) across iterations.
 
-Pure data functions read the run directory (README, "What a run is": iter_<t>/samples_<split>.parquet, the graded sample
-table; iter_<t>/train_data.parquet, the data that made M(t+1)) and return DataFrames, arrays or HTML strings;
+Pure data functions read the run directory (README, "What a run is": iter_<t>/samples_<split>.parquet with its
+grades iter_<t>/graded_<split>.parquet, joined by runs.Run.graded; iter_<t>/train_data.parquet, the data that
+made M_t) and return DataFrames, arrays or HTML strings;
 tests call them without widgets. `improvement_explorer(run_dir)` and `diversity_explorer(run_dir)` wire them to
 ipywidgets; their key widgets carry stable CSS classes (`si-*`, see WIDGET_CLASSES) for the browser test. Given
 a study folder (one run per paradigm, as `make demo` writes data/runs/demo) or a `run_picker` of one, they
@@ -29,8 +30,8 @@ import numpy as np
 import pandas as pd
 
 from . import arith, artifacts, diversity, improvement
+from .runs import EVAL_SPLITS, Run, greedy_correct
 
-EVAL_SPLITS = ("test", "ood")
 SET_LABELS = {"improved": "gained", "lost": "lost", "stable_correct": "stable correct",
               "stable_wrong": "stable wrong"}
 STATUS_COLORS = {"correct": "#1a7f37", "incorrect": "#cf222e", "no_answer": "#9a6700", "timeout": "#6e7781",
@@ -60,6 +61,19 @@ def _read(path: Path) -> pd.DataFrame:
     return _read_parquet(str(path), path.stat().st_mtime_ns)
 
 
+@lru_cache(maxsize=64)
+def _graded_cached(root: str, t: int, split: str, *mtimes_ns: int) -> pd.DataFrame:
+    run = Run(root)
+    return run.graded(t, split) if run.paths.graded(t, split).exists() else run.samples(t, split)
+
+
+def _graded(paths: artifacts.RunPaths, t: int, split: str) -> pd.DataFrame:
+    """M_t's sample table on `split` with its grades (runs.Run.graded; without grades yet, the bare table),
+    read once per file version. Do not modify it."""
+    files = (paths.samples(t, split), paths.graded(t, split))
+    return _graded_cached(str(paths.root), t, split, *(f.stat().st_mtime_ns if f.exists() else 0 for f in files))
+
+
 def resolve(path: str | Path) -> Path:
     """`path` as given if absolute, else under artifacts.project_dir(): the checkout from its notebooks/ folder
     (where JupyterLab starts the notebook's kernel; `make demo` writes data/ at the checkout's top), else the
@@ -68,7 +82,7 @@ def resolve(path: str | Path) -> Path:
 
 
 def _is_run(folder: Path) -> bool:
-    return folder.is_dir() and any(folder.glob("iter_*"))
+    return bool(Run(folder).iterations())
 
 
 def _paths(run_dir: str | Path) -> artifacts.RunPaths:
@@ -106,20 +120,21 @@ def runs_of(path: str | Path) -> list[Path]:
 
 def iterations(run_dir: str | Path, split: str = "test") -> list[int]:
     """The iterations t that have iter_<t>/samples_<split>.parquet, ascending."""
-    found = [int(p.parent.name[5:]) for p in _paths(run_dir).root.glob(f"iter_*/samples_{split}.parquet")]
-    return sorted(found)
+    return Run(_paths(run_dir).root).iterations(f"samples_{split}.parquet")
 
 
 def samples(run_dir: str | Path, t: int, split: str) -> pd.DataFrame:
-    """The graded sample table of M_t on one split."""
-    path = _paths(run_dir).samples(t, split)
+    """The graded sample table of M_t on one split (runs.Run.graded)."""
+    paths = _paths(run_dir)
+    path = paths.samples(t, split)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; iterations with {split} samples: "
                                 f"{iterations(run_dir, split)}")
-    df = _read(path)
+    df = _graded(paths, t, split)
     missing = {"problem_id", "decoding", "sample_idx", "response", "status", "extracted"} - set(df.columns)
     if missing:
-        raise ValueError(f"{path} lacks columns {sorted(missing)}: has the verify stage graded it?")
+        raise ValueError(f"{path} lacks columns {sorted(missing)}: has the verify stage graded it "
+                         f"({paths.graded(t, split).name})?")
     return df
 
 
@@ -129,7 +144,8 @@ def _greedy(run_dir, t: int, split: str) -> pd.DataFrame:
     if g.empty:
         raise ValueError(f"iteration {t}, split {split!r}: no greedy responses; transition sets are defined on "
                          f"greedy correctness (splits with greedy decoding: {list(EVAL_SPLITS)})")
-    return g.groupby("problem_id").agg(level=("level", "first"), correct=("status", lambda s: (s == "correct").all()))
+    level = g.groupby("problem_id", sort=True)["level"].first()
+    return pd.DataFrame({"level": level, "correct": greedy_correct(g) == 1.0})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -154,11 +170,11 @@ def problem_history(run_dir: str | Path, problem_id: str) -> pd.DataFrame:
     before sampled, then sample_idx."""
     paths = _paths(run_dir)
     parts = []
-    for path in sorted(paths.root.glob("iter_*/samples_*.parquet")):
-        df = _read(path)
+    for t, split, _ in Run(paths.root).sample_files():
+        df = _graded(paths, t, split)
         rows = df[df["problem_id"] == problem_id]
         if len(rows):
-            parts.append(rows.assign(iteration=int(path.parent.name[5:]), split=path.stem[len("samples_"):]))
+            parts.append(rows.assign(iteration=t, split=split))
     if not parts:
         raise ValueError(f"problem {problem_id!r} is in no iter_*/samples_*.parquet of {paths.root}")
     out = pd.concat(parts, ignore_index=True)
@@ -168,12 +184,12 @@ def problem_history(run_dir: str | Path, problem_id: str) -> pd.DataFrame:
 
 
 def training_rows(run_dir: str | Path, t: int, problem_id: str) -> pd.DataFrame:
-    """The rows of iter_<t>/train_data.parquet of one problem: the DPO pairs (chosen, rejected, chosen_idx,
-    rejected_idx) or SFT rows (completion, sample_idx) that trained M(t+1); empty when it gave none."""
-    path = _paths(run_dir).train_data(t)
+    """The DPO pairs (chosen, rejected, chosen_idx, rejected_idx) or SFT rows (completion, sample_idx) that M_t's
+    samples of one problem gave M(t+1) (iter_<t+1>/train_data.parquet); empty when it gave none."""
+    path = _paths(run_dir).train_data(t + 1)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: iteration {t} trained no model (the last iteration, "
-                                "or a run stopped before its verify stage)")
+        raise FileNotFoundError(f"{path} does not exist: M_{t}'s samples trained no model (the last iteration, "
+                                f"or a run stopped before the train stage of iteration {t + 1})")
     df = _read(path)
     return df[df["problem_id"] == problem_id].reset_index(drop=True)
 
@@ -183,8 +199,8 @@ def training_problems(run_dir: str | Path, t_first: int, t_last: int) -> list[st
     paths = _paths(run_dir)
     ids: set[str] = set()
     for t in range(t_first, t_last + 1):
-        if paths.train_data(t).exists():
-            ids.update(_read(paths.train_data(t))["problem_id"])
+        if paths.train_data(t + 1).exists():  # built by M(t+1)'s train stage from M_t's samples
+            ids.update(_read(paths.train_data(t + 1))["problem_id"])
     return sorted(ids)
 
 

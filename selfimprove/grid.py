@@ -348,7 +348,6 @@ def _recipe(kind: str, key: str, task: str) -> tuple[str, str]:
         ("data_parallel_size", 1, "one GPU; > 1 adds model replicas (README, 'Past one GPU')"),
     ]
     verify = [
-        ("max_pairs_per_problem", 5, "DPO pairs per problem (DIVE paper: P = 5, paper.md §2.5)"),
         ("workers", 8, "grading processes (our choice, for a GPU machine of 16+ cores)"),
     ]
     train = [
@@ -371,6 +370,7 @@ def _recipe(kind: str, key: str, task: str) -> tuple[str, str]:
         ("loss_weights", [1.0, 0.5], "NLL weight 0.5 (DIVE: LLaMA-Factory dpo_ftx 0.5)"),
         ("max_length", max_new + 512, "prompt + response tokens (our choice: max_new_tokens + 512)"),
         ("ref_model", "previous", "DPO reference M(t-1) (DIVE; the paper: unknown, §2.5)"),
+        ("max_pairs_per_problem", 5, "DPO pairs per problem (DIVE paper: P = 5, paper.md §2.5)"),
         ("data_mode", "fresh", "D_t of this iteration only (Algorithm 1, paper.md §2.2)"),
         ("merge_adapter", True, "M_t = F_t(M(t-1)): the adapter merged each iteration"),
         ("num_processes", 1, "one GPU; > 1 = accelerate launch (README, 'Past one GPU')"),

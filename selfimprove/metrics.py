@@ -1,12 +1,15 @@
 """Evaluate stage: every metric of M_t, computed per problem and then averaged, with 95%
 bootstrap intervals over problems.
 
-Reads the graded iter_<t>/samples_<split>.parquet (and iter_1's, for the improvement sets; train_log.json
-of the training that made M_t); writes iter_<t>/metrics.json (a readable summary plus the tidy rows) and
-iter_<t>/per_problem.parquet (one row per test/OOD problem: level, greedy correctness, sample counts and
-every diversity value; the verdict reads it). Notebook: notebooks/40_evaluate.ipynb; `selfimprove metrics
-<run_dir>` recomputes every iteration with the same functions and writes the run's tidy table and verdict.
-Nothing here grades: every function reads the `correct` / `status` columns the verify stage wrote.
+Reads M_t's graded sample tables (iter_<t>/samples_<split>.parquet joined with the verify stage's
+iter_<t>/graded_<split>.parquet by runs.Run.graded; iter_1's too, for the improvement sets) and
+train_log.json of the training that made M_t (with the counts of its data). Writes iter_<t>/metrics.json
+(a readable summary plus the tidy rows) and iter_<t>/per_problem.parquet (one row per test/OOD problem:
+level, greedy correctness, sample counts and every diversity value; the verdict reads it). Notebook:
+notebooks/40_evaluate.ipynb; `selfimprove metrics <run_dir>` recomputes every iteration with the same
+functions and writes the run's tidy table and verdict. Nothing here grades: every function reads the
+`correct` / `status` columns the verify stage wrote. Nothing here looks ahead: what M_t's samples make for
+M(t+1) is recorded by M(t+1)'s train stage.
 
 Per split (test, ood): greedy pass@1 overall and per level, unbiased pass@k from the sampled responses,
 group disparity, diversity of correct and of incorrect responses (diversity.py), and for t >= 2 the
@@ -134,19 +137,21 @@ def diversity_rows(div: pd.DataFrame, per_problem_n: int, n_boot: int, seed: int
     return summary, rows
 
 
-def _read(path: Path, what: str) -> pd.DataFrame:
+def _read(paths: artifacts.RunPaths, t: int, split: str, what: str) -> pd.DataFrame:
+    """M_t's graded sample table on `split` (runs.Run.graded: the sample table joined with its grades)."""
     try:
-        df = pd.read_parquet(path)
-    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError: a file cut short or not Parquet
-        raise MetricsError(f"{path}: {what} cannot be read, the file is damaged ({e})") from None
+        df = Run(paths.root).graded(t, split)
+    except (FileNotFoundError, RunError) as e:
+        raise MetricsError(f"{what}: {e}") from None
     need = {"problem_id", "level", "decoding", "sample_idx", "response", "correct", "status", "task",
             "finish_reason"}
     if not need <= set(df.columns):
-        raise MetricsError(f"{path}: {what} lacks column(s) {sorted(need - set(df.columns))}; is it graded?")
+        raise MetricsError(f"{paths.samples(t, split)}: {what} lacks column(s) {sorted(need - set(df.columns))}")
     if not len(df):
-        raise MetricsError(f"{path}: {what} has no rows")
+        raise MetricsError(f"{paths.samples(t, split)}: {what} has no rows")
     if df["correct"].isna().any():
-        raise MetricsError(f"{path}: {what} has {int(df['correct'].isna().sum())} row(s) with no 'correct' value")
+        raise MetricsError(f"{paths.graded(t, split)}: {what} has {int(df['correct'].isna().sum())} row(s) with no "
+                           "'correct' value")
     return df
 
 
@@ -163,7 +168,7 @@ def evaluate(paths: artifacts.RunPaths, t: int, cfg: EvaluateConfig,
         p = paths.samples(t, split)
         if not p.exists():
             continue
-        df = _read(p, f"the {split} sample table of M{t}")
+        df = _read(paths, t, split, f"the {split} sample table of M{t}")
         s = split_metrics(df, list(cfg.ks), cfg.bootstrap, cfg.seed)
         split_rows = s.pop("rows")
         pp = per_problem_table(df)
@@ -174,7 +179,7 @@ def evaluate(paths: artifacts.RunPaths, t: int, cfg: EvaluateConfig,
         split_rows += div_rows
         m1_path = paths.samples(1, split)
         if t >= 2 and m1_path.exists():
-            m1 = per_problem_table(_read(m1_path, f"the {split} sample table of M1"))
+            m1 = per_problem_table(_read(paths, 1, split, f"the {split} sample table of M1"))
             imp = improvement.improvement(m1, pp, cfg.bootstrap, cfg.seed)
             split_rows += imp.pop("rows")
             s["improvement"] = imp
@@ -182,7 +187,7 @@ def evaluate(paths: artifacts.RunPaths, t: int, cfg: EvaluateConfig,
         rows += [dict(split=split, **r) for r in split_rows]
         tables.append(pp.join(div).reset_index().assign(split=split))
     if paths.samples(t, "train").exists():
-        out["train"] = coverage(_read(paths.samples(t, "train"), f"the train sample table of M{t}"))
+        out["train"] = coverage(_read(paths, t, "train", f"the train sample table of M{t}"))
         rows += [dict(split="train", **_row(name, "all", None, out["train"][name], n=out["train"]["n_problems"]))
                  for name in ("coverage_mean", "coverage_any")]
         if t == 1:
@@ -190,12 +195,10 @@ def evaluate(paths: artifacts.RunPaths, t: int, cfg: EvaluateConfig,
             out["paradigm_advice"] = {
                 "coverage_mean": cov, "advice": paradigm_advice(cov),
                 "rule": "paper §4.2 (Fig. 2): M1 coverage > 0.5 -> iterative DPO or SFT-DPO, otherwise iterative SFT"}
-    if paths.train_data(t).exists():
-        out["train_data_rows"] = int(len(pd.read_parquet(paths.train_data(t))))
-    if paths.train_log(t).exists():
+    if paths.train_log(t).exists():  # how M_t was made; `data`: D_t as its train stage built it (t >= 2)
         log = json.loads(paths.train_log(t).read_text())
         out["training"] = {"paradigm": log.get("paradigm"), "kind": log.get("kind", "dpo"), "rows": log.get("rows"),
-                           "summary": log.get("summary")}
+                           "summary": log.get("summary"), **({"data": log["data"]} if "data" in log else {})}
     out["table"] = rows
     per_problem_all = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     return out, per_problem_all

@@ -1,6 +1,10 @@
-"""The data that trains M(t+1) from M_t's graded samples, Algorithm 1 line 7 (paper.md §2.2): DPO pairs
+"""The data that trains M_t from M(t-1)'s graded samples, Algorithm 1 line 7 (paper.md §2.2): DPO pairs
 (prompt, chosen = a correct response, rejected = an incorrect one) of one problem, or SFT rows (prompt,
 completion = a correct response). The paper gives neither its pairing rule nor an SFT cap (paper.md §2.5, §8).
+
+Pure functions of a graded sample table; only the train stage calls them (train.build_data: M(t-1)'s
+samples joined with their grades by runs.Run.graded, in, and iter_<t>/train_data.parquet, the data that made
+M_t, out). Each row keeps its provenance: problem_id and sample_idx (SFT) or chosen_idx / rejected_idx (DPO).
 
 Rules (`PAIRINGS`):
 - `disjoint` (default): shuffle the problem's correct and incorrect responses and zip them, so each response
@@ -10,7 +14,7 @@ Rules (`PAIRINGS`):
 
 SFT rows (`make_sft_rows`): the problem's correct responses, identical texts once (`dedup`), at most
 `max_per_problem` drawn at random (0 = all): the paper's "all correct self-samples" with a cap, so one easy
-problem cannot fill an iteration (our choice, VerifyConfig).
+problem cannot fill an iteration (our choice, TrainConfig).
 
 Responses graded `no_answer` count as incorrect (they fail R(x, y) = 1); `timeout` and `error` rows are left
 out, since their correctness is unknown. Problems with no correct or no incorrect response give no pair.

@@ -9,9 +9,9 @@ M1 as iter_1/model), then for t = 1..T executes the stage notebooks with papermi
 
 A recipe whose `paradigm` is a list is a study: one run per paradigm in <runs_root>/<name>/<paradigm>/, run
 one after another. A stage whose inputs and settings are the same in a sibling run (config.share_key: the same
-recipe apart from the paradigm and the same training kinds so far; M1's sampling is the same for all three
-paradigms, and SFT-DPO's M2 is DPO's M2) is taken from it as hard links and marked `shared_from` in the
-manifest, rather than computed again.
+recipe apart from the paradigm and the same training kinds so far; M1's sampling, grading and evaluation are
+the same for all three paradigms, and SFT-DPO's M2 is DPO's M2) is taken from it as hard links and marked
+`shared_from` in the manifest, rather than computed again.
 
 The stages run in one Jupyter kernel per run or study, emptied after each stage (kernel.py;
 `kernel="fresh"` starts one per stage). Executed copies land in iter_<t>/notebooks/ (the run's log). The
@@ -33,7 +33,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from . import arith, artifacts, kernel, organism, report
-from .config import RecipeError, RunConfig, load_recipe, resolve_recipe
+from .config import SPLITS, RecipeError, RunConfig, load_recipe, resolve_recipe
 from .kernel import INTERRUPT, Interrupted
 
 # The stage notebooks and recipes: the checkout's notebooks/ and notebooks/params/, or the same files shipped
@@ -83,13 +83,14 @@ def stages_of(t: int, gold_sft: bool = False) -> list[str]:
 
 def stage_outputs(paths: artifacts.RunPaths, stage: str, t: int, cfg) -> list[Path]:
     """The files a finished stage leaves; a stage counts as done only while they all exist."""
-    if stage == "train":
+    if stage == "train":  # M_t, its log, and from t = 2 the data it was trained on (built by this stage)
         keep_adapter = not cfg.merge_adapter and cfg.lora_r
-        return [paths.model(t), paths.train_log(t)] + ([paths.adapter(t)] if keep_adapter else [])
+        return [paths.model(t), paths.train_log(t)] + ([paths.train_data(t)] if t >= 2 else []) \
+            + ([paths.adapter(t)] if keep_adapter else [])
     if stage == "sample":  # OOD only where the task has an OOD split (paper §3.5 defines one for GSM8K)
         return [paths.samples(t, s) for s in cfg.splits if s != "ood" or paths.problems("ood").exists()]
-    if stage == "verify":
-        return [paths.train_data(t)] if t < cfg.iterations else [paths.samples(t, "test")]
+    if stage == "verify":  # one graded table beside each sample table; the sample tables stay as sampled
+        return [paths.graded(t, s) for s in SPLITS if paths.samples(t, s).exists()]
     return [paths.metrics(t), paths.per_problem(t)]
 
 
@@ -207,11 +208,8 @@ def kernel_session(policy: str, stderr_path: Path, given: kernel.KernelSession |
 
 
 def stage_files(paths: artifacts.RunPaths, stage: str, t: int, cfg) -> list[Path]:
-    """Everything a stage writes: its outputs, and for verify the sample tables it grades in place."""
-    files = stage_outputs(paths, stage, t, cfg)
-    if stage == "verify":
-        files += [paths.samples(t, s) for s in ("train", "test", "ood") if paths.samples(t, s) not in files]
-    return files
+    """Everything a stage writes: its outputs (no stage rewrites another stage's files)."""
+    return stage_outputs(paths, stage, t, cfg)
 
 
 def find_shared(key: str, share_key: str, siblings: list[Path]) -> Path | None:

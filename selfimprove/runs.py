@@ -1,14 +1,16 @@
 """Reading a run directory (artifacts.RunPaths writes it) and a study folder: the one place that knows its layout.
 
     data/runs/<run>/manifest.json                 the run's config (`config`) and its stages
-    data/runs/<run>/iter_<t>/samples_<split>.parquet, metrics.json, per_problem.parquet
+    data/runs/<run>/iter_<t>/samples_<split>.parquet, graded_<split>.parquet, metrics.json, per_problem.parquet
     data/runs/<study>/<paradigm>/...              a study: one run per paradigm
 
 `Run` answers what the report, the verdict, the figures, the grid and the audit ask of a run: its
-iterations (found here and nowhere else), the metrics of each, its sample and per-problem tables, per-problem
-greedy correctness (`greedy_correct`, the one computation), the best iterate M_t* (`best_iterate`, the one
-rule: highest greedy test pass@1 among t >= 2, the paper's Figure 1) and the verdict thresholds the run was
-made with (`Run.thresholds`). `Study` lists the runs of a study folder.
+iterations (found here and nowhere else), the metrics of each, its sample and per-problem tables, the graded
+sample table (`Run.graded`: the sample table joined with the verify stage's grades by `join_grades`, the one
+join; every reader of `status` / `correct` goes through it, or through `Run.grades` for the grades alone),
+per-problem greedy correctness (`greedy_correct`, the one computation), the best iterate M_t*
+(`best_iterate`, the one rule: highest greedy test pass@1 among t >= 2, the paper's Figure 1) and the verdict
+thresholds the run was made with (`Run.thresholds`). `Study` lists the runs of a study folder.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from .config import SPLITS
 EVAL_SPLITS = tuple(s for s in SPLITS if s != "train")
 BEST_FROM = 2  # M_t* is chosen among t >= 2: M1 is the start, not a result of self-improvement
 _ITER = re.compile(r"iter_(\d+)")
+# The graded table (iter_<t>/graded_<split>.parquet, the verify stage): these keys of a sample row, its grade.
+GRADE_KEYS = ["iteration", "split", "problem_id", "decoding", "sample_idx"]
+GRADE_COLUMNS = ["extracted", "status", "correct"]
 
 
 class RunError(ValueError):
@@ -70,6 +75,41 @@ def greedy_correct(samples: pd.DataFrame) -> pd.Series:
     """
     g = samples[samples["decoding"] == "greedy"].groupby("problem_id", sort=True)["correct"]
     return (g.sum().astype(int) / g.size()).rename("greedy_correct")
+
+
+def _read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError: a file cut short or not Parquet
+        raise RunError(f"{path}: cannot be read, the file is damaged ({e})") from None
+
+
+def join_grades(samples: pd.DataFrame, grades: pd.DataFrame, where: str = "the graded table") -> pd.DataFrame:
+    """The sample table with the grades' GRADE_COLUMNS added on the right, in the sample table's row order
+    and index; every sample row must have exactly one grade (RunError names `where` otherwise).
+
+    >>> s = pd.DataFrame({"iteration": 1, "split": "test", "problem_id": ["b", "a"], "decoding": "greedy",
+    ...                   "sample_idx": 0, "response": ["x", "y"]})
+    >>> g = pd.DataFrame({"iteration": 1, "split": "test", "problem_id": ["a", "b"], "decoding": "greedy",
+    ...                   "sample_idx": 0, "extracted": ["1", None], "status": ["correct", "no_answer"],
+    ...                   "correct": [True, False]})
+    >>> join_grades(s, g)[["problem_id", "status", "correct"]].values.tolist()
+    [['b', 'no_answer', False], ['a', 'correct', True]]
+    """
+    if grades.duplicated(GRADE_KEYS).any():
+        raise RunError(f"{where}: repeated row keys {GRADE_KEYS}")
+    keyed = samples[GRADE_KEYS].merge(grades[GRADE_KEYS + GRADE_COLUMNS], on=GRADE_KEYS, how="left",
+                                      validate="many_to_one", indicator=True)
+    missing = int((keyed["_merge"] != "both").sum())
+    if missing or len(grades) != len(samples):
+        raise RunError(f"{where}: grades {len(grades)} rows for {len(samples)} sample rows ({missing} sample rows "
+                       "without a grade); the verify stage of this iteration has to run again")
+    out = samples.drop(columns=[c for c in GRADE_COLUMNS if c in samples.columns])
+    for c in GRADE_COLUMNS:
+        out[c] = keyed[c].to_numpy()
+    return out
 
 
 @dataclass(frozen=True)
@@ -144,11 +184,35 @@ class Run:
         if not p.exists():
             raise FileNotFoundError(f"{p} does not exist; iterations with {split} samples: "
                                     f"{self.iterations(p.name)}")
-        return pd.read_parquet(p, columns=columns)
+        return _read_parquet(p, columns)
+
+    def grades(self, t: int, split: str, columns: list[str] | None = None) -> pd.DataFrame:
+        """iter_<t>/graded_<split>.parquet alone: GRADE_KEYS and GRADE_COLUMNS of each graded sample row
+        (FileNotFoundError before the verify stage has graded it)."""
+        p = self.paths.graded(t, split)
+        if not p.exists():
+            raise FileNotFoundError(f"{p} does not exist: the verify stage of iteration {t} has not graded the "
+                                    f"{split} samples; iterations with {split} grades: {self.iterations(p.name)}")
+        return _read_parquet(p, columns)
+
+    def graded_files(self) -> list[tuple[int, str, Path]]:
+        """(t, split, path) of every iter_<t>/graded_<split>.parquet, by iteration then split (SPLITS order)."""
+        return [(t, s, self.paths.graded(t, s)) for t in self.iterations() for s in SPLITS
+                if self.paths.graded(t, s).exists()]
+
+    def graded(self, t: int, split: str, columns: list[str] | None = None) -> pd.DataFrame:
+        """M_t's graded sample table on `split`: the sample table (in its row order, with its dtypes) with the
+        verify stage's `extracted`, `status` and `correct` (join_grades). `columns` picks columns of the
+        result (the join keys are read regardless). FileNotFoundError without samples or grades."""
+        grades = self.grades(t, split)
+        wanted = None if columns is None else [c for c in columns if c not in GRADE_COLUMNS]
+        samples = self.samples(t, split, None if wanted is None else list(dict.fromkeys(GRADE_KEYS + wanted)))
+        out = join_grades(samples, grades, str(self.paths.graded(t, split)))
+        return out if columns is None else out[list(columns)]
 
     def greedy_correct(self, t: int, split: str = "test") -> pd.Series:
-        """Per-problem greedy correctness of M_t on `split` (greedy_correct of its sample table)."""
-        return greedy_correct(self.samples(t, split, columns=["problem_id", "decoding", "correct"]))
+        """Per-problem greedy correctness of M_t on `split` (greedy_correct of its graded sample table)."""
+        return greedy_correct(self.graded(t, split, columns=["problem_id", "decoding", "correct"]))
 
     def per_problem(self, t: int) -> pd.DataFrame:
         """iter_<t>/per_problem.parquet: one row per test/OOD problem (the evaluate stage writes it)."""

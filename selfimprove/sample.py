@@ -1,7 +1,8 @@
 """Sampling stage: M_t answers the problems of each split, greedily and N times at temperature.
 
 Reads iter_<t>/model and the task's problems; writes iter_<t>/samples_<split>.parquet, the sample table of
-the README's "What a run is" (no grading columns yet; the verify stage adds them). Train samples (only while
+the README's "What a run is" (no grading columns: the verify stage writes the grades beside it, in
+iter_<t>/graded_<split>.parquet, and nothing rewrites this file). Train samples (only while
 t < T) feed the data that trains M(t+1); test and OOD samples feed the metrics. Notebook: notebooks/20_sample.ipynb.
 
 Backends are a dict (`SAMPLERS`); the transformers backend is the default. The transformers backends run on

@@ -199,25 +199,12 @@ class VerifyConfig(StageConfig):
     iterations: int = 4
     task: str = "arith"
     seed: int = 0
-    paradigm: str = "dpo"  # decides the data built for M(t+1): SFT rows or DPO pairs (train_kind)
-    pairing: str = "disjoint"  # DPO pair rule: disjoint (DIVE code, paper.md §2.5) or cross (any correct x incorrect)
-    max_pairs_per_problem: int = 4  # cap P per problem (organism.md: 4; DIVE paper: 5)
     timeout_s: float = 10.0  # wall-clock limit per response, its worker killed past it (our choice)
     workers: int = 2  # grading processes (our choice: the 2 cores of the reference machine)
     memory_mb: int = 2048  # address-space limit of each grading process (our choice)
-    sft_max_per_problem: int = 4  # SFT rows kept per problem, 0 for all (paper.md §2.5: cap unknown; our choice,
-    # the same budget per problem as max_pairs_per_problem so SFT and DPO iterations see as many problems)
-    sft_dedup: bool = True  # drop repeated identical correct responses of a problem (paper.md §2.5: unknown; ours)
 
     def __post_init__(self):
-        if self.paradigm not in PARADIGMS:
-            raise ValueError(f"'paradigm' must be one of: {', '.join(PARADIGMS)}; got {self.paradigm!r}")
-        if self.sft_max_per_problem < 0:
-            raise ValueError(f"'sft_max_per_problem' must be >= 0 (0 = every correct response), "
-                             f"got {self.sft_max_per_problem}")
-        if self.pairing not in PAIRINGS:
-            raise ValueError(f"'pairing' must be one of: {', '.join(PAIRINGS)}; got {self.pairing!r}")
-        _positive(self, "max_pairs_per_problem", "timeout_s", "workers")
+        _positive(self, "timeout_s", "workers")
         if self.memory_mb < 256:
             raise ValueError(f"'memory_mb' must be >= 256, got {self.memory_mb}")
 
@@ -258,10 +245,21 @@ class TrainConfig(StageConfig):
     target_modules: list[str] = _list(*LLAMA_LINEAR)  # LoRA on every linear layer
     max_length: int = 512  # tokens of prompt + response kept by TRL
     threads: int = 0  # torch threads, 0 for the torch default
+    pairing: str = "disjoint"  # DPO pair rule for D_t, which this stage builds from M(t-1)'s graded train samples
+    # (pairs.py): disjoint (DIVE code, paper.md §2.5) or cross (any correct x incorrect)
+    max_pairs_per_problem: int = 4  # cap P per problem (organism.md: 4; DIVE paper: 5)
+    sft_max_per_problem: int = 4  # SFT rows kept per problem, 0 for all (paper.md §2.5: cap unknown; our choice,
+    # the same budget per problem as max_pairs_per_problem so SFT and DPO iterations see as many problems)
+    sft_dedup: bool = True  # drop repeated identical correct responses of a problem (paper.md §2.5: unknown; ours)
 
     def __post_init__(self):
         if self.paradigm not in PARADIGMS:
             raise ValueError(f"'paradigm' must be one of: {', '.join(PARADIGMS)}; got {self.paradigm!r}")
+        if self.sft_max_per_problem < 0:
+            raise ValueError(f"'sft_max_per_problem' must be >= 0 (0 = every correct response), "
+                             f"got {self.sft_max_per_problem}")
+        if self.pairing not in PAIRINGS:
+            raise ValueError(f"'pairing' must be one of: {', '.join(PAIRINGS)}; got {self.pairing!r}")
         for name, allowed in (("backend", ("trl", "unsloth")), ("ref_model", ("previous", "m1")),
                               ("data_mode", ("fresh", "accumulate")), ("precision", ("auto", "bf16", "fp32"))):
             if getattr(self, name) not in allowed:
@@ -270,7 +268,7 @@ class TrainConfig(StageConfig):
             raise ValueError(f"'loss_weights' needs one weight per loss_type {self.loss_type}, "
                              f"got {self.loss_weights}")
         _positive(self, "learning_rate", "sft_learning_rate", "epochs", "gold_epochs", "batch_size", "grad_accum",
-                  "beta", "lora_alpha", "max_length", "num_processes")
+                  "beta", "lora_alpha", "max_length", "num_processes", "max_pairs_per_problem")
         if not self.merge_adapter and not self.lora_r:
             raise ValueError("'merge_adapter: false' keeps one LoRA adapter across iterations; it needs lora_r > 0")
         if self.lora_r < 0:
@@ -306,6 +304,9 @@ class EvaluateConfig(StageConfig):
             raise ValueError(f"'bootstrap' must be >= 0 (0 = no intervals), got {self.bootstrap}")
 
 
+# Fields of the train stage's data building (pairs.py) that recipes set under `verify:` before train built its
+# own data; named there, they fail with a message that says where they went.
+MOVED_TO_TRAIN = ("pairing", "max_pairs_per_problem", "sft_max_per_problem", "sft_dedup")
 STAGES = {"train": TrainConfig, "sample": SampleConfig, "verify": VerifyConfig, "evaluate": EvaluateConfig}
 SHARED = ("run_dir", "iteration", "iterations", "task", "seed")  # filled by the pipeline, not by a section
 
@@ -365,13 +366,12 @@ class RunConfig:
 
     def share_key(self, stage: str, t: int) -> str:
         """Equal for two runs whose `stage` at `t` reads and writes the same things: the same recipe apart from
-        the paradigm, the same training kinds F_2..F_t, and, for verify and evaluate, the same data built for
-        M(t+1) (SFT rows or DPO pairs). A study copies such a stage from a sibling run instead of redoing it."""
+        the paradigm and the same training kinds F_2..F_t (the lineage of M_t, which every stage of iteration t
+        reads; train reads M(t-1)'s samples and writes M_t by F_t, both in that lineage). No stage looks ahead
+        to F_(t+1): M(t+1)'s train stage builds its own data. A study copies such a stage from a sibling run."""
         base = {k: v for k, v in asdict(self).items() if k not in ("name", "paradigm", "verdict")}
         (paradigm,) = self.paradigms
         key = {"run": base, "stage": stage, "t": t, "lineage": lineage(paradigm, t)}
-        if stage in ("verify", "evaluate"):
-            key["next"] = train_kind(paradigm, t + 1) if t < self.iterations else None
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     def organism_config(self) -> OrganismConfig:
@@ -389,13 +389,16 @@ class RunConfig:
     def stage(self, stage: str, iteration: int, run_dir):
         """The validated config of `stage` at `iteration`."""
         section = getattr(self, stage)
-        reserved = SHARED + {"train": ("paradigm", "base_model"), "verify": ("paradigm",)}.get(stage, ())
+        reserved = SHARED + {"train": ("paradigm", "base_model")}.get(stage, ())
         for key in section:
             if key in reserved:
                 raise RecipeError(f"recipe '{self.name}', section '{stage}': '{key}' is set at the top level")
+            if stage == "verify" and key in MOVED_TO_TRAIN:
+                raise RecipeError(f"recipe '{self.name}', section 'verify': '{key}' is now set under 'train:' (the "
+                                  "train stage builds M_t's data from M(t-1)'s graded samples; verify only grades)")
         values = {**section, "run_dir": str(run_dir), "iteration": iteration, "iterations": self.iterations,
                   "task": self.task, "seed": self.seed}
-        if stage in ("train", "verify"):
+        if stage == "train":
             if self.is_study:
                 raise RecipeError(f"recipe '{self.name}' is a study of {self.paradigm}: take a member's stages")
             values["paradigm"] = self.paradigm

@@ -1,11 +1,15 @@
 """Train stage: M_t = F_t(M(t-1) | D_t), Algorithm 1 line 9, with LoRA; and M1 = SFT(M0 | gold) for a
 recipe that names its own `model` (the organism builds its M1 itself).
 
-Reads iter_<t-1>/model and iter_<t-1>/train_data.parquet (the data M(t-1)'s samples made); writes
-iter_<t>/model (M_t as a plain checkpoint, so the next stage and any sampler load it by path),
-iter_<t>/train_log.json (every logged step: loss, and for DPO the rewards, margins and chosen/rejected
-log-probs) and, with `merge_adapter: false`, iter_<t>/adapter. Notebook: notebooks/10_train.ipynb.
-TRL, PEFT and Unsloth are imported here only.
+Reads iter_<t-1>/model and M(t-1)'s graded train samples (iter_<t-1>/samples_train.parquet joined with
+iter_<t-1>/graded_train.parquet by runs.Run.graded); builds D_t from them itself (pairs.py: DPO pairs or SFT
+rows, as F_t needs; TrainConfig `pairing`, `max_pairs_per_problem`, `sft_max_per_problem`, `sft_dedup`) and
+writes it as iter_<t>/train_data.parquet, the data that made M_t, with provenance (problem_id and
+sample_idx, or chosen_idx / rejected_idx). Writes iter_<t>/model (M_t as a plain checkpoint, so the next
+stage and any sampler load it by path), iter_<t>/train_log.json (every logged step: loss, and for DPO the
+rewards, margins and chosen/rejected log-probs; `data`: D_t's kind, rows and problems) and, with
+`merge_adapter: false`, iter_<t>/adapter. This stage is the only one that asks which kind F_t is.
+Notebook: notebooks/10_train.ipynb. TRL, PEFT and Unsloth are imported here only.
 
 F_t is `config.train_kind(paradigm, t)`: SFT on correct samples (TRL SFTTrainer, prompt-completion rows, loss
 on the completion only) or DPO on (correct, incorrect) pairs (TRL DPOTrainer). Open choices, all TrainConfig
@@ -34,8 +38,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import artifacts, data, profiling
+from . import artifacts, data, pairs, profiling
 from .config import TrainConfig, train_kind
+from .runs import Run
 
 LOGGED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
           "logps/chosen", "logps/rejected", "mean_token_accuracy")
@@ -210,12 +215,35 @@ def gold_sft_rows(problems: list[dict], tokenizer) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["problem_id", "level", "prompt", "completion"])
 
 
+def build_data(cfg: TrainConfig, paths: artifacts.RunPaths) -> pd.DataFrame:
+    """D_t built from M(t-1)'s graded train samples (runs.Run.graded), as F_t needs (config.train_kind): DPO
+    pairs or SFT rows (pairs.py), seeded by (seed, t - 1). Rows keep their provenance: problem_id and
+    sample_idx (SFT) or chosen_idx / rejected_idx (DPO) of M(t-1)'s train sample table."""
+    t = cfg.iteration
+    try:
+        graded = Run(paths.root).graded(t - 1, "train")
+    except FileNotFoundError as e:
+        raise TrainError(f"train stage of iteration {t} needs M{t - 1}'s graded train samples: {e}; run the "
+                         "earlier stages") from None
+    seed = cfg.seed * 1000 + (t - 1)
+    if train_kind(cfg.paradigm, t) == "dpo":
+        return pairs.make_pairs(graded, rule=cfg.pairing, max_pairs=cfg.max_pairs_per_problem, seed=seed)
+    return pairs.make_sft_rows(graded, max_per_problem=cfg.sft_max_per_problem, dedup=cfg.sft_dedup, seed=seed)
+
+
+def data_summary(table: pd.DataFrame, kind: str, t: int) -> dict:
+    """What the train log (and M_t's metrics.json, `training.data`) records of the data built for M_t."""
+    return {"kind": kind, "rows": int(len(table)), "problems": int(table["problem_id"].nunique()) if len(table) else 0,
+            "from_iteration": t - 1}
+
+
 def iteration_data(cfg: TrainConfig, paths: artifacts.RunPaths) -> pd.DataFrame:
-    """D_t: M(t-1)'s data for this iteration, and with `data_mode: accumulate` also every earlier
-    iteration's data of the same kind (SFT rows with SFT rows, pairs with pairs), oldest first."""
+    """D_t as trained on: iter_<t>/train_data.parquet (this stage's data, built by `build_data`), and with
+    `data_mode: accumulate` also every earlier iteration's data of the same kind (SFT rows with SFT rows,
+    pairs with pairs), oldest first. `source_iteration` is the iteration whose samples made a row."""
     t, kind = cfg.iteration, train_kind(cfg.paradigm, cfg.iteration)
-    sources = [s for s in range(1, t) if train_kind(cfg.paradigm, s + 1) == kind] \
-        if cfg.data_mode == "accumulate" else [t - 1]
+    sources = [s for s in range(2, t + 1) if train_kind(cfg.paradigm, s) == kind] \
+        if cfg.data_mode == "accumulate" else [t]
     tables = []
     for s in sources:
         src = paths.train_data(s)
@@ -225,11 +253,11 @@ def iteration_data(cfg: TrainConfig, paths: artifacts.RunPaths) -> pd.DataFrame:
         missing = set(KIND_COLUMNS[kind]) - set(table.columns)
         if missing:
             raise TrainError(f"{src} lacks {sorted(missing)} for {kind.upper()} at iteration {t}: it was built "
-                             f"for another paradigm; rerun verify of iteration {s} (or use a fresh run name)")
-        tables.append(table.assign(source_iteration=s))
+                             f"for another paradigm; rerun train of iteration {s} (or use a fresh run name)")
+        tables.append(table.assign(source_iteration=s - 1))
     table = pd.concat(tables, ignore_index=True)
     if table.empty:
-        raise TrainError(f"{paths.train_data(t - 1)} holds no training data: M{t - 1}'s samples were all correct or "
+        raise TrainError(f"{paths.train_data(t)} holds no training data: M{t - 1}'s samples were all correct or "
                          "all incorrect. Sample more per problem (sample.n_samples) or more problems.")
     return table
 
@@ -300,14 +328,28 @@ def run(cfg: TrainConfig) -> list[Path]:
             raise TrainError(f"train stage of iteration {t} needs {paths.model(t - 1)}; run the earlier stages")
         if not cfg.merge_adapter and t >= 3 and not paths.adapter(t - 1).exists():
             raise TrainError(f"merge_adapter: false trains on {paths.adapter(t - 1)}, which is missing")
-        iteration_data(cfg, paths)  # fails now, before a model loads, if the data are missing or empty
-    check_backend(cfg)
+        kind = train_kind(cfg.paradigm, t)
+        fresh = build_data(cfg, paths)
+        summary = data_summary(fresh, kind, t)
+        print(f"train data for M{t} ({kind.upper()}): {summary['rows']} "
+              f"{'DPO pairs' if kind == 'dpo' else 'SFT rows'} from {summary['problems']} problems of M{t - 1}'s "
+              "graded train samples")
+        if fresh.empty:
+            raise TrainError(f"no training data for M{t}: M{t - 1}'s samples were all correct or all incorrect. "
+                             "Sample more per problem (sample.n_samples) or more problems.")
+        check_backend(cfg)
+        artifacts.write_parquet(fresh, paths.train_data(t))
+        iteration_data(cfg, paths)  # fails now, before a model loads, if earlier data (accumulate) are missing
+    else:
+        check_backend(cfg)
     tmp = paths.model(t).with_name("model.tmp")
     for d in (tmp, tmp.with_name("adapter.tmp")):
         shutil.rmtree(d, ignore_errors=True)
     t0 = time.time()
     log = _launch(cfg, paths, tmp) if cfg.num_processes > 1 else fit(cfg, paths, tmp)
     log.update(paradigm=cfg.paradigm, seconds=round(time.time() - t0, 2))
+    if t >= 2:
+        log["data"] = summary
     print(f"M{t} by {log['kind'].upper()} on {log['rows']} rows in {log['seconds']:.1f}s")
     for key, v in log["summary"].items():
         print(f"{key:>20}: {v['first']:9.4f} -> {v['last']:9.4f}")
@@ -316,7 +358,8 @@ def run(cfg: TrainConfig) -> list[Path]:
     if tmp.with_name("adapter.tmp").exists():
         written.append(artifacts.replace_dir(tmp.with_name("adapter.tmp"), paths.adapter(t)))
     model_dir = artifacts.replace_dir(tmp, paths.model(t))
-    return [model_dir, *written, artifacts.write_json(log, paths.train_log(t))]
+    data_file = [paths.train_data(t)] if t >= 2 else []
+    return [model_dir, *written, *data_file, artifacts.write_json(log, paths.train_log(t))]
 
 
 def _main(spec_path: str) -> None:

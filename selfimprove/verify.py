@@ -1,9 +1,11 @@
-"""Verify stage: grade every response against its gold answer, then build the data that trains M(t+1).
+"""Verify stage: grade every response of M_t against its gold answer. It grades and does nothing else.
 
-Reads iter_<t>/samples_<split>.parquet and the run's problems; adds `extracted`, `status` and `correct` to
-each sample table (same rows, columns added), and, while t < T, writes iter_<t>/train_data.parquet (DPO
-pairs or SFT rows, as the paradigm's F_(t+1) needs; see pairs.py). Notebook: notebooks/30_verify.ipynb. The
-evaluate stage only reads these columns; nothing downstream grades again.
+Reads iter_<t>/samples_<split>.parquet (left exactly as the sample stage wrote it, so its manifest hash
+stays valid) and the run's problems; writes iter_<t>/graded_<split>.parquet beside each sample table: the
+row keys (runs.GRADE_KEYS: iteration, split, problem_id, decoding, sample_idx) and `extracted`, `status`,
+`correct` (runs.GRADE_COLUMNS). Readers join the two with runs.Run.graded. Notebook: notebooks/30_verify.ipynb.
+The evaluate stage (metrics.py) and the train stage of M(t+1) (train.py, which builds its own SFT rows or
+DPO pairs from the graded train samples with pairs.py) read these grades; nothing downstream grades again.
 
 Grading is `grading.grade_batch`: worker processes with a hard wall-clock limit per item (VerifyConfig
 `timeout_s`, `workers`, `memory_mb`); the statuses and each task's rules are in selfimprove/grading/.
@@ -15,12 +17,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import artifacts, data, pairs
-from .config import VerifyConfig, train_kind
+from . import artifacts, data
+from .config import SPLITS, VerifyConfig
 from .grading import GRADERS, STATUSES, GoldError, grade_batch
+from .runs import GRADE_COLUMNS, GRADE_KEYS
 from .tasks import TASKS_BY_NAME, gold_of
 
-__all__ = ["GRADERS", "STATUSES", "grade_table", "run"]
+__all__ = ["GRADERS", "STATUSES", "grade_table", "grades_of", "run"]
 
 
 def grade_table(df: pd.DataFrame, problems: list[dict], task: str, timeout_s: float = 10.0, workers: int = 2,
@@ -61,18 +64,16 @@ def grade_table(df: pd.DataFrame, problems: list[dict], task: str, timeout_s: fl
     return out
 
 
-def build_train_data(graded: pd.DataFrame, cfg: VerifyConfig) -> pd.DataFrame:
-    """The data for M(t+1): DPO pairs or SFT rows, as the paradigm's F_(t+1) needs (config.train_kind)."""
-    seed = cfg.seed * 1000 + cfg.iteration
-    if train_kind(cfg.paradigm, cfg.iteration + 1) == "dpo":
-        return pairs.make_pairs(graded, rule=cfg.pairing, max_pairs=cfg.max_pairs_per_problem, seed=seed)
-    return pairs.make_sft_rows(graded, max_per_problem=cfg.sft_max_per_problem, dedup=cfg.sft_dedup, seed=seed)
+def grades_of(graded: pd.DataFrame) -> pd.DataFrame:
+    """The graded table written beside the samples: runs.GRADE_KEYS and runs.GRADE_COLUMNS of each row."""
+    return graded[GRADE_KEYS + GRADE_COLUMNS].reset_index(drop=True)
 
 
 def run(cfg: VerifyConfig) -> list[Path]:
+    """Grade every sample table of iteration t into iter_<t>/graded_<split>.parquet; returns those paths."""
     paths = artifacts.RunPaths(cfg.run_dir)
     written = []
-    for split in ("train", "test", "ood"):
+    for split in SPLITS:
         src = paths.samples(cfg.iteration, split)
         if not src.exists():
             continue
@@ -80,12 +81,5 @@ def run(cfg: VerifyConfig) -> list[Path]:
                          timeout_s=cfg.timeout_s, workers=cfg.workers, memory_mb=cfg.memory_mb)
         counts = df["status"].value_counts().to_dict()
         print(f"{split}: {len(df)} responses graded: {counts}")
-        written.append(artifacts.write_parquet(df, src))
-        if split == "train" and cfg.iteration < cfg.iterations:
-            table = build_train_data(df, cfg)
-            kind = train_kind(cfg.paradigm, cfg.iteration + 1)
-            print(f"train data for M{cfg.iteration + 1} ({kind.upper()}): {len(table)} "
-                  f"{'DPO pairs' if kind == 'dpo' else 'SFT rows'} from "
-                  f"{table['problem_id'].nunique() if len(table) else 0} problems")
-            written.append(artifacts.write_parquet(table, paths.train_data(cfg.iteration)))
+        written.append(artifacts.write_parquet(grades_of(df), paths.graded(cfg.iteration, split)))
     return written

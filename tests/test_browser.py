@@ -121,7 +121,9 @@ def _expected(run_dir: Path) -> tuple[str, str, list[str], list[str]]:
     """A problem to choose: from the lost set when there is one, else gained, else stable wrong or correct;
     within it, one whose responses have the most different verdicts. Returns its id, its set's label, and its
     verdicts and extracted answers in the order the card lists them, computed with pandas alone."""
-    frames = [pd.read_parquet(p).assign(t=int(p.parent.name[5:]), split=p.stem[len("samples_"):])
+    keys = ["iteration", "split", "problem_id", "decoding", "sample_idx"]  # a sample row's grade: graded_<split>
+    frames = [pd.read_parquet(p).merge(pd.read_parquet(p.with_name(p.name.replace("samples_", "graded_"))), on=keys)
+              .assign(t=int(p.parent.name[5:]), split=p.stem[len("samples_"):])
               for p in sorted(run_dir.glob("iter_*/samples_*.parquet"))]
     df = pd.concat(frames, ignore_index=True)
     test_its = sorted(df.loc[df["split"] == "test", "t"].unique())

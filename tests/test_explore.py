@@ -27,7 +27,7 @@ def _response(pid, t, k, status):
 
 
 @pytest.fixture
-def run_dir(tmp_path):
+def run_dir(tmp_path, write_graded):
     for t in (1, 2):
         rows = []
         for pid, status in GREEDY[t].items():
@@ -35,13 +35,14 @@ def run_dir(tmp_path):
             for k, s in enumerate(["correct", "incorrect", status]):
                 rows.append(_row(t, "test", pid, "sample", k, s, _response(pid, t, k, s)))
         (tmp_path / f"iter_{t}").mkdir()
-        pd.DataFrame(rows).to_parquet(tmp_path / f"iter_{t}" / "samples_test.parquet")
+        write_graded(pd.DataFrame(rows), tmp_path / f"iter_{t}" / "samples_test.parquet")
     train = [_row(1, "train", pid, "sample", k, s, _response(pid, 1, k, s))
              for pid in ("t1", "t2") for k, s in enumerate(["correct", "incorrect", "no_answer"])]
-    pd.DataFrame(train).to_parquet(tmp_path / "iter_1" / "samples_train.parquet")
+    write_graded(pd.DataFrame(train), tmp_path / "iter_1" / "samples_train.parquet")
     pairs = pd.DataFrame([dict(problem_id="t1", level=1, prompt="Question t1", chosen=train[0]["response"],
                                rejected=train[1]["response"], chosen_idx=0, rejected_idx=1)])
-    pairs.to_parquet(tmp_path / "iter_1" / "train_data.parquet")
+    (tmp_path / "iter_2").mkdir(exist_ok=True)
+    pairs.to_parquet(tmp_path / "iter_2" / "train_data.parquet")  # M2's data, from M1's graded train samples
     return tmp_path
 
 
@@ -63,7 +64,7 @@ def test_bad_input_is_named(run_dir, tmp_path_factory):
         explore.iterations(tmp_path_factory.mktemp("empty"))
     with pytest.raises(ValueError, match="'nope' is in no"):
         explore.problem_history(run_dir, "nope")
-    with pytest.raises(FileNotFoundError, match="iteration 2 trained no model"):
+    with pytest.raises(FileNotFoundError, match="iter_3/train_data.parquet does not exist: M_2's samples trained no"):
         explore.training_rows(run_dir, 2, "t1")
 
 
@@ -198,16 +199,19 @@ def test_relative_paths_are_read_from_the_checkout_in_its_notebooks_folder(run_d
 
 
 @pytest.fixture
-def study(run_dir, tmp_path_factory):
+def study(run_dir, tmp_path_factory, write_graded):
     """A study folder as `selfimprove run` writes one: runs dpo/ and sft/ (sft: M2 lost nothing), a report/."""
     import shutil
+
+    from selfimprove.runs import Run
 
     root = tmp_path_factory.mktemp("study")
     for paradigm in ("dpo", "sft"):
         shutil.copytree(run_dir, root / paradigm)
-    df = pd.read_parquet(root / "sft" / "iter_2" / "samples_test.parquet")
+    df = Run(root / "sft").graded(2, "test")
     df.loc[df["problem_id"] == "p3", "status"] = "correct"
-    df.to_parquet(root / "sft" / "iter_2" / "samples_test.parquet")
+    df["correct"] = df["status"] == "correct"
+    write_graded(df, root / "sft" / "iter_2" / "samples_test.parquet")
     (root / "report").mkdir()
     return root
 
@@ -241,9 +245,9 @@ def _walk(w):
         yield from _walk(child)
 
 
-def test_explorer_shows_bad_input_in_the_page(run_dir):
-    df = pd.read_parquet(run_dir / "iter_2" / "samples_test.parquet")
-    df[df["problem_id"] != "p4"].to_parquet(run_dir / "iter_2" / "samples_test.parquet")  # M2 lacks p4
+def test_explorer_shows_bad_input_in_the_page(run_dir, write_graded):
+    df = explore.samples(run_dir, 2, "test")
+    write_graded(df[df["problem_id"] != "p4"], run_dir / "iter_2" / "samples_test.parquet")  # M2 lacks p4
     box = explore.improvement_explorer(run_dir)
     table = next(w for w in _walk(box) if "si-table" in w._dom_classes)
     assert "si-error" in table.value and "same problems in both iterations" in table.value

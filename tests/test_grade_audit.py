@@ -79,11 +79,14 @@ def test_audit_refuses_a_file_that_is_not_jsonl_or_is_empty(tmp_path, capsys):
     assert "is a folder, not a JSONL file" in capsys.readouterr().err
 
 
-def test_run_rates_per_iteration(tmp_path, capsys):
+def test_run_rates_per_iteration(tmp_path, capsys, write_graded):
     for t, statuses in ((1, ["correct", "timeout", "no_answer", "no_answer"]), (2, ["correct", "error"])):
         d = tmp_path / f"iter_{t}"
         d.mkdir()
-        pd.DataFrame({"status": statuses}).to_parquet(d / "samples_test.parquet")
+        n = len(statuses)
+        write_graded(pd.DataFrame({"iteration": t, "split": "test", "problem_id": [f"p{i}" for i in range(n)],
+                                   "decoding": "greedy", "sample_idx": 0, "response": "x", "status": statuses,
+                                   "correct": [s == "correct" for s in statuses]}), d / "samples_test.parquet")
     pd.DataFrame({"response": ["x"]}).to_parquet(tmp_path / "iter_2" / "samples_ood.parquet")  # not graded yet
     rates = audit.run_rates(tmp_path)
     assert rates.to_dict("records") == [
@@ -91,9 +94,9 @@ def test_run_rates_per_iteration(tmp_path, capsys):
         {"iteration": 2, "split": "test", "responses": 2, "timeout": 0.0, "no_answer": 0.0, "error": 0.5}]
     assert cli.main(["audit", "--task", "arith", "--run", str(tmp_path)]) == 0
     assert "no_answer" in capsys.readouterr().out
-    (tmp_path / "iter_2" / "samples_test.parquet").write_bytes(b"PAR1 cut short")
+    (tmp_path / "iter_2" / "graded_test.parquet").write_bytes(b"PAR1 cut short")
     assert cli.main(["audit", "--task", "arith", "--run", str(tmp_path)]) == 2
-    assert "iter_2/samples_test.parquet: cannot be read, the file is damaged" in capsys.readouterr().err
+    assert "iter_2/graded_test.parquet: cannot be read, the file is damaged" in capsys.readouterr().err
 
 
 def test_grade_command_grades_valid_lines_and_names_bad_ones(tmp_path, capsys):

@@ -135,6 +135,7 @@ def test_a_run_with_a_kernel_per_stage_computes_what_the_shared_kernel_run_did(t
             if a.samples(t, split).exists():
                 pd.testing.assert_frame_equal(pd.read_parquet(a.samples(t, split)),
                                               pd.read_parquet(b.samples(t, split)))
+                pd.testing.assert_frame_equal(pd.read_parquet(a.graded(t, split)), pd.read_parquet(b.graded(t, split)))
                 compared += 1
         assert json.loads(a.metrics(t).read_text()) == json.loads(b.metrics(t).read_text())
     assert compared >= 5  # M2's samples come from the model trained in each kernel setting

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from selfimprove import artifacts, estimators, metrics
+from selfimprove.config import EvaluateConfig, build
 
 
 @pytest.mark.parametrize("n", range(1, 11))
@@ -117,7 +118,7 @@ def test_paradigm_advice_rule():
         estimators.paradigm_advice(1.5)
 
 
-def _run_dir(tmp_path):
+def _run_dir(tmp_path, write_graded):
     """A hand-made run: M1 and M2 graded sample tables for test, OOD (and train for M1)."""
     from dataclasses import asdict
 
@@ -139,15 +140,15 @@ def _run_dir(tmp_path):
                         rows.append(dict(iteration=t, split=split, task="arith", problem_id=pid, level=level,
                                          decoding=dec, sample_idx=i, response=resp, finish_reason="stop",
                                          status="correct" if ok else "incorrect", correct=bool(ok)))
-            artifacts.write_parquet(pd.DataFrame(rows), paths.samples(t, split))
+            write_graded(pd.DataFrame(rows), paths.samples(t, split))
     return paths
 
 
-def test_recompute_writes_metrics_tidy_table_and_per_problem(tmp_path, monkeypatch):
+def test_recompute_writes_metrics_tidy_table_and_per_problem(tmp_path, monkeypatch, write_graded):
     from selfimprove import diversity
 
     monkeypatch.setitem(diversity._MODELS, "fake", _FakeModel())
-    paths = _run_dir(tmp_path)
+    paths = _run_dir(tmp_path, write_graded)
     written = metrics.recompute(paths.root, {"embedding_model": "fake", "cache_dir": str(tmp_path / "cache"),
                                              "diversity_per_problem": 2, "bootstrap": 100, "ks": [1, 2, 4]},
                                 log=lambda *a: None)
@@ -177,13 +178,21 @@ def test_recompute_writes_metrics_tidy_table_and_per_problem(tmp_path, monkeypat
     assert metrics.collect(paths.root).equals(metrics.collect(paths.root))
 
 
-def test_evaluate_refuses_an_ungraded_table(tmp_path):
-    paths = _run_dir(tmp_path)
-    df = pd.read_parquet(paths.samples(1, "test")).drop(columns=["correct"])
-    df.to_parquet(paths.samples(1, "test"))
-    with pytest.raises(metrics.MetricsError, match=r"samples_test.parquet: the test sample table of M1 lacks "
-                                                   r"column\(s\) \['correct'\]"):
+def test_evaluate_refuses_an_ungraded_table(tmp_path, write_graded):
+    paths = _run_dir(tmp_path, write_graded)
+    paths.graded(1, "test").unlink()  # sampled, not graded
+    with pytest.raises(metrics.MetricsError, match=r"the test sample table of M1: .*graded_test.parquet does not "
+                                                   r"exist: the verify stage of iteration 1 has not graded"):
         metrics.recompute(paths.root, {"embedding_model": ""}, log=lambda *a: None)
+
+
+def test_evaluate_reads_the_sample_table_as_sampled_and_its_grades(tmp_path, write_graded):
+    """M_t's metrics come from the sample table joined with its graded table; no grade lives in the sample table."""
+    paths = _run_dir(tmp_path, write_graded)
+    assert "status" not in pd.read_parquet(paths.samples(1, "test")).columns
+    m, _ = metrics.evaluate(paths, 1, build(EvaluateConfig, {"run_dir": str(paths.root), "iteration": 1,
+                                                             "embedding_model": "", "bootstrap": 0}, "test"))
+    assert m["test"]["pass@1"] == pytest.approx(1 / 3) and "train_data_rows" not in m
 
 
 class _FakeModel:
@@ -219,6 +228,8 @@ def test_a_damaged_metrics_file_or_sample_table_is_named(tmp_path, capsys):
         metrics.iteration_metrics(tmp_path)
     assert cli.main(["figures", str(tmp_path)]) == 2
     assert "iter_2/metrics.json: not valid JSON" in capsys.readouterr().err
-    paths.samples(1, "test").write_bytes(b"PAR1 cut short")
-    with pytest.raises(metrics.MetricsError, match=r"samples_test.parquet: tests cannot be read, the file is damaged"):
-        metrics._read(paths.samples(1, "test"), "tests")
+    paths.iter_dir(1).mkdir(exist_ok=True)
+    for p in (paths.samples(1, "test"), paths.graded(1, "test")):
+        p.write_bytes(b"PAR1 cut short")
+    with pytest.raises(metrics.MetricsError, match=r"tests: .*_test.parquet: cannot be read, the file is damaged"):
+        metrics._read(paths, 1, "test", "tests")

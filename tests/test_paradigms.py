@@ -28,13 +28,15 @@ def test_share_keys_match_exactly_where_the_stage_is_the_same():
     sft, dpo, mix = (s.member(p) for p in ("sft", "dpo", "sft-dpo"))
     # M1's samples are the same for every paradigm
     assert sft.share_key("sample", 1) == dpo.share_key("sample", 1) == mix.share_key("sample", 1)
-    # verify at t = 1 builds SFT rows for the SFT run and pairs for the others
-    assert sft.share_key("verify", 1) != dpo.share_key("verify", 1) == mix.share_key("verify", 1)
-    # SFT-DPO's M2 is DPO's M2, but its data for M3 are SFT rows
-    assert dpo.share_key("train", 2) == mix.share_key("train", 2)
-    assert dpo.share_key("sample", 2) == mix.share_key("sample", 2)
-    assert dpo.share_key("verify", 2) != mix.share_key("verify", 2)
-    assert dpo.share_key("train", 3) != mix.share_key("train", 3)
+    # every stage of M1 reads and writes the same for all three: none looks ahead to F_2
+    for stage in ("verify", "evaluate"):
+        assert sft.share_key(stage, 1) == dpo.share_key(stage, 1) == mix.share_key(stage, 1)
+    assert sft.share_key("train", 2) != dpo.share_key("train", 2)  # M2 by SFT vs by DPO
+    # SFT-DPO's M2 is DPO's M2, and so are its samples, grades and metrics; M3 differs (SFT vs DPO)
+    for stage in ("train", "sample", "verify", "evaluate"):
+        assert dpo.share_key(stage, 2) == mix.share_key(stage, 2)
+    for stage in ("train", "sample", "verify", "evaluate"):
+        assert dpo.share_key(stage, 3) != mix.share_key(stage, 3)
     # any other setting separates them
     other = _study(seed=1).member("dpo")
     assert other.share_key("sample", 1) != dpo.share_key("sample", 1)
@@ -85,7 +87,7 @@ def test_accumulated_data_takes_the_same_kind_from_earlier_iterations(tmp_path):
     paths = artifacts.RunPaths(tmp_path)
     sft = pd.DataFrame({"problem_id": ["p"], "prompt": ["q"], "completion": ["a"]})
     dpo = pd.DataFrame({"problem_id": ["p"], "prompt": ["q"], "chosen": ["a"], "rejected": ["b"]})
-    for t, table in ((1, dpo), (2, sft), (3, dpo), (4, sft)):  # SFT-DPO: data for M2..M5
+    for t, table in ((2, dpo), (3, sft), (4, dpo), (5, sft)):  # SFT-DPO: the data of M2..M5
         paths.iter_dir(t).mkdir(parents=True)
         artifacts.write_parquet(table, paths.train_data(t))
     cfg = config.build(config.TrainConfig, {"run_dir": str(tmp_path), "iteration": 5, "iterations": 5,
@@ -118,7 +120,7 @@ def test_train_log_names_the_dpo_reference_that_was_used(tmp_path, monkeypatch, 
     paths = artifacts.RunPaths(tmp_path)
     paths.iter_dir(2).mkdir(parents=True)
     artifacts.write_parquet(pd.DataFrame({"problem_id": ["p"], "prompt": ["q"], "chosen": ["a"], "rejected": ["b"]}),
-                            paths.train_data(2))
+                            paths.train_data(3))
     saver = SimpleNamespace(save_pretrained=lambda d: None)
     model = SimpleNamespace(save_pretrained=lambda d: None, merge_and_unload=lambda: saver)
     trainer = SimpleNamespace(accelerator=SimpleNamespace(is_main_process=True, unwrap_model=lambda m: m),
@@ -152,16 +154,20 @@ def test_a_study_runs_every_paradigm_and_shares_what_is_the_same(tiny_study):
     # what each run trained with, as the paper's paradigms say
     kinds = {p: [json.loads(r.train_log(t).read_text())["kind"] for t in (2, 3)] for p, r in runs.items()}
     assert kinds == {"dpo": ["dpo", "dpo"], "sft-dpo": ["dpo", "sft"], "sft": ["sft", "sft"]}
-    assert set(pd.read_parquet(runs["sft"].train_data(1)).columns) >= {"prompt", "completion"}
-    assert set(pd.read_parquet(runs["sft-dpo"].train_data(2)).columns) >= {"prompt", "completion"}
-    assert set(pd.read_parquet(runs["dpo"].train_data(2)).columns) >= {"prompt", "chosen", "rejected"}
-    # shared: M1's sampling for all; SFT-DPO's M2 and its samples from DPO; nothing shared that differs
-    assert stages["sft-dpo"]["1/sample"]["shared_from"].endswith("dpo")
-    assert stages["sft-dpo"]["2/train"]["shared_from"].endswith("dpo")
-    assert stages["sft-dpo"]["2/sample"]["shared_from"].endswith("dpo")
-    assert "shared_from" not in stages["sft-dpo"]["2/verify"] and "shared_from" not in stages["sft-dpo"]["3/train"]
-    assert "shared_from" not in stages["sft"]["1/verify"] and "shared_from" not in stages["sft"]["2/train"]
-    assert stages["sft"]["1/sample"].get("shared_from")
+    # each M_t's own data, built by its train stage from M(t-1)'s graded samples
+    assert set(pd.read_parquet(runs["sft"].train_data(2)).columns) >= {"prompt", "completion"}
+    assert set(pd.read_parquet(runs["sft-dpo"].train_data(3)).columns) >= {"prompt", "completion"}
+    assert set(pd.read_parquet(runs["dpo"].train_data(3)).columns) >= {"prompt", "chosen", "rejected"}
+    for r in runs.values():
+        for t in (2, 3):
+            assert json.loads(r.train_log(t).read_text())["data"]["rows"] == len(pd.read_parquet(r.train_data(t)))
+    # shared: M1's sampling, grading and metrics for all (no stage looks ahead to F_(t+1)); SFT-DPO's M2, its
+    # samples, grades and metrics from DPO; nothing shared that differs
+    for stage in ("1/sample", "1/verify", "1/evaluate"):
+        assert stages["sft-dpo"][stage]["shared_from"].endswith("dpo") and stages["sft"][stage].get("shared_from")
+    for stage in ("2/train", "2/sample", "2/verify", "2/evaluate"):
+        assert stages["sft-dpo"][stage]["shared_from"].endswith("dpo")
+    assert "shared_from" not in stages["sft-dpo"]["3/train"] and "shared_from" not in stages["sft"]["2/train"]
     assert artifacts.sha256(runs["dpo"].model(2)) == artifacts.sha256(runs["sft-dpo"].model(2))
     assert artifacts.sha256(runs["dpo"].model(3)) != artifacts.sha256(runs["sft-dpo"].model(3))
     # the SFT iterations moved the model and logged their loss
@@ -211,7 +217,7 @@ def test_a_shared_stage_resumes_like_a_computed_one(tiny_study, organism_root):
 def test_open_choices_one_adapter_m1_reference_accumulated_data(tmp_path, organism_root):
     """merge_adapter: false (one LoRA adapter on M1, trained on), ref_model: m1 and data_mode: accumulate,
     through SFT-DPO's DPO, SFT, DPO: each M_t is M1 plus its adapter, and the t = 4 DPO reads the pairs of
-    iterations 1 and 3 against M1."""
+    M2 and M4 (from M1's and M3's samples) against M1."""
     root = pipeline.run("tiny", overrides=["paradigm=sft-dpo", "iterations=4", "name=choices",
                                            "train.merge_adapter=false", "train.ref_model=m1",
                                            "train.data_mode=accumulate"],
@@ -222,8 +228,8 @@ def test_open_choices_one_adapter_m1_reference_accumulated_data(tmp_path, organi
     assert logs[2]["adapter"] is None and logs[3]["adapter"].endswith("iter_2/adapter")
     assert logs[4]["adapter"].endswith("iter_3/adapter") and logs[4]["reference"].endswith("iter_1/model")
     assert logs[4]["base"].endswith("iter_1/model")
-    pairs_1, pairs_3 = (len(pd.read_parquet(paths.train_data(t))) for t in (1, 3))
-    assert logs[4]["rows"] == pairs_1 + pairs_3
+    pairs_2, pairs_4 = (len(pd.read_parquet(paths.train_data(t))) for t in (2, 4))  # M2's and M4's pairs
+    assert logs[4]["rows"] == pairs_2 + pairs_4 and logs[4]["data"]["rows"] == pairs_4
     for t in (2, 3, 4):
         assert (paths.adapter(t) / "adapter_config.json").exists()
         assert (paths.model(t) / "model.safetensors").exists()

@@ -14,10 +14,12 @@ import pytest
 
 from selfimprove import artifacts, pipeline
 from selfimprove.config import RecipeError
+from selfimprove.runs import Run
 
 pytestmark = pytest.mark.slow
 DESIGN_COLUMNS = ["iteration", "split", "task", "problem_id", "level", "decoding", "sample_idx", "prompt",
-                  "response", "n_tokens", "finish_reason", "extracted", "status", "correct"]
+                  "response", "n_tokens", "finish_reason"]
+GRADED_COLUMNS = ["iteration", "split", "problem_id", "decoding", "sample_idx", "extracted", "status", "correct"]
 
 
 def _metrics(run_dir: Path) -> dict:
@@ -34,18 +36,27 @@ def test_tiny_run_produces_every_artifact(tiny_run):
     nb = json.loads((paths.notebooks(2) / "10_train.ipynb").read_text())
     assert nb["metadata"]["papermill"]["parameters"]["iteration"] == 2
     assert any("injected-parameters" in c["metadata"].get("tags", []) for c in nb["cells"])
-    # the sample table of the README's 'What a run is'
-    test = pd.read_parquet(paths.samples(1, "test"))
-    assert list(test.columns) == DESIGN_COLUMNS
+    # the sample table of the README's 'What a run is', as the sample stage wrote it, and its grades beside it
+    assert list(pd.read_parquet(paths.samples(1, "test")).columns) == DESIGN_COLUMNS
+    assert list(pd.read_parquet(paths.graded(1, "test")).columns) == GRADED_COLUMNS
+    for key, stage in manifest["stages"].items():  # every recorded hash is still the file's: no stage rewrote one
+        for rel, digest in stage.get("outputs", {}).items():
+            assert artifacts.sha256(paths.root / rel) == digest, (key, rel)
+    assert sorted(manifest["stages"]["1/verify"]["outputs"]) == [f"iter_1/graded_{s}.parquet"
+                                                                 for s in ("ood", "test", "train")]
+    test = Run(tiny_run).graded(1, "test")
+    assert list(test.columns) == DESIGN_COLUMNS + ["extracted", "status", "correct"]
     assert set(test["decoding"]) == {"greedy", "sample"}
     per_problem = test.groupby(["problem_id", "decoding"]).size().unstack()
     assert (per_problem["greedy"] == 1).all() and (per_problem["sample"] == 5).all()  # sample.n_eval_samples
     assert set(test["status"]) <= {"correct", "incorrect", "no_answer", "timeout", "error"}
-    train = pd.read_parquet(paths.samples(1, "train"))
+    train = Run(tiny_run).graded(1, "train")
     assert train["problem_id"].nunique() == 60 and (train.groupby("problem_id").size() == 4).all()
     assert not paths.samples(2, "train").exists()  # M_T trains nothing
-    # DPO pairs with provenance, and a training log with the DPO signals
-    pairs = pd.read_parquet(paths.train_data(1))
+    # M2's DPO pairs, built by its train stage from M1's graded samples, with provenance; a training log with
+    # the DPO signals and the data's counts
+    assert not paths.train_data(1).exists()
+    pairs = pd.read_parquet(paths.train_data(2))
     assert len(pairs) > 0
     for _, p in pairs.iterrows():
         rows = train[train["problem_id"] == p["problem_id"]].set_index("sample_idx")
@@ -53,12 +64,15 @@ def test_tiny_run_produces_every_artifact(tiny_run):
         assert rows.loc[p["rejected_idx"], "response"] == p["rejected"] and not rows.loc[p["rejected_idx"], "correct"]
     log = json.loads(paths.train_log(2).read_text())
     assert {"rewards/margins", "logps/chosen", "rewards/chosen"} <= set(log["summary"])
+    assert log["data"] == {"kind": "dpo", "rows": len(pairs), "problems": pairs["problem_id"].nunique(),
+                           "from_iteration": 1}
     m = _metrics(tiny_run)
     assert set(m) == {"iter_1", "iter_2"}
     for it in m.values():
         assert 0 <= it["test"]["pass@1"] <= 1 and set(it["test"]["pass@k"]) == {"1", "2", "4"}
         assert it["test"]["pass@k"]["1"] <= it["test"]["pass@k"]["2"] <= it["test"]["pass@k"]["4"]
     assert "training" in m["iter_2"] and m["iter_1"]["train"]["n_problems"] == 60
+    assert m["iter_2"]["training"]["data"] == log["data"] and "train_data_rows" not in m["iter_1"]
     assert (paths.report / "pass1_by_iteration.png").stat().st_size > 10_000
     assert "| M2 |" in (paths.report / "summary.md").read_text()
 

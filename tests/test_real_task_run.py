@@ -4,11 +4,11 @@ directory as M0 (the tiny organism's M0, which has a chat template), made M1 by 
 
 import json
 
-import pandas as pd
 import pytest
 import yaml
 
 from selfimprove import artifacts, config, organism, pipeline
+from selfimprove.runs import Run
 
 FIXTURES = pipeline.PACKAGE_ROOT / "tests" / "fixtures" / "datasets"
 
@@ -38,7 +38,7 @@ def test_gsm8k_recipe_with_a_local_model_runs_gold_sft_then_the_loop_stages(tmp_
     assert artifacts.sha256(paths.model(1) / "model.safetensors") != artifacts.sha256(m0 / "model.safetensors")
     ood_problems = [json.loads(line) for line in paths.problems("ood").read_text().splitlines()]
     assert ood_problems and {p["task"] for p in ood_problems} == {"math"}  # MATH algebra (paper §3.5)
-    ood = pd.read_parquet(paths.samples(1, "ood"))
+    ood = Run(paths.root).graded(1, "ood")
     assert len(ood) == len(ood_problems) * 3 and ood["status"].notna().all()  # greedy + 2 samples each
     metrics = json.loads(paths.metrics(1).read_text())
     assert {"test", "ood"} <= set(metrics)

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from selfimprove import pairs, verify
+from selfimprove import data, pairs, verify
 
 
 @pytest.mark.parametrize("response,gold,status,extracted", [
@@ -105,3 +105,106 @@ def test_grade_table_grades_each_row_with_its_problems_task():
                        "response": ["so #### 5", "It is $\\boxed{5\\sqrt{2}}$.", "It is $\\boxed{5}$."]})
     out = verify.grade_table(df, problems, "gsm8k", workers=1)
     assert out["status"].tolist() == ["correct", "correct", "incorrect"]
+
+
+def _sampled_run(tmp_path):
+    """A run directory with problems and M1's sample tables as the sample stage writes them (no grades)."""
+    import json
+
+    from selfimprove import artifacts
+    from selfimprove.sample import SAMPLE_COLUMNS
+
+    paths = artifacts.RunPaths(tmp_path)
+    answers = {"train": {f"t{i}": str(i) for i in range(6)}, "test": {"e0": "1", "e1": "2"}}
+    for split, gold in answers.items():
+        paths.problems(split).parent.mkdir(parents=True, exist_ok=True)
+        paths.problems(split).write_text("".join(json.dumps({"id": pid, "question": "q", "answer": a, "level": 1})
+                                                 + "\n" for pid, a in gold.items()))
+        rows = []
+        for pid, a in sorted(gold.items(), reverse=True):  # not sorted by problem: the join keeps this order
+            decodings = [("sample", k) for k in range(4)] + ([("greedy", 0)] if split == "test" else [])
+            for decoding, k in decodings:
+                response = [f"#### {a}", "#### 99", "no marker", f"so #### {a}"][k] if decoding == "sample" else "x"
+                rows.append({"iteration": 1, "split": split, "task": "arith", "problem_id": pid, "level": 1,
+                             "decoding": decoding, "sample_idx": k, "prompt": f"q-{pid}", "response": response,
+                             "n_tokens": 3, "finish_reason": "stop"})
+        artifacts.write_parquet(pd.DataFrame(rows, columns=SAMPLE_COLUMNS), paths.samples(1, split))
+    return paths
+
+
+def test_verify_writes_only_graded_tables_and_leaves_the_samples_as_sampled(tmp_path):
+    from selfimprove import artifacts, runs
+    from selfimprove.config import VerifyConfig, build
+
+    paths = _sampled_run(tmp_path)
+    before = {p.name: artifacts.sha256(p) for p in paths.iter_dir(1).iterdir()}
+    written = verify.run(build(VerifyConfig, {"run_dir": str(tmp_path), "iteration": 1, "iterations": 2}, "test"))
+    assert written == [paths.graded(1, "train"), paths.graded(1, "test")]
+    after = {p.name: artifacts.sha256(p) for p in paths.iter_dir(1).iterdir()}
+    assert {k: v for k, v in after.items() if k in before} == before  # the sample stage's hashes stay valid
+    assert set(after) - set(before) == {"graded_train.parquet", "graded_test.parquet"}  # no train data, nothing else
+    for split in ("train", "test"):
+        grades = pd.read_parquet(paths.graded(1, split))
+        assert list(grades.columns) == runs.GRADE_KEYS + runs.GRADE_COLUMNS
+        samples = pd.read_parquet(paths.samples(1, split))
+        expected = verify.grade_table(samples, data.load_split(tmp_path, split), "arith")
+        pd.testing.assert_frame_equal(runs.Run(tmp_path).graded(1, split), expected)  # order and dtypes too
+    assert runs.Run(tmp_path).graded(1, "test", columns=["problem_id", "correct"]).columns.tolist() == \
+        ["problem_id", "correct"]
+
+
+def test_graded_join_refuses_missing_or_stale_grades(tmp_path):
+    from selfimprove import artifacts, runs
+    from selfimprove.config import VerifyConfig, build
+
+    paths = _sampled_run(tmp_path)
+    with pytest.raises(FileNotFoundError, match="graded_test.parquet does not exist"):
+        runs.Run(tmp_path).graded(1, "test")
+    verify.run(build(VerifyConfig, {"run_dir": str(tmp_path), "iteration": 1, "iterations": 2}, "test"))
+    grades = pd.read_parquet(paths.graded(1, "test"))
+    artifacts.write_parquet(grades.iloc[1:], paths.graded(1, "test"))  # a row's grade is missing
+    with pytest.raises(runs.RunError, match="without a grade"):
+        runs.Run(tmp_path).graded(1, "test")
+
+
+@pytest.mark.parametrize("paradigm,t", [("dpo", 2), ("sft", 2), ("sft-dpo", 3)])
+def test_train_builds_its_data_from_the_previous_models_graded_samples(tmp_path, paradigm, t):
+    """M_t's data: pairs.py on M(t-1)'s graded train samples with the seed (seed, t - 1), as verify built it."""
+    import shutil
+
+    from selfimprove import train
+    from selfimprove.config import TrainConfig, VerifyConfig, build, train_kind
+
+    paths = _sampled_run(tmp_path / "r")
+    verify.run(build(VerifyConfig, {"run_dir": str(paths.root), "iteration": 1, "iterations": 3}, "test"))
+    if t == 3:  # M2's samples: the same tables, as iteration 2's
+        paths.iter_dir(2).mkdir()
+        for name in ("samples_train.parquet", "graded_train.parquet"):
+            df = pd.read_parquet(paths.iter_dir(1) / name).assign(iteration=2)
+            df.to_parquet(paths.iter_dir(2) / name, index=False)
+        shutil.rmtree(paths.iter_dir(1))
+    cfg = build(TrainConfig, {"run_dir": str(paths.root), "iteration": t, "iterations": 3, "paradigm": paradigm,
+                              "seed": 3, "max_pairs_per_problem": 2, "sft_max_per_problem": 1}, "test")
+    got = train.build_data(cfg, paths)
+    graded = pd.read_parquet(paths.samples(t - 1, "train")).join(pd.read_parquet(paths.graded(t - 1, "train"))[
+        ["extracted", "status", "correct"]])
+    if train_kind(paradigm, t) == "sft":  # sft-dpo at t = 3
+        want = pairs.make_sft_rows(graded, max_per_problem=1, dedup=True, seed=3000 + t - 1)
+    else:
+        want = pairs.make_pairs(graded, rule="disjoint", max_pairs=2, seed=3000 + t - 1)
+    assert len(want) and set(want["problem_id"]) == {f"t{i}" for i in range(6)}
+    pd.testing.assert_frame_equal(got, want)
+    assert train.data_summary(got, "dpo", t) == {"kind": "dpo", "rows": len(want), "problems": 6,
+                                                 "from_iteration": t - 1}
+    with pytest.raises(train.TrainError, match=f"needs M{t}'s graded train samples"):
+        train.build_data(build(TrainConfig, {**cfg.__dict__, "iteration": t + 1}, "test"), paths)
+
+
+def test_data_building_keys_under_verify_say_where_they_went():
+    from selfimprove.config import RecipeError
+    from selfimprove.schema import RunConfig
+
+    cfg = RunConfig(name="x", verify={"max_pairs_per_problem": 2})
+    with pytest.raises(RecipeError, match="'max_pairs_per_problem' is now set under 'train:'"):
+        cfg.stage("verify", 1, "run")
+    assert RunConfig(name="x", train={"max_pairs_per_problem": 2}).stage("train", 2, "run").max_pairs_per_problem == 2

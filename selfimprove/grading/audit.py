@@ -20,7 +20,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 
 from ..data import json_objects
 from ..tasks import TASKS_BY_NAME, TaskDataError
@@ -62,20 +61,19 @@ def audit_rows(task: str, rows: list[tuple[str, dict]], timeout_s: float = 10.0,
 
 def run_rates(run_dir: str | Path) -> pd.DataFrame:
     """Per iteration and split of a run: responses graded and the rates of timeout, no_answer and error."""
-    from ..runs import Run
+    from ..runs import Run, RunError
 
     rows = []
-    for t, split, path in Run(run_dir).sample_files():
+    run = Run(run_dir)
+    for t, split, _ in run.graded_files():  # a split sampled but not graded yet has none
         try:
-            if "status" not in pq.read_schema(path).names:  # sampled but not graded yet
-                continue
-            df = pd.read_parquet(path, columns=["status"])
-        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError: a file cut short
-            raise AuditDataError(f"{path}: cannot be read, the file is damaged ({e})") from None
+            df = run.grades(t, split, columns=["status"])
+        except RunError as e:  # a file cut short
+            raise AuditDataError(str(e)) from None
         n = len(df)
         rows.append({"iteration": t, "split": split,
                      "responses": n, **{s: round(float((df["status"] == s).mean()), 4) if n else 0.0
                                         for s in ("timeout", "no_answer", "error")}})
     if not rows:
-        raise FileNotFoundError(f"no graded sample tables (iter_*/samples_*.parquet) under {run_dir}")
+        raise FileNotFoundError(f"no graded sample tables (iter_*/graded_*.parquet) under {run_dir}")
     return pd.DataFrame(rows).sort_values(["iteration", "split"]).reset_index(drop=True)
