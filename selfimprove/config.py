@@ -23,6 +23,8 @@ from pathlib import Path
 import yaml
 
 from .schema import (  # noqa: F401  (re-exported: config is where recipes and stage configs are imported from)
+    ARMS,
+    CONTROLS,
     LEVELS,
     LLAMA_LINEAR,
     MATH_SUBJECTS,
@@ -141,6 +143,15 @@ def check_recipe(cfg: RunConfig, path: str | Path) -> None:
         raise RecipeError(f"recipe {path}: evaluate.diversity_per_problem {evaluate.diversity_per_problem} needs "
                           f"sample.n_eval_samples >= {evaluate.diversity_per_problem} (no problem would have a "
                           f"full diversity set), got {sample.n_eval_samples}")
+    if "gold" in cfg.paradigms and cfg.iterations >= 2:  # the positive control draws fresh gold problems
+        need = (cfg.iterations - 1) * cfg.member("gold").stage("train", 2, "<run_dir>").gold_problems
+        have = cfg.organism_config().arith.n_fresh if cfg.task == "arith" else 0
+        if have < need:
+            raise RecipeError(f"recipe {path}: the gold arm trains on {need} fresh problems over T - 1 = "
+                              f"{cfg.iterations - 1} iterations (train.gold_problems each); "
+                              + (f"organism.data.n_fresh is {have}: set it to at least {need}" if cfg.task == "arith"
+                                 else f"task {cfg.task} has no held-out split of fresh problems (arith only, "
+                                      "organism.data.n_fresh)"))
 
 
 def resolve_recipe(name_or_path: str, recipes_dir: Path) -> Path:

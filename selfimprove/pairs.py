@@ -95,3 +95,48 @@ def make_sft_rows(df: pd.DataFrame, *, max_per_problem: int = 4, dedup: bool = T
         rows += [{"problem_id": pid, "level": first["level"], "prompt": first["prompt"], "completion": r,
                   "sample_idx": i} for i, r in keep]
     return pd.DataFrame(rows, columns=SFT_COLUMNS)
+
+
+def shuffle_labels(df: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
+    """The placebo arms' grades: within each problem, the statuses of its sampled responses permuted at random
+    among them (only `correct`, `incorrect` and `no_answer`; `timeout` and `error` rows keep theirs), so each
+    problem keeps its number of correct labels but they land on random responses. Pairs or SFT rows built from
+    the result have the loop's shape and size with no information about correctness (our design of the
+    placebo control). Returns a copy, `correct` recomputed.
+
+    >>> df = pd.DataFrame({"problem_id": ["p"] * 4, "decoding": ["sample"] * 4, "sample_idx": [0, 1, 2, 3],
+    ...                    "status": ["correct", "incorrect", "incorrect", "timeout"]})
+    >>> out = shuffle_labels(df, seed=1)
+    >>> sorted(out["status"][:3]), out["status"].iloc[3], int(out["correct"].sum())
+    (['correct', 'incorrect', 'incorrect'], 'timeout', 1)
+    """
+    rng = random.Random(seed)
+    out = df.copy()
+    status = out["status"].tolist()
+    known = (out["decoding"] == "sample") & out["status"].isin(("correct", *REJECTABLE))
+    for _, idx in out.index[known.to_numpy()].to_series().groupby(out.loc[known, "problem_id"], sort=True):
+        pos = [out.index.get_loc(i) for i in idx]
+        values = [status[i] for i in pos]
+        rng.shuffle(values)
+        for i, v in zip(pos, values):
+            status[i] = v
+    out["status"] = status
+    out["correct"] = out["status"] == "correct"
+    return out
+
+
+def gold_rows(problems: list[dict], prompts: list[str], *, max_per_problem: int = 4) -> pd.DataFrame:
+    """The gold arm's SFT rows: up to `max_per_problem` (0 = all) gold solutions of each problem, in the order
+    the problem lists them, with the solution's index as `sample_idx` (its provenance).
+
+    >>> rows = gold_rows([{"id": "f1", "level": 2, "solutions": ["a", "b", "c"]}], ["q"], max_per_problem=2)
+    >>> rows["completion"].tolist(), rows["sample_idx"].tolist()
+    (['a', 'b'], [0, 1])
+    """
+    rows = []
+    for p, prompt in zip(problems, prompts):
+        sols = p.get("solutions") or []
+        sols = sols[:max_per_problem] if max_per_problem else sols
+        rows += [{"problem_id": p["id"], "level": p.get("level"), "prompt": prompt, "completion": s, "sample_idx": i}
+                 for i, s in enumerate(sols)]
+    return pd.DataFrame(rows, columns=SFT_COLUMNS)

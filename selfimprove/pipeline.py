@@ -122,7 +122,7 @@ def prepare(cfg: RunConfig, paths: artifacts.RunPaths, manifest: artifacts.Manif
         shutil.copytree(org_dir / "M1", tmp)
         artifacts.replace_dir(tmp, paths.model(1))
         manifest.data["organism"] = json.loads((org_dir / "build.json").read_text())
-    ood = [paths.problems("ood")] if paths.problems("ood").exists() else []  # not every task has one
+    ood = [paths.problems(s) for s in ("ood", "fresh") if paths.problems(s).exists()]  # not every task has them
     manifest.finish(key, outputs + ood, time.time() - t0, paths.root)
 
 

@@ -42,6 +42,11 @@ from .estimators import paradigm_advice  # noqa: E402
 # One colour per paradigm in every figure (our choice: seaborn's colorblind palette, entries 0, 1, 2).
 PARADIGM_COLORS = {"sft": "#0173b2", "dpo": "#de8f05", "sft-dpo": "#029e73"}
 PARADIGM_LABELS = {"sft": "Iterative SFT", "dpo": "Iterative DPO", "sft-dpo": "Iterative SFT-DPO"}
+# The ground-truth control arms (schema.CONTROLS) are drawn as reference lines: grey tones, dash-dot (our choice).
+CONTROL_COLORS = {"gold": "#555555", "placebo-sft": "#a0a0a0", "placebo-dpo": "#a0a0a0"}
+CONTROL_LABELS = {"gold": "control: gold SFT (fresh problems)", "placebo-sft": "control: placebo SFT (shuffled)",
+                  "placebo-dpo": "control: placebo DPO (shuffled)"}
+ARM_COLORS, ARM_LABELS = {**PARADIGM_COLORS, **CONTROL_COLORS}, {**PARADIGM_LABELS, **CONTROL_LABELS}
 DEFAULT_PARADIGM = "dpo"  # a manifest without a paradigm key predates the field, whose default is DPO (config.py)
 DIVERSITY_LABELS = {"distinct_n": "distinct-n, n = 1..5 (syntactic)",
                     "embedding_diversity": "1 - mean cosine similarity (semantic)",
@@ -96,8 +101,8 @@ def runs_table(paths) -> pd.DataFrame:
         if not config.get("model"):  # the organism M1 of this run's organism config (prepare: build.json)
             organisms[name] = str((manifest.get("organism") or {}).get("digest") or "")
         paradigm = config.get("paradigm", DEFAULT_PARADIGM)
-        if paradigm not in PARADIGM_COLORS:
-            raise PlotsError(f"{d / 'manifest.json'}: paradigm {paradigm!r} is not one of {list(PARADIGM_COLORS)}")
+        if paradigm not in ARM_COLORS:
+            raise PlotsError(f"{d / 'manifest.json'}: paradigm {paradigm!r} is not one of {list(ARM_COLORS)}")
         table = metrics.collect(d)
         if not len(table):
             raise PlotsError(f"{d}: no evaluated iteration (no iter_<t>/metrics.json with rows)")
@@ -140,7 +145,7 @@ def _groups(t: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 
 def _paradigms(t: pd.DataFrame) -> list[str]:
-    return [p for p in PARADIGM_COLORS if p in set(t["paradigm"])]
+    return [p for p in ARM_COLORS if p in set(t["paradigm"])]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -172,7 +177,7 @@ def _missing(ax, what: str) -> None:
 def _label(t: pd.DataFrame, run: str, paradigm: str) -> str:
     """The paradigm's name, with the run's when several runs of that paradigm share the table's panels."""
     n_runs = t.loc[t["paradigm"] == paradigm, "run"].nunique()
-    return PARADIGM_LABELS[paradigm] + (f" ({run})" if n_runs > 1 else "")
+    return ARM_LABELS[paradigm] + (f" ({run})" if n_runs > 1 else "")
 
 
 def _marker(t: pd.DataFrame, run: str, paradigm: str) -> str:
@@ -186,8 +191,9 @@ def _draw(ax, t: pd.DataFrame, rows: pd.DataFrame, scale: float = 1.0, ls: str =
     """One line per run, in its paradigm's colour, with its 95% interval as a band where recorded."""
     for run, g in rows.groupby("run", sort=False):
         p = g["paradigm"].iloc[0]
-        color = PARADIGM_COLORS[p]
-        (line,) = ax.plot(g["iteration"], g["value"] * scale, color=color, ls=ls, marker=_marker(t, run, p), ms=4,
+        color = ARM_COLORS[p]
+        (line,) = ax.plot(g["iteration"], g["value"] * scale, color=color, ls="-." if p in CONTROL_COLORS else ls,
+                          marker=_marker(t, run, p), ms=4,
                           label=_label(t, run, p) if labelled else "_nolegend_")
         line.set_gid(f"paradigm:{p}")
         if bands and g["ci_low"].notna().all() and g["ci_high"].notna().all():
@@ -208,7 +214,7 @@ def _legend(fig: plt.Figure, extra: list[Line2D] | None = None) -> None:
     for ax in fig.axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(lab, h)
-    order = list(PARADIGM_LABELS.values())  # paradigms in one order everywhere; runs of one paradigm together
+    order = list(ARM_LABELS.values())  # arms in one order everywhere; runs of one paradigm together
     labels = sorted(seen, key=lambda lab: next((i for i, p in enumerate(order) if lab.startswith(p + " (")
                                                 or lab == p), len(order)))
     handles = [seen[lab] for lab in labels] + (extra or [])
@@ -256,7 +262,7 @@ def figure1_pass1(table: pd.DataFrame, split: str = "test") -> plt.Figure:
             _missing(ax, f"no pass@1 on the {split} split")
             continue
         _draw(ax, t, rows, scale=100)
-        bests = [(run, PARADIGM_COLORS[r["paradigm"].iloc[0]], best_iterate(r)) for run, r in rows.groupby("run")]
+        bests = [(run, ARM_COLORS[r["paradigm"].iloc[0]], best_iterate(r)) for run, r in rows.groupby("run")]
         bests = [b for b in bests if b[2] is not None]
         lo, hi = ax.get_ylim()
         for j, (run, color, best) in enumerate(bests):
@@ -368,7 +374,7 @@ def figure3_improvement_sets(table: pd.DataFrame, split: str = "test") -> plt.Fi
     keys = [(title, p, g[g["paradigm"] == p]) for title, g in _groups(t) for p in _paradigms(g)]
     fig, axes = _grid(1, max(len(keys), 1), f"Figure 3. M1's accuracy@N on the improvement sets IS(t) ({split})")
     for ax, (title, p, g) in zip(axes[0], keys):
-        _frame(ax, "N, samples drawn from M1 (log scale)", "M1 accuracy@N (%)", f"{title} · {PARADIGM_LABELS[p]}",
+        _frame(ax, "N, samples drawn from M1 (log scale)", "M1 accuracy@N (%)", f"{title} · {ARM_LABELS[p]}",
                iterations=False)
         rows = g[(g["split"] == split) & (g["metric"] == "m1_accuracy@N")]
         sets = rows[rows["subset"] == "improved"]
@@ -384,7 +390,7 @@ def figure3_improvement_sets(table: pd.DataFrame, split: str = "test") -> plt.Fi
             s = sets[(sets["iteration"] == it) & (sets["run"] == run0)].sort_values("k")
             n_prob = int(s["n"].iloc[0]) if len(s) else 0
             line, = ax.plot(s["k"].astype(int), s["value"] * 100, marker="o", ms=4,
-                            color=_shade(PARADIGM_COLORS[p], i, len(iters)), label=f"IS({it}), {n_prob} problems")
+                            color=_shade(ARM_COLORS[p], i, len(iters)), label=f"IS({it}), {n_prob} problems")
             line.set_gid(f"paradigm:{p}")
             if s["value"].isna().all():
                 ax.text(0.03, 0.95 - 0.08 * i, f"IS({it}) is empty", transform=ax.transAxes, fontsize=7, va="top",
@@ -550,7 +556,7 @@ def pass1_by_iteration(table: pd.DataFrame, title: str = "") -> plt.Figure:
     groups = list(table.groupby("paradigm", sort=False)) if "paradigm" in table.columns else [("", table)]
     fig, axes = plt.subplots(len(groups), 2, figsize=(10, 3.8 * len(groups)), squeeze=False)
     for (paradigm, t), (ax_l, ax_r) in zip(groups, axes):
-        _pass1_by_iteration_row(t, ax_l, ax_r, PARADIGM_LABELS.get(paradigm, paradigm))
+        _pass1_by_iteration_row(t, ax_l, ax_r, ARM_LABELS.get(paradigm, paradigm))
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -23,6 +23,12 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 TASKS = ("arith", "gsm8k", "math", "csqa", "mbpp")  # arith: the organism's generator; the rest: tasks.LOADERS
 REAL_TASKS = TASKS[1:]  # the tasks read from a dataset (tasks.LOADERS), in this order
 PARADIGMS = ("sft", "dpo", "sft-dpo")  # F_t for t >= 2 (paper.md §2.3)
+# Ground-truth controls, run as arms of a study beside the paradigms (train.build_data), our design:
+# gold: SFT on gold solutions of fresh training problems (arith `n_fresh`), new information, so progress by
+# construction; placebo-sft / placebo-dpo: the loop's SFT or DPO with correctness labels shuffled among each
+# problem's samples, so any "gain" is noise.
+CONTROLS = ("gold", "placebo-sft", "placebo-dpo")
+ARMS = PARADIGMS + CONTROLS  # what a run's `paradigm` may be
 TRAIN_KINDS = ("sft", "dpo")  # what one iteration's training is
 SPLITS = ("train", "test", "ood")
 PAIRINGS = ("disjoint", "cross")  # DPO pair rules (pairs.PAIRINGS holds their functions)
@@ -38,19 +44,27 @@ def train_kind(paradigm: str, t: int) -> str | None:
 
     >>> [train_kind("sft-dpo", t) for t in range(1, 6)]
     [None, 'dpo', 'sft', 'dpo', 'sft']
+    >>> [train_kind(arm, 2) for arm in CONTROLS]
+    ['sft', 'sft', 'dpo']
     """
-    if paradigm not in PARADIGMS:
-        raise ValueError(f"unknown paradigm {paradigm!r}; one of {', '.join(PARADIGMS)}")
+    if paradigm not in ARMS:
+        raise ValueError(f"unknown paradigm {paradigm!r}; one of {', '.join(ARMS)}")
     if t < 2:
         return None
     if paradigm == "sft-dpo":
         return "dpo" if t % 2 == 0 else "sft"
-    return paradigm
+    return {"gold": "sft", "placebo-sft": "sft", "placebo-dpo": "dpo"}.get(paradigm, paradigm)
 
 
 def lineage(paradigm: str, t: int) -> list[str]:
-    """The training kinds F_2..F_t that made M_t: two paradigms with the same lineage have the same M_t."""
-    return [train_kind(paradigm, s) for s in range(2, t + 1)]
+    """What made M_t, step by step from t = 2: the training kinds, tagged with the control arm's name where the
+    data differ from the loop's. Two runs with the same lineage have the same M_t (a study shares it).
+
+    >>> lineage("sft-dpo", 3), lineage("gold", 2)
+    (['dpo', 'sft'], ['gold:sft'])
+    """
+    tag = f"{paradigm}:" if paradigm in CONTROLS else ""
+    return [tag + train_kind(paradigm, s) for s in range(2, t + 1)]
 
 
 class RecipeError(ValueError):
@@ -251,10 +265,14 @@ class TrainConfig(StageConfig):
     sft_max_per_problem: int = 4  # SFT rows kept per problem, 0 for all (paper.md §2.5: cap unknown; our choice,
     # the same budget per problem as max_pairs_per_problem so SFT and DPO iterations see as many problems)
     sft_dedup: bool = True  # drop repeated identical correct responses of a problem (paper.md §2.5: unknown; ours)
+    gold_problems: int = 600  # gold arm: fresh problems per iteration, each giving up to sft_max_per_problem gold
+    # solutions (our choice: the recipe sets it to sample.problems_per_iteration, the loop's budget of problems)
 
     def __post_init__(self):
-        if self.paradigm not in PARADIGMS:
-            raise ValueError(f"'paradigm' must be one of: {', '.join(PARADIGMS)}; got {self.paradigm!r}")
+        if self.paradigm not in ARMS:
+            raise ValueError(f"'paradigm' must be one of: {', '.join(ARMS)}; got {self.paradigm!r}")
+        if self.gold_problems < 1:
+            raise ValueError(f"'gold_problems' must be >= 1, got {self.gold_problems}")
         if self.sft_max_per_problem < 0:
             raise ValueError(f"'sft_max_per_problem' must be >= 0 (0 = every correct response), "
                              f"got {self.sft_max_per_problem}")
@@ -317,7 +335,7 @@ class RunConfig:
     iterations: int = 4  # T: M1 from gold SFT, then T-1 self-improvement iterations (paper: T = 5)
     seed: int = 0
     task: str = "arith"
-    paradigm: str | list[str] = "dpo"  # one of PARADIGMS, or a list: a study, one run per paradigm in
+    paradigm: str | list[str] = "dpo"  # one of ARMS (PARADIGMS or CONTROLS), or a list: a study, one run per arm in
     # <runs_root>/<name>/<paradigm>/, sharing every stage whose inputs are the same (M1's for all three)
     organism: dict = field(default_factory=dict)  # organism.OrganismConfig overrides (model and data)
     model: str = ""  # M0: a hub id or local path of the base model; "" = the arith organism (real tasks need one)
@@ -334,9 +352,9 @@ class RunConfig:
             raise ValueError(f"'iterations' must be >= 1, got {self.iterations}")
         if self.task not in TASKS:
             raise ValueError(f"'task' must be one of: {', '.join(TASKS)}; got {self.task!r}")
-        bad = [p for p in self.paradigms if p not in PARADIGMS]
+        bad = [p for p in self.paradigms if p not in ARMS]
         if bad or not self.paradigms or len(set(self.paradigms)) != len(self.paradigms):
-            raise ValueError(f"'paradigm' must be one of: {', '.join(PARADIGMS)} (or a list of distinct ones); "
+            raise ValueError(f"'paradigm' must be one of: {', '.join(ARMS)} (or a list of distinct ones); "
                              f"got {self.paradigm!r}")
         if self.task != "arith" and not self.model:
             raise ValueError(f"task {self.task} needs 'model' (M0: a hub id or a local path)")

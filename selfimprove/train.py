@@ -220,15 +220,39 @@ def build_data(cfg: TrainConfig, paths: artifacts.RunPaths) -> pd.DataFrame:
     pairs or SFT rows (pairs.py), seeded by (seed, t - 1). Rows keep their provenance: problem_id and
     sample_idx (SFT) or chosen_idx / rejected_idx (DPO) of M(t-1)'s train sample table."""
     t = cfg.iteration
+    if cfg.paradigm == "gold":
+        return gold_data(cfg, paths)
     try:
         graded = Run(paths.root).graded(t - 1, "train")
     except FileNotFoundError as e:
         raise TrainError(f"train stage of iteration {t} needs M{t - 1}'s graded train samples: {e}; run the "
                          "earlier stages") from None
     seed = cfg.seed * 1000 + (t - 1)
+    if cfg.paradigm.startswith("placebo-"):  # the placebo control: the same data shape, correctness shuffled
+        graded = pairs.shuffle_labels(graded, seed=seed)
     if train_kind(cfg.paradigm, t) == "dpo":
         return pairs.make_pairs(graded, rule=cfg.pairing, max_pairs=cfg.max_pairs_per_problem, seed=seed)
     return pairs.make_sft_rows(graded, max_per_problem=cfg.sft_max_per_problem, dedup=cfg.sft_dedup, seed=seed)
+
+
+def gold_data(cfg: TrainConfig, paths: artifacts.RunPaths) -> pd.DataFrame:
+    """The gold arm's D_t (the positive control): gold solutions of `gold_problems` fresh problems (the run's
+    held-out `fresh` split, which neither M1 nor the loop has seen), a new slice at each iteration, up to
+    `sft_max_per_problem` solutions each, in M(t-1)'s prompt format."""
+    from transformers import AutoTokenizer
+
+    fresh_file = paths.problems("fresh")
+    if not fresh_file.exists():
+        raise TrainError(f"the gold arm needs held-out problems ({fresh_file}): set organism.data.n_fresh")
+    fresh = data.load_split(cfg.run_dir, "fresh")
+    start, stop = (cfg.iteration - 2) * cfg.gold_problems, (cfg.iteration - 1) * cfg.gold_problems
+    if stop > len(fresh):
+        raise TrainError(f"the gold arm needs {stop} fresh problems by iteration {cfg.iteration}, "
+                         f"{fresh_file} has {len(fresh)}: raise organism.data.n_fresh")
+    problems = fresh[start:stop]
+    tokenizer = AutoTokenizer.from_pretrained(paths.model(cfg.iteration - 1))
+    prompts = [data.render_prompt(tokenizer, p) for p in problems]
+    return pairs.gold_rows(problems, prompts, max_per_problem=cfg.sft_max_per_problem)
 
 
 def data_summary(table: pd.DataFrame, kind: str, t: int) -> dict:

@@ -1,0 +1,49 @@
+"""The ground-truth control arms of a study (schema.CONTROLS): `gold` trains on gold solutions of fresh
+problems, `placebo-*` on the loop's data with correctness labels shuffled within each problem."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from selfimprove import pipeline
+from selfimprove.config import RecipeError, load_recipe, resolve_recipe
+from selfimprove.runs import Run
+
+ARMS = ["paradigm=[dpo,gold,placebo-dpo]", "organism.data.n_fresh=20", "train.gold_problems=20",
+        "name=controls"]
+
+
+def test_the_gold_arm_needs_enough_fresh_problems():
+    with pytest.raises(RecipeError, match="n_fresh is 0: set it to at least 20"):
+        load_recipe(resolve_recipe("tiny", pipeline.RECIPES), ["paradigm=[dpo,gold]", "train.gold_problems=20"])
+    with pytest.raises(RecipeError, match="paradigm' must be one of"):
+        load_recipe(resolve_recipe("tiny", pipeline.RECIPES), ["paradigm=[dpo,placebo]"])
+
+
+@pytest.mark.slow
+def test_control_arms_run_beside_the_loop_and_train_on_what_they_claim(organism_root, tmp_path):
+    study = pipeline.run("tiny", overrides=ARMS, runs_root=tmp_path, organism_root=organism_root,
+                         log=lambda *a: None)
+    dpo, gold, placebo = (Run(study / arm) for arm in ("dpo", "gold", "placebo-dpo"))
+    # gold: the first 20 fresh problems' gold solutions, at most sft_max_per_problem (4) each, as SFT rows
+    fresh = [json.loads(line) for line in (gold.root / "problems" / "fresh.jsonl").read_text().splitlines()]
+    rows = pd.read_parquet(gold.paths.train_data(2))
+    assert set(rows["problem_id"]) == {p["id"] for p in fresh[:20]}
+    expected = {(p["id"], s) for p in fresh[:20] for s in p["solutions"][:4]}
+    assert set(zip(rows["problem_id"], rows["completion"])) == expected
+    assert json.loads(gold.paths.train_log(2).read_text())["kind"] == "sft"
+    train_ids = {json.loads(x)["id"] for x in (gold.root / "problems" / "train.jsonl").read_text().splitlines()}
+    assert not train_ids & set(rows["problem_id"])  # fresh: none of them is a training problem of M1 or the loop
+    # placebo-dpo: pairs from the same graded samples as dpo, labels shuffled: some chosen responses are wrong
+    graded = dpo.graded(1, "train").set_index(["problem_id", "sample_idx"])["correct"]
+    pairs = pd.read_parquet(placebo.paths.train_data(2))
+    chosen_ok = [bool(graded[(pid, i)]) for pid, i in zip(pairs["problem_id"], pairs["chosen_idx"])]
+    assert len(pairs) and not all(chosen_ok)
+    real = pd.read_parquet(dpo.paths.train_data(2))
+    assert all(bool(graded[(pid, i)]) for pid, i in zip(real["problem_id"], real["chosen_idx"]))
+    # every arm has its verdict, and the study's figures draw the controls
+    for run in (dpo, gold, placebo):
+        assert json.loads((run.paths.report / "verdict.json").read_text())["label"]
+    assert (study / "report" / "figure1_pass1.png").exists()
+    assert "gold" in (study / "report" / "summary.md").read_text()
