@@ -29,15 +29,13 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from . import arith, artifacts, diversity, improvement
+from . import artifacts, diversity, improvement, tasks
 from .runs import EVAL_SPLITS, Run, greedy_correct
 
 SET_LABELS = {"improved": "gained", "lost": "lost", "stable_correct": "stable correct",
               "stable_wrong": "stable wrong"}
 STATUS_COLORS = {"correct": "#1a7f37", "incorrect": "#cf222e", "no_answer": "#9a6700", "timeout": "#6e7781",
                  "error": "#6e7781"}
-# Task -> regex whose matches are highlighted: the same equations the Distinct Equations metric counts.
-EQUATION_PATTERNS = {"arith": arith.EQUATION_RE}
 WIDGET_CLASSES = ("si-improvement", "si-iter-a", "si-iter-b", "si-split", "si-table", "si-set", "si-problem",
                   "si-problem-card", "si-train-problem", "si-train-card", "si-diversity", "si-div-problem",
                   "si-samples", "si-heatmap", "si-run")
@@ -210,7 +208,7 @@ def highlight_equations(text: str, task: str = "arith") -> str:
     >>> highlight_equations("3 + 4 = 7 <b>\\n#### 7")
     '<mark class="si-eq">3 + 4 = 7</mark> &lt;b&gt;\\n#### 7'
     """
-    pattern = EQUATION_PATTERNS.get(task, diversity.EQUATION_RE)
+    pattern = tasks.task_of(task).equation_re if task in tasks.TASKS_BY_NAME else diversity.EQUATION_RE
     out, pos = [], 0
     for m in pattern.finditer(text):
         out += [html.escape(text[pos:m.start()]), f'<mark class="si-eq">{html.escape(m.group(0))}</mark>']

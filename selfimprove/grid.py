@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import metrics
+from . import metrics, tasks
 from .config import RecipeError, RunConfig, load_recipe
 from .runs import Run, best_iterate
 
@@ -271,8 +271,7 @@ SMALL_MODELS = {
 }
 # Per task: max new tokens (paper.md §8.4: not recovered). GSM8K and MATH: 1024 as DIVE sampled (paper.md
 # §2.6); CSQA and MBPP answers are short (a rationale and a letter; one function), so less (our choice).
-TASK_TOKENS = {"csqa": 256, "gsm8k": 1024, "math": 1024, "mbpp": 512}
-TASK_NAMES = {"csqa": "CommonsenseQA", "gsm8k": "GSM8K", "math": "MATH", "mbpp": "MBPP"}
+PAPER_TASKS = ("csqa", "gsm8k", "math", "mbpp")  # the paper's four tasks, in the grid's order
 
 _PAPER_HEADER = """\
 # The paper's grid: {paper_name} on {task_name}, iterative SFT, DPO and SFT-DPO (paper.md §2.1: M x D x F).
@@ -317,10 +316,10 @@ def _recipe(kind: str, key: str, task: str) -> tuple[str, str]:
     """(file name, YAML text) of one generated recipe; every value carries its source or says "our choice"."""
     paper = kind == "paper"
     hub_id, paper_name = (PAPER_MODELS if paper else SMALL_MODELS)[key]
-    file, name, max_new = f"{key}_{task}.yaml", f"{kind}_{key}_{task}", TASK_TOKENS[task]
+    file, name, max_new = f"{key}_{task}.yaml", f"{kind}_{key}_{task}", tasks.task_of(task).max_new_tokens
     ks = [1, 2, 4, 8, 16, 32, 64] if paper else [1, 2, 4, 8, 16]
-    fmt = dict(paper_name=paper_name, task_name=TASK_NAMES[task], path=f"notebooks/params/{kind}/{file}", name=name,
-               max_length=max_new + 512)
+    fmt = dict(paper_name=paper_name, task_name=tasks.task_of(task).title, path=f"notebooks/params/{kind}/{file}",
+               name=name, max_length=max_new + 512)
     top = [
         ("name", name, ""),
         ("iterations", 5, "T = 5: M1 (gold SFT) + 4 self-improvement iterations (paper.md §2.1, §2.2)"),
@@ -390,7 +389,7 @@ def _recipe(kind: str, key: str, task: str) -> tuple[str, str]:
 def paper_recipes() -> dict[str, str]:
     """{file name: YAML text} of the paper's grid: one recipe per (model, task), each a study of the three
     paradigms (12 files, 36 runs)."""
-    return dict(_recipe("paper", m, t) for m in PAPER_MODELS for t in TASK_TOKENS)
+    return dict(_recipe("paper", m, t) for m in PAPER_MODELS for t in PAPER_TASKS)
 
 
 def small_recipes() -> dict[str, str]:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import arith, artifacts, diversity, improvement, profiling
+from . import artifacts, diversity, improvement, profiling, tasks
 from .config import EvaluateConfig
 from .estimators import bootstrap_ci, disparity, paradigm_advice, pass_at_k, pass_at_k_per_problem
 from .runs import EVAL_SPLITS, Run, RunError, greedy_correct
@@ -103,11 +103,11 @@ def split_metrics(df: pd.DataFrame, ks: list[int], n_boot: int = 0, seed: int = 
     resp = df[df["decoding"] == ("sample" if len(sampled) else "greedy")]
     out["status_rates"] = {k: float(v) for k, v in resp["status"].value_counts(normalize=True).items()}
     out["finish_length_rate"] = float((resp["finish_reason"] == "length").mean())
-    if df["task"].iloc[0] == "arith":
+    task = df["task"].iloc[0]
+    check = tasks.task_of(task).process_check if task in tasks.TASKS_BY_NAME else None
+    if check is not None:  # arith: correct answers reached through false equations are luck (organism.md)
         right = resp[resp["correct"]]
-        # Correct answers reached through false equations are luck (organism.md, 'Lucky answers').
-        out["valid_equations_share_of_correct"] = float(right["response"].map(arith.equations_valid).mean()) \
-            if len(right) else None
+        out["valid_equations_share_of_correct"] = float(right["response"].map(check).mean()) if len(right) else None
     out["rows"] = rows
     return out
 

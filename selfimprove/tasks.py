@@ -316,6 +316,8 @@ class Task:
     max_new_tokens: int  # sampling budget a recipe for the task starts from
     audit: Callable[[dict, str], list[tuple[str, str, str, object]]]  # a dataset row -> (id, check, response,
     # gold) items that must all grade `correct` (grading/audit.py)
+    process_check: Callable[[str], bool] | None = None  # a correct response's process is sound (arith: every
+    # equation true, arith.equations_valid); None where the task has no such check
 
     def render(self, row: dict) -> str:
         """The user turn of a problem row (its `question` for a generated task)."""
@@ -323,14 +325,15 @@ class Task:
 
 
 def _task(name, title, loader, prompt, gold, gold_fields, budget, audit, equations=generic_equations,
-          equation_re=EQUATION_RE) -> Task:
-    return Task(name, title, loader, prompt, GRADERS[name], gold_fields, gold, equations, equation_re, budget, audit)
+          equation_re=EQUATION_RE, process_check=None) -> Task:
+    return Task(name, title, loader, prompt, GRADERS[name], gold_fields, gold, equations, equation_re, budget, audit,
+                process_check)
 
 
 TASKS_BY_NAME: dict[str, Task] = {t.name: t for t in (
     # arith: 128 new tokens are 3x its longest gold solution (SampleConfig.max_new_tokens)
     _task("arith", "arith", None, "", _gold_answer, ("answer",), 128, _audit_arith,
-          equations=arith.equations, equation_re=arith.EQUATION_RE),
+          equations=arith.equations, equation_re=arith.EQUATION_RE, process_check=arith.equations_valid),
     _task("gsm8k", "GSM8K", Loader(parse_gsm8k, "openai/gsm8k", ("main",),
                                    {"train": "train", "test": "test", "ood": "test"},
                                    "question, answer (a worked solution ending in '#### <number>')", "math",
