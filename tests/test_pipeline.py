@@ -78,7 +78,7 @@ def test_tiny_run_produces_every_artifact(tiny_run):
 
 
 def test_sampling_and_training_draw_text_bars_in_their_stage_logs(tiny_run):
-    """The runner's terminal line shows the newest bar of a stage's stderr log (pipeline._live_progress)."""
+    """The runner's terminal line shows the newest bar of a stage's stderr log (stages._live_progress)."""
     notebooks = artifacts.RunPaths(tiny_run).notebooks
     for log in (notebooks(1) / "20_sample.stderr.log", notebooks(2) / "10_train.stderr.log"):
         bar = pipeline.last_progress(log.read_text(errors="replace"))
