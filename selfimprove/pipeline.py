@@ -98,12 +98,15 @@ def seed_overrides(name: str, seed: int) -> list[str]:
 
 def run_seeds(recipe: str, seeds: list[int], *, overrides: list[str] | None = None,
               runs_root: str | Path = "data/runs", figures_dir: str | Path | None = None, stop_after=None,
-              log=print, **kwargs) -> Path:  # figures_dir: each seed's figures stay in its own report/
+              log=print, **kwargs) -> Path:
     """The recipe once per seed (`selfimprove run demo --seeds 0,1,2`): every seed's config is validated before
     the first runs; then <name>-seeds/report/ gets the per-seed verdicts and the across-seed mean and spread
     of every number of the tidy metrics tables (report.report_seeds)."""
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise RecipeError(f"--seeds needs distinct seeds >= 0, got {seeds}")
+    if figures_dir is not None:  # one folder cannot hold every seed's figures; they stay in each seed's report/
+        raise RecipeError("--figures-dir does not go with --seeds: each seed's figures are in its own report/ "
+                          "folder, the numbers across seeds in <name>-seeds/report/")
     base = load_recipe(resolve_recipe(recipe, RECIPES), overrides)
     for s in seeds:  # a bad override fails here, before any seed has run
         load_recipe(resolve_recipe(recipe, RECIPES), [*(overrides or []), *seed_overrides(base.name, s)])

@@ -41,4 +41,7 @@ def test_a_bad_seed_list_or_override_is_refused_before_any_run(tmp_path):
     with pytest.raises(RecipeError, match="unknown key"):
         pipeline.run("tiny", seeds=[0, 1], overrides=["sample.n_sample=4"], runs_root=tmp_path,
                      organism_root=tmp_path / "org", log=lambda *a: None)
+    with pytest.raises(RecipeError, match="--figures-dir does not go with --seeds"):
+        pipeline.run("tiny", seeds=[0], figures_dir=tmp_path / "figures", runs_root=tmp_path,
+                     organism_root=tmp_path / "org", log=lambda *a: None)
     assert not any(tmp_path.iterdir())
