@@ -45,8 +45,10 @@ def _organism(args) -> int:
     from .config import load_recipe, resolve_recipe
 
     cfg = load_recipe(resolve_recipe(args.recipe, pipeline.RECIPES), args.set).organism_config()
-    path = organism.ensure(cfg, Path(args.organism_root))
+    path = organism.ensure(cfg, Path(args.organism_root), rebuild=args.rebuild)
     print(f"organism: {path / 'M0'} and {path / 'M1'}")
+    if args.ship:
+        print(f"organism: shipped as {organism.ship(cfg, Path(args.organism_root))} (commit it)")
     return 0
 
 
@@ -228,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
                        help="override a recipe value, e.g. sample.n_samples=16 (repeatable)")
         p.add_argument("--organism-root", default="data/organism")
         p.set_defaults(fn=fn)
+    org_p = sub.choices["organism"]
+    org_p.add_argument("--rebuild", action="store_true",
+                       help="train it anew even when data/organism or the package (a shipped build) holds it")
+    org_p.add_argument("--ship", action="store_true",
+                       help="copy the build into selfimprove/organisms/ (maintainers: makes it the shipped build)")
     run_p = sub.choices["run"]
     run_p.add_argument("--runs-root", default="data/runs")
     run_p.add_argument("--overwrite", action="store_true", help="delete a run made with another config")

@@ -13,12 +13,22 @@ zero-shot transfer to unseen wording: a 1M-parameter model trained from scratch 
 `ood_fraction: 0`: OOD pass@1 0.0 while test pass@1 was 0.49). organism.md used the same 10% share.
 
 Cached under data/organism/<config hash>/{M0,M1}; a finished build (marked by build.json) is reused.
+
+Shipped builds. The build is not reproducible across machines: the same config and seed gave M1 test
+pass@1 0.357 and 0.465 on two machines, and 0.228 in a later build on the first kind of machine (issue 17;
+float sums in another order, amplified over a thousand steps), so two machines that build the "same"
+organism compare different models. The package therefore ships the demo's organism in
+selfimprove/organisms/<config hash>/ (M0, M1 and the build.json that names the config and the machine that
+made it); `ensure` copies a shipped build into the cache instead of training it, and `selfimprove organism
+--rebuild` trains it anew from the same config (`--ship` replaces the shipped copy).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import platform
 import random
 import shutil
 import time
@@ -248,6 +258,9 @@ def build(cfg: OrganismConfig, out_dir: Path, log=print) -> dict:
         model.save_pretrained(tmp / name)
         tokenizer.save_pretrained(tmp / name)
     record = {"config": asdict(cfg), "digest": cfg.digest(), "n_params": n_params, "vocab": len(tokenizer),
+              "built": {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+                        "threads": torch.get_num_threads(), "machine": platform.machine(),
+                        "cpu": platform.processor() or "", "cores": os.cpu_count()},
               "pretrain_final_loss": _tail_mean(pre_losses), "sft_final_loss": _tail_mean(sft_losses),
               "seconds": round(time.time() - t0, 1), "train_s": round(train_s, 1)}  # train_s: the training loops
     (tmp / "build.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -281,12 +294,46 @@ def _tail_mean(xs: list[float]) -> float | None:
     return round(sum(xs[-50:]) / len(xs[-50:]), 4) if xs else None
 
 
-def ensure(cfg: OrganismConfig, root: Path = Path("data/organism"), log=print) -> Path:
-    """Path of the cached organism for `cfg`, building it first when missing or incomplete."""
+SHIPPED = Path(__file__).resolve().parent / "organisms"  # shipped builds, by config hash (module docstring)
+
+
+def shipped(cfg: OrganismConfig) -> Path | None:
+    """The shipped build of `cfg`, if the package carries one."""
+    path = SHIPPED / cfg.digest()
+    return path if (path / "build.json").is_file() else None
+
+
+def ensure(cfg: OrganismConfig, root: Path = Path("data/organism"), log=print, rebuild: bool = False) -> Path:
+    """Path of the cached organism for `cfg`: the cache's, else a copy of the shipped build, else a new build.
+    `rebuild` trains it anew even when the cache or the package holds one."""
     out = root / cfg.digest()
-    if (out / "build.json").exists():
+    if (out / "build.json").exists() and not rebuild:
         return out
     root.mkdir(parents=True, exist_ok=True)
-    log(f"organism: building into {out}")
-    build(cfg, out, log=log)
+    src = None if rebuild else shipped(cfg)
+    if src is None:
+        log(f"organism: building into {out}")
+        build(cfg, out, log=log)
+        return out
+    log(f"organism: the shipped build {cfg.digest()} (selfimprove/organisms/) into {out}; "
+        "`selfimprove organism --rebuild` trains it anew")
+    _replace_dir(src, out)
     return out
+
+
+def ship(cfg: OrganismConfig, root: Path = Path("data/organism")) -> Path:
+    """Copy the cached build of `cfg` into the package's shipped builds (for maintainers: commit the result)."""
+    src = root / cfg.digest()
+    if not (src / "build.json").is_file():
+        raise FileNotFoundError(f"no finished build of organism {cfg.digest()} in {root}: build it first")
+    _replace_dir(src, SHIPPED / cfg.digest())
+    return SHIPPED / cfg.digest()
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Copy the build folder `src` to `dst` through a temporary sibling, so that `dst` is whole or absent."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.tmp"))
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.replace(dst)

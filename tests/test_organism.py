@@ -118,3 +118,32 @@ def test_muon_build_learns(tmp_path):
 def test_unknown_optimizer_is_named():
     with pytest.raises(ValueError, match="'optimizer' must be one of"):
         organism.OrganismConfig(optimizer="sgd")
+
+
+def test_a_shipped_build_is_copied_not_trained_and_rebuild_trains(built, tmp_path, monkeypatch):
+    shipped = tmp_path / "shipped"
+    monkeypatch.setattr(organism, "SHIPPED", shipped)
+    assert organism.shipped(TINY) is None
+    assert organism.ship(TINY, built.parent) == shipped / TINY.digest()
+    assert organism.shipped(TINY) == shipped / TINY.digest()
+
+    def no_build(*a, **k):
+        raise AssertionError("trained although a shipped build exists")
+
+    monkeypatch.setattr(organism, "build", no_build)
+    root = tmp_path / "cache"
+    out = organism.ensure(TINY, root, log=lambda *a: None)
+    assert out == root / TINY.digest() and not (root / (TINY.digest() + ".tmp")).exists()
+    for name in ("M0", "M1"):
+        assert (out / name / "model.safetensors").read_bytes() == (built / name / "model.safetensors").read_bytes()
+    with pytest.raises(AssertionError, match="trained although"):
+        organism.ensure(TINY, root, log=lambda *a: None, rebuild=True)
+    with pytest.raises(FileNotFoundError, match="no finished build"):
+        organism.ship(organism.OrganismConfig(seed=5), root)
+
+
+def test_the_build_record_names_the_machine_and_torch(built):
+    import torch
+
+    record = json.loads((built / "build.json").read_text())
+    assert record["built"]["torch"] == torch.__version__ and record["built"]["threads"] >= 1
