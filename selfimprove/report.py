@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import artifacts, metrics, profiling, verdict
+from . import artifacts, findings, metrics, profiling, verdict
 from .runs import Run, Study
 
 
@@ -86,6 +86,8 @@ def report_study(study: Path, roots: list[Path], figures_dir: str | Path | None 
     (study / "report").mkdir(parents=True, exist_ok=True)
     (study / "report" / "summary.md").write_text(table + "\n")
     log("\nstudy " + study.name + ": the paradigms side by side (greedy test pass@1)\n\n" + table)
+    path = findings.write(findings.table([Run(r) for r in roots]), study / "report")
+    log(f"\n{path.read_text()}")
     log("\nwhere the time went, all runs (model compute: forward/backward inside the stage; profiling.py)\n\n"
         + time_by_stage_table(time_by_stage(roots)))
     dirs = [study / "report"] + ([Path(figures_dir)] if figures_dir else [])
@@ -256,6 +258,8 @@ def report_seeds(folder: Path, by_seed: dict[int, Path], log=print) -> None:
     """<folder>/report/: seeds.md (seeds_markdown), seeds_verdicts.csv and seeds_metrics.csv (seeds_tables: the
     across-seed mean and spread of every number the figures draw). Each seed's own figures are in its study's
     report/ (each seed has its own M1, which the figures keep apart)."""
+    import pandas as pd
+
     verdicts, spread = seeds_tables(by_seed)
     out = Path(folder) / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -263,4 +267,6 @@ def report_seeds(folder: Path, by_seed: dict[int, Path], log=print) -> None:
     spread.to_csv(out / "seeds_metrics.csv", index=False)
     text = seeds_markdown(verdicts, spread)
     (out / "seeds.md").write_text(text + "\n")
+    found = [findings.table(_runs_of(Path(root))).assign(seed=seed) for seed, root in by_seed.items()]
+    text += "\n\n" + findings.write(pd.concat(found, ignore_index=True), out, seeds=True).read_text()
     log(f"\nseeds {', '.join(map(str, by_seed))}: verdicts and pass@1 across seeds ({out})\n\n" + text)

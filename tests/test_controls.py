@@ -47,3 +47,11 @@ def test_control_arms_run_beside_the_loop_and_train_on_what_they_claim(organism_
         assert json.loads((run.paths.report / "verdict.json").read_text())["label"]
     assert (study / "report" / "figure1_pass1.png").exists()
     assert "gold" in (study / "report" / "summary.md").read_text()
+    # the paper's findings, arm by arm, read from each arm's own verdict signals
+    found = pd.read_csv(study / "report" / "findings.csv")
+    assert list(found["arm"].unique()) == ["dpo", "gold", "placebo-dpo"]
+    for arm in ("dpo", "gold", "placebo-dpo"):
+        signals = pd.read_csv(Run(study / arm).paths.report / "verdict.csv")
+        gain = signals[(signals["signal"] == "pass@1") & (signals["split"] == "test")].iloc[0]
+        row = found[(found["arm"] == arm) & (found["finding"] == "pass@1 gain")].iloc[0]
+        assert bool(row["appears"]) == bool(gain["fired"]) and row["value"] == pytest.approx(gain["change"])

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from selfimprove import metrics, pipeline
+from selfimprove import findings, metrics, pipeline
 from selfimprove.config import RecipeError
 
 
@@ -33,6 +33,11 @@ def test_seeds_run_the_recipe_per_seed_and_report_mean_and_spread(organism_root,
     assert list(verdicts["seed"]) == [0, 1] and verdicts["label"].notna().all()
     text = (folder / "report" / "seeds.md").read_text()
     assert "| 0 | dpo |" in text and "| 1 | dpo |" in text and "M2 | test" in text
+    # the paper's findings over seeds: per finding, how many of the 2 seeds show it
+    found = pd.read_csv(folder / "report" / "findings.csv")
+    assert sorted(found["seed"].unique()) == [0, 1] and len(found) == 2 * len(findings.FINDINGS)
+    row = (folder / "report" / "findings.md").read_text().splitlines()[-1]
+    assert row.startswith("| dpo | ") and row.count("/2 seeds") + row.count("n/a") == len(findings.FINDINGS)
 
 
 def test_a_bad_seed_list_or_override_is_refused_before_any_run(tmp_path):
