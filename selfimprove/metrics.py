@@ -108,6 +108,10 @@ def split_metrics(df: pd.DataFrame, ks: list[int], n_boot: int = 0, seed: int = 
     if check is not None:  # arith: correct answers reached through false equations are luck (organism.md)
         right = resp[resp["correct"]]
         out["valid_equations_share_of_correct"] = float(right["response"].map(check).mean()) if len(right) else None
+        if len(right) and right["level"].notna().all():
+            valid = right["response"].map(check)
+            out["valid_equations_share_of_correct_by_level"] = {
+                int(lv): float(v.mean()) for lv, v in valid.groupby(right["level"].astype(int))}
     out["rows"] = rows
     return out
 

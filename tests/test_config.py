@@ -43,8 +43,9 @@ def test_demo_recipe_runs_all_three_paradigms_with_at_least_four_iterations():
     ("sample: {seed: 3}", r"'seed' is set at the top level"),
     ("train: {paradigm: dpo}", r"section 'train': 'paradigm' is set at the top level"),
     ("sample: {n_sample: 3}", r"valid keys: backend, batch_size, data_parallel_size, device, dtype, enforce_eager, "
-                              r"gpu_memory_utilization, max_model_len, max_new_tokens, n_eval_samples, n_samples, "
-                              r"problems_per_iteration, temperature, tensor_parallel_size, threads, top_p$"),
+                              r"gpu_memory_utilization, m1_eval_samples, max_model_len, max_new_tokens, "
+                              r"n_eval_samples, n_samples, problems_per_iteration, temperature, tensor_parallel_size, "
+                              r"threads, top_p$"),
     ("organism: {hiden_size: 3}", r"section 'organism': unknown key 'hiden_size'"),
     ("organism: {data: {n_tran: 3}}", r"organism.data: unknown key 'n_tran' \(did you mean 'n_train'\?\)"),
     ("evaluate: {ks: [1, 16]}\nsample: {n_eval_samples: 8}", r"n_eval_samples >= 16"),
@@ -186,3 +187,22 @@ def test_a_wrong_model_path_is_refused_before_anything_runs(tmp_path, kwargs, me
         pipeline.run("tiny", runs_root=tmp_path / "runs", organism_root=tmp_path / "org", figures_dir=None,
                      log=lambda *a: None, **kwargs)
     assert not any(tmp_path.iterdir())  # no run directory, no organism built
+
+
+def test_m1_draws_m1_eval_samples_on_test_only():
+    from selfimprove import sample
+
+    class Fake:
+        def generate(self, prompts, n, **kw):
+            return [[sample.Completion("#### 1", 2, "stop")] * n for _ in prompts]
+
+    problems = [{"id": "p1", "level": 1}, {"id": "p2", "level": 2}]
+
+    def drawn(iteration, split):
+        cfg = config.SampleConfig(run_dir="x", iteration=iteration, iterations=3, n_eval_samples=3, m1_eval_samples=8)
+        rows = sample.sample_split(Fake(), problems, ["a", "b"], cfg=cfg, split=split, task="arith")
+        return int((rows["decoding"] == "sample").sum()) // len(problems)
+
+    assert (drawn(1, "test"), drawn(1, "ood"), drawn(2, "test")) == (8, 3, 3)
+    with pytest.raises(ValueError, match="m1_eval_samples"):
+        config.SampleConfig(run_dir="x", iteration=1, m1_eval_samples=-1)

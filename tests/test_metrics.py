@@ -233,3 +233,15 @@ def test_a_damaged_metrics_file_or_sample_table_is_named(tmp_path, capsys):
         p.write_bytes(b"PAR1 cut short")
     with pytest.raises(metrics.MetricsError, match=r"tests: .*_test.parquet: cannot be read, the file is damaged"):
         metrics._read(paths, 1, "test", "tests")
+
+
+def test_valid_equation_share_of_correct_responses_per_level():
+    t = _table()
+    lucky = (t["problem_id"] == "p2") & t["correct"] & (t["decoding"] == "sample")
+    assert lucky.sum() == 1
+    t.loc[lucky, "response"] = "1 + 1 = 3\n#### 2"  # the right answer through a false equation
+    m = metrics.split_metrics(t, ks=[1])
+    level_p2 = int(t.loc[lucky, "level"].iloc[0])
+    by_level = m["valid_equations_share_of_correct_by_level"]
+    assert by_level[level_p2] == 0.0 and by_level[1 if level_p2 != 1 else 2] == 1.0
+    assert m["valid_equations_share_of_correct"] == pytest.approx(3 / 4)
