@@ -493,7 +493,16 @@ class OrganismConfig:
         return build(ArithConfig, self.data or {}, "organism.data")
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """The build's hash: every field that changes M0 or M1. `data.n_fresh` does not (the fresh split is
+        drawn after every other and M0/M1 never see it, arith.generate), so a study that adds the gold arm
+        keeps its organism.
+
+        >>> OrganismConfig(data={"n_fresh": 900}).digest() == OrganismConfig().digest()
+        True
+        """
+        d = asdict(self)
+        d["data"] = {k: v for k, v in (d["data"] or {}).items() if k != "n_fresh"} or None
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
