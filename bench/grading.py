@@ -21,8 +21,9 @@ random `--direct-n` of the pool's responses, stopped after `--budget-s` (its rat
 verdict is a bool, so the last column compares only correct against not). `one by one` is grade_batch with
 share=False: each response graded alone in a worker with the kill limit (the package before sharing). `shared`
 is grade_batch as the verify stage calls it, once per task. Every verdict of `shared` (status, extracted
-answer, detail) must equal that of `one by one` on the same response, or the benchmark fails. Writes JSON and
-prints a Markdown table.
+answer, detail) must equal that of `one by one` on the same response, or the benchmark fails. Each row gives
+wall-clock seconds and CPU seconds (this process and its children, user and system), whose ratios hold on a
+machine shared with other jobs. Writes JSON and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import json
 import os
 import platform
 import random
+import resource
 import subprocess
 import sys
 import time
@@ -143,18 +145,25 @@ def make_pool(problems: int, samples: int, patho_share: float, seed: int = 0) ->
     return rows
 
 
-def grade_pool(rows, workers: int, timeout_s: float, share: bool) -> tuple[list, float]:
-    """grade_batch once per task, as verify.grade_table calls it: the Grades in row order, and the seconds."""
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (workers, the direct child), user and system."""
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+def grade_pool(rows, workers: int, timeout_s: float, share: bool) -> tuple[list, float, float]:
+    """grade_batch once per task, as verify.grade_table calls it: the Grades in row order, the seconds and the
+    CPU seconds."""
     from selfimprove.grading import grade_batch
 
     grades = [None] * len(rows)
-    t0 = time.monotonic()
+    t0, c0 = time.monotonic(), cpu_seconds()
     for task in sorted({r[0] for r in rows}):
         idx = [i for i, r in enumerate(rows) if r[0] == task]
         got = grade_batch(task, [rows[i][1:] for i in idx], timeout_s=timeout_s, workers=workers, share=share)
         for i, g in zip(idx, got):
             grades[i] = g
-    return grades, time.monotonic() - t0
+    return grades, time.monotonic() - t0, cpu_seconds() - c0
 
 
 def _direct_child(path: str) -> None:
@@ -168,12 +177,12 @@ def _direct_child(path: str) -> None:
         print(int(bool(verify(parse("$" + gold + "$"), parse(response)))), flush=True)
 
 
-def run_direct(rows, budget_s: float, tmp: Path) -> tuple[list[int], float, bool]:
-    """math_verify's verdicts (1 correct, 0 not) on the rows it finished within the budget, its seconds, and
-    whether the budget stopped it."""
+def run_direct(rows, budget_s: float, tmp: Path) -> tuple[list[int], float, float, bool]:
+    """math_verify's verdicts (1 correct, 0 not) on the rows it finished within the budget, its seconds and CPU
+    seconds, and whether the budget stopped it."""
     path = tmp / "bench_grading_items.json"
     path.write_text(json.dumps(rows))
-    t0 = time.monotonic()
+    t0, c0 = time.monotonic(), cpu_seconds()
     proc = subprocess.Popen([sys.executable, __file__, "--direct-child", str(path)], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     try:
@@ -183,9 +192,9 @@ def run_direct(rows, budget_s: float, tmp: Path) -> tuple[list[int], float, bool
         proc.kill()
         out, _ = proc.communicate()
         killed = True
-    seconds = time.monotonic() - t0
+    seconds, cpu = time.monotonic() - t0, cpu_seconds() - c0
     path.unlink()
-    return [int(x) for x in out.split() if x in ("0", "1")], seconds, killed
+    return [int(x) for x in out.split() if x in ("0", "1")], seconds, cpu, killed
 
 
 def machine() -> str:
@@ -201,24 +210,27 @@ def bench_pool(name: str, rows, args, tmp: Path) -> list[dict]:
     distinct = sum(len(share_plan(t, [r[1:] for r in rows if r[0] == t])[0]) for t in {r[0] for r in rows})
     load = os.getloadavg()[0]
     sub = random.Random(2).sample(range(len(rows)), min(args.direct_n, len(rows)))
-    bits, d_s, killed = run_direct([rows[i] for i in sub], args.budget_s, tmp)
-    each, e_s = grade_pool(rows, args.workers, args.timeout_s, share=False)
-    shared, s_s = grade_pool(rows, args.workers, args.timeout_s, share=True)
+    bits, d_s, d_cpu, killed = run_direct([rows[i] for i in sub], args.budget_s, tmp)
+    each, e_s, e_cpu = grade_pool(rows, args.workers, args.timeout_s, share=False)
+    shared, s_s, s_cpu = grade_pool(rows, args.workers, args.timeout_s, share=True)
     unlike = [i for i, (a, b) in enumerate(zip(shared, each)) if a != b]
-    direct_per_s = len(bits) / d_s
+    direct_per_s, direct_per_cpu_s = len(bits) / d_s, len(bits) / d_cpu
 
-    def row(grader, n, graded, seconds, statuses, differs, **extra):
+    def row(grader, n, graded, seconds, cpu, statuses, differs, **extra):
         return {"pool": name, "grader": grader, "responses": n, "graded": graded, "seconds": round(seconds, 2),
                 "per_s": round(n / seconds, 1), "vs_direct": round(n / seconds / direct_per_s, 1),
+                "cpu_s": round(cpu, 2), "per_cpu_s": round(n / cpu, 1),
+                "vs_direct_cpu": round(n / cpu / direct_per_cpu_s, 1),
                 "statuses": dict(sorted(statuses.items())), "verdicts_unlike_one_by_one": differs,
                 "load_average_at_start": round(load, 1), **extra}
 
     one_bits = [int(each[i].status == "correct") for i in sub]
-    out = [row("math_verify direct", len(bits), len(bits), d_s,
+    out = [row("math_verify direct", len(bits), len(bits), d_s, d_cpu,
                Counter("correct" if b else "not correct" for b in bits), sum(a != b for a, b in zip(bits, one_bits)),
                of=len(sub), stopped_at_budget=killed),
-           row("grade_batch one by one", len(rows), len(rows), e_s, Counter(g.status for g in each), 0),
-           row("grade_batch shared", len(rows), distinct, s_s, Counter(g.status for g in shared), len(unlike))]
+           row("grade_batch one by one", len(rows), len(rows), e_s, e_cpu, Counter(g.status for g in each), 0),
+           row("grade_batch shared", len(rows), distinct, s_s, s_cpu, Counter(g.status for g in shared),
+               len(unlike))]
     for r in out:
         print(json.dumps(r), flush=True)
     if unlike:
@@ -255,22 +267,25 @@ def main() -> None:
     clean, patho = by["clean", "grade_batch shared"], by[result["runs"][-1]["pool"], "grade_batch shared"]
     result["summary"] = {  # issue 18's goals: >= 10x math_verify direct; pathological >= half the clean rate
         "shared_clean_vs_direct": clean["vs_direct"],
+        "shared_clean_vs_direct_cpu": clean["vs_direct_cpu"],
         "shared_pathological_vs_clean": round(patho["per_s"] / clean["per_s"], 2),
         "shared_clean_vs_one_by_one": round(clean["per_s"] / by["clean", "grade_batch one by one"]["per_s"], 1)}
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n{result['date']}, {result['machine']}; {args.problems} problems x {args.samples} samples, "
           f"{args.workers} workers, {args.timeout_s:g} s limit; {result['seconds']} s in all\n")
-    print("| pool | grader | responses | graded | seconds | responses/s | x direct | statuses "
-          "| verdicts unlike one by one | load at start |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| pool | grader | responses | graded | seconds | responses/s | x direct | CPU s | responses/CPU s "
+          "| x direct (CPU) | statuses | verdicts unlike one by one | load at start |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in result["runs"]:
         n = str(r["responses"]) + (f" of {r['of']}" + (" (budget)" if r["stopped_at_budget"] else "")
                                    if "of" in r else "")
         st = ", ".join(f"{k} {v}" for k, v in r["statuses"].items())
         print(f"| {r['pool']} | {r['grader']} | {n} | {r['graded']} | {r['seconds']} | {r['per_s']} | "
-              f"{r['vs_direct']} | {st} | {r['verdicts_unlike_one_by_one']} | {r['load_average_at_start']} |")
+              f"{r['vs_direct']} | {r['cpu_s']} | {r['per_cpu_s']} | {r['vs_direct_cpu']} | {st} | "
+              f"{r['verdicts_unlike_one_by_one']} | {r['load_average_at_start']} |")
     sm = result["summary"]
-    print(f"\nshared, clean pool: {sm['shared_clean_vs_direct']}x math_verify direct, "
+    print(f"\nshared, clean pool: {sm['shared_clean_vs_direct']}x math_verify direct "
+          f"({sm['shared_clean_vs_direct_cpu']}x by CPU time), "
           f"{sm['shared_clean_vs_one_by_one']}x one by one; with pathological answers: "
           f"{sm['shared_pathological_vs_clean']} of the clean rate")
 
