@@ -6,11 +6,12 @@
 Graders (GRADERS): arith, gsm8k, csqa (grade_text.py), math (grade_math.py), mbpp (sandbox.py); each module
 documents its extraction rule and its sources. `selfimprove grade` and `selfimprove audit` (cli.py) and the
 verify stage (verify.py) all call `grade_batch`. The gold argument a grader takes is read from a row by
-`tasks.gold_of`, the task registry's (tasks.TASKS_BY_NAME).
+`tasks.gold_of`, the task registry's (tasks.TASKS_BY_NAME). A batch grades each distinct (answer, gold) once and
+shares the verdict (pool.share_plan; ANSWER_OF is what each grader reads of a response).
 """
 
-from .graders import GRADERS, GoldError, grade_one
+from .graders import ANSWER_OF, GRADERS, GoldError, grade_one
 from .pool import grade_batch
 from .types import STATUSES, Grade
 
-__all__ = ["GRADERS", "STATUSES", "Grade", "GoldError", "grade_batch", "grade_one"]
+__all__ = ["ANSWER_OF", "GRADERS", "STATUSES", "Grade", "GoldError", "grade_batch", "grade_one"]

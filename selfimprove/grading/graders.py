@@ -3,16 +3,33 @@
 `GRADERS[task](response, gold) -> Grade`; `grade_one` adds the guarantee that no grader exception escapes
 (it becomes an `error` with its type). Time limits are the batch runner's job (pool.py): `grade_one` itself
 can run as long as its grader does, so call it directly only on trusted, small inputs.
+
+`ANSWER_OF[task](response, gold)` is the part of a response its grader reads: the grader calls this same
+extraction and uses nothing else of the response, so its whole Grade (status, extracted, detail) is a function
+of (this answer, gold). The batch runner grades each distinct (answer, gold) once (pool.share_plan). MBPP has
+none: its verdict is a run of the program (our choice, below).
 """
 
 from __future__ import annotations
 
-from .grade_math import grade_math
-from .grade_text import grade_arith, grade_csqa, grade_gsm8k
+from .. import arith
+from .grade_math import extract_math, grade_math
+from .grade_text import extract_csqa, extract_gsm8k, grade_arith, grade_csqa, grade_gsm8k
 from .sandbox import Limits, grade_mbpp
 from .types import Grade
 
 GRADERS = {"arith": grade_arith, "gsm8k": grade_gsm8k, "math": grade_math, "csqa": grade_csqa, "mbpp": grade_mbpp}
+
+# Each entry is the extraction its grader calls, with the same arguments (grade_arith, grade_gsm8k, grade_math,
+# grade_csqa); a change to a grader's extraction must change it here too (tests/test_grade_pool.py checks
+# responses that share an answer get one Grade). No MBPP entry (our choice): a program's run may differ between
+# runs of the same code (random, time, hash order), so each response is run on its own, as one-by-one grading does.
+ANSWER_OF = {
+    "arith": lambda response, gold: arith.extract_answer(response),
+    "gsm8k": lambda response, gold: extract_gsm8k(response),
+    "math": lambda response, gold: extract_math(response),
+    "csqa": lambda response, gold: extract_csqa(response, gold.get("choices") if isinstance(gold, dict) else None),
+}
 
 
 class GoldError(ValueError):

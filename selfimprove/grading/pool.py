@@ -10,6 +10,10 @@ it returns or raises, and each worker also dies with its parent (PR_SET_PDEATHSI
 Workers run with an address-space limit (RLIMIT_AS, `memory_mb`) so a pathological item ends as a
 MemoryError (`error`) in the worker, not as an out-of-memory kill of the caller. Math-Verify's own
 signal.alarm timeouts are off in workers: the kill is the limit.
+
+Sampled answers repeat (most samples of a problem end in the same few answers), so a batch sends each
+distinct (answer, gold) to a worker once and gives its verdict to every item that shares it (`share_plan`;
+issue 18: 50 samples per training problem are ~375,000 GSM8K responses an iteration).
 """
 
 from __future__ import annotations
@@ -23,11 +27,15 @@ import time
 from collections import deque
 from pathlib import Path
 
-from .graders import grade_one
+from .graders import ANSWER_OF, grade_one
 from .sandbox import Limits, grade_mbpp
 from .types import Grade
 
 STARTUP_S = 120.0  # a worker must import sympy and say it is ready within this (a loaded 2-core machine)
+# Our choice: a longer response is not read in the calling process (where nothing limits time or memory) but
+# graded as it is in a worker, shared only with responses of the same text. Extraction is linear, and model
+# responses are far shorter (a token budget of a few thousand tokens), so this costs the caller milliseconds.
+MAX_READ_CHARS = 100_000
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 
 
@@ -74,22 +82,62 @@ class _Worker:
             except OSError:
                 pass
 
-    def stop(self, wait_s: float = 2.0) -> None:
-        try:
-            self.proc.stdin.close()  # end of input: the worker exits
-            self.proc.wait(timeout=wait_s)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-        self.kill()
+
+def share_plan(task: str, items: list[tuple[str, object]]) -> tuple[list[int], list[int]]:
+    """Which items to grade, and whose verdict each item takes: `(graded, owner)`, where `graded` lists the
+    index of the first item of each distinct key and item i's Grade is that of `items[graded[owner[i]]]`.
+
+    The key is what the verdict depends on: the gold as its worker receives it (its JSON text) and, for a task
+    with an ANSWER_OF entry, the answer the grader extracts (graders.py: the whole Grade is a function of the
+    two), read here in the calling process; else the whole response. A response longer than MAX_READ_CHARS,
+    or whose extraction raises here, keys on its whole text (the worker then grades it under its limits).
+    So answers written alike in differently worded responses are graded once; MBPP (no ANSWER_OF entry)
+    shares nothing (its programs are run one by one).
+
+    Timeouts and errors are shared too (our choice): the same answer against the same gold is the same input
+    to the same grader, so a second try would spend the limit again to reach the same end. A pathological
+    answer that recurs costs one kill, not one per sample.
+
+    >>> share_plan("gsm8k", [("so 3 #### 3", "3"), ("#### 3.0", "3"), ("#### 4", "3"), ("#### 3", "4")])
+    ([0, 2, 3], [0, 0, 1, 2])
+    >>> share_plan("mbpp", [("def f(): pass", {"tests": []})] * 2)
+    ([0, 1], [0, 1])
+    """
+    answer_of = ANSWER_OF.get(task)
+    if answer_of is None:
+        return list(range(len(items))), list(range(len(items)))
+    gold_text: dict[int, str] = {}  # id(gold) -> its JSON: one problem's gold object serves all its samples
+    first: dict[tuple, int] = {}
+    graded, owner = [], []
+    for i, (response, gold) in enumerate(items):
+        g = gold_text.get(id(gold))
+        if g is None:
+            g = gold_text[id(gold)] = json.dumps(gold)
+        key = None
+        if isinstance(response, str) and len(response) <= MAX_READ_CHARS:
+            try:
+                key = (g, "answer", answer_of(response, gold))
+            except Exception:  # the worker's grade_one turns it into the item's `error`; grade it there
+                key = None
+        if key is None:
+            key = (g, "response", json.dumps(response))
+        j = first.setdefault(key, len(graded))
+        if j == len(graded):
+            graded.append(i)
+        owner.append(j)
+    return graded, owner
 
 
 def grade_batch(task: str, items: list[tuple[str, object]], timeout_s: float = 10.0, workers: int = 2,
-                memory_mb: int = 2048, progress=None, unsafe: bool = False) -> list[Grade]:
-    """Grade `(response, gold)` pairs in `workers` processes; each item gets at most `timeout_s` seconds.
+                memory_mb: int = 2048, progress=None, unsafe: bool = False, share: bool = True) -> list[Grade]:
+    """Grade `(response, gold)` pairs in `workers` processes; each graded item gets at most `timeout_s` seconds.
 
-    Returns one Grade per item, in order. MBPP items run their sandbox for `timeout_s - 1` seconds (at least
-    1) so the sandbox normally reports its own timeout and the kill is the backstop. `unsafe=True` lets MBPP
-    run without bubblewrap (sandbox.run_tests; every such verdict's detail says so).
+    Returns one Grade per item, in order. With `share` (the default) items with the same answer and gold are
+    graded once and share the Grade, a timeout or error included (`share_plan`); `share=False` grades every
+    item by itself (the same verdicts, slower: bench/grading.py compares them). `progress(k)` is called as
+    items finish, k of them at a time. MBPP items run their sandbox for `timeout_s - 1` seconds (at least 1)
+    so the sandbox normally reports its own timeout and the kill is the backstop. `unsafe=True` lets MBPP run
+    without bubblewrap (sandbox.run_tests; every such verdict's detail says so).
 
     >>> [g.status for g in grade_batch("gsm8k", [("#### 3", "3"), ("#### 4", "3"), ("", "3")], workers=1)]
     ['correct', 'incorrect', 'no_answer']
@@ -97,10 +145,30 @@ def grade_batch(task: str, items: list[tuple[str, object]], timeout_s: float = 1
     if timeout_s <= 0 or workers < 1 or memory_mb < 256:
         raise ValueError(f"need timeout_s > 0, workers >= 1, memory_mb >= 256; got {timeout_s}, {workers}, "
                          f"{memory_mb}")
+    if not share:
+        return _grade_each(task, items, timeout_s, workers, memory_mb, progress, unsafe)
+    graded, owner = share_plan(task, items)
+    weight = [0] * len(graded)
+    for j in owner:
+        weight[j] += 1
+    each = _grade_each(task, [items[i] for i in graded], timeout_s, workers, memory_mb,
+                       progress and (lambda j: progress(weight[j])), unsafe)
+    return [each[j] for j in owner]
+
+
+def _grade_each(task: str, items: list[tuple[str, object]], timeout_s: float, workers: int, memory_mb: int,
+                done, unsafe: bool) -> list[Grade]:
+    """Every item graded by itself in the pool; `done(i)` is called when item i has its Grade."""
     results: list[Grade | None] = [None] * len(items)
     pending = deque(range(len(items)))
     sandbox_s = max(1.0, timeout_s - 1.0)
     pool: list[_Worker] = []
+
+    def finish(i: int, g: Grade) -> None:
+        results[i] = g
+        if done:
+            done(i)
+
     try:
         pool = [_Worker(task, memory_mb, sandbox_s, unsafe) for _ in range(min(workers, len(items)))]
         while pending or any(w.item is not None for w in pool):
@@ -108,8 +176,8 @@ def grade_batch(task: str, items: list[tuple[str, object]], timeout_s: float = 1
                 if w.ready and w.item is None and pending:
                     i = pending.popleft()
                     if not w.send(i, *items[i], timeout_s):  # it died taking the item (e.g. its memory limit)
-                        results[i] = Grade("error", None, f"grader process died reading the item (exit "
-                                                          f"{w.proc.wait()})")
+                        finish(i, Grade("error", None, f"grader process died reading the item (exit "
+                                                       f"{w.proc.wait()})"))
                         w.kill()
                         pool[k] = _Worker(task, memory_mb, sandbox_s, unsafe)
             now = time.monotonic()
@@ -119,7 +187,7 @@ def grade_batch(task: str, items: list[tuple[str, object]], timeout_s: float = 1
                 lines = w.read_lines() if w.fd in readable else []
                 if lines is None:  # died: its item (if any) is an error
                     if w.item is not None:
-                        results[w.item] = Grade("error", None, f"grader process died (exit {w.proc.wait()})")
+                        finish(w.item, Grade("error", None, f"grader process died (exit {w.proc.wait()})"))
                     w.kill()
                     pool[k] = _Worker(task, memory_mb, sandbox_s, unsafe)
                     continue
@@ -127,21 +195,19 @@ def grade_batch(task: str, items: list[tuple[str, object]], timeout_s: float = 1
                     if msg.get("ready"):
                         w.ready = True
                     else:
-                        results[msg["i"]] = Grade(msg["status"], msg["extracted"], msg["detail"])
                         w.item = None
-                        if progress:
-                            progress(1)
+                        finish(msg["i"], Grade(msg["status"], msg["extracted"], msg["detail"]))
                 now = time.monotonic()
                 if w.item is not None and now > w.deadline:
-                    results[w.item] = Grade("timeout", None, f"grading passed the {timeout_s:g} s limit; "
-                                                             "its process was killed")
+                    finish(w.item, Grade("timeout", None, f"grading passed the {timeout_s:g} s limit; "
+                                                          "its process was killed"))
                     w.kill()
                     pool[k] = _Worker(task, memory_mb, sandbox_s, unsafe)
                 elif not w.ready and now > w.started + STARTUP_S:
                     raise RuntimeError(f"a {task} grading worker did not start within {STARTUP_S:g} s")
-    finally:
+    finally:  # killed, not asked to exit: nothing is in flight, and a worker's own exit (freeing sympy) takes ~0.5 s
         for w in pool:
-            w.stop()
+            w.kill()
     return results
 
 
