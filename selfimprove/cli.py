@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -194,6 +195,8 @@ def _bounded(kind, low, strict: bool = False):
     grade_batch requires; checked while parsing, before any file is read."""
     def parse(text: str):
         value = kind(text)
+        if not math.isfinite(value):  # nan passes every comparison: `--timeout-s nan` was no limit (issue 20)
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         if value < low or (strict and value == low):
             raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {value}")
         return value

@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import re
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
@@ -97,6 +98,10 @@ def _check_type(where: str, name: str, value, hint) -> None:
         if not isinstance(value, dict):
             raise RecipeError(f"{where}: '{name}' must be a mapping, got {value!r}")
         return
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        # NaN passes every range check (each comparison is False), inf overflows: refused in every float field
+        # (issue 20: `temperature: .nan` made a run decode greedily and report pass@k = 0 with exit 0)
+        raise RecipeError(f"{where}: '{name}' must be a finite number, got {value!r}")
     ok = (isinstance(value, bool) if hint is bool else
           isinstance(value, (int, float)) and not isinstance(value, bool) if hint is float else
           isinstance(value, int) and not isinstance(value, bool) if hint is int else isinstance(value, hint))
