@@ -108,14 +108,14 @@ def _recipes(args) -> int:
 
 
 def _key_values(items: list[str], what: str) -> dict:
-    from .config import RecipeError, load_yaml
+    from .config import RecipeError, parse_value
 
     out = {}
     for item in items:
         if "=" not in item:
             raise RecipeError(f"{what} {item!r}: expected NAME=VALUE")
         key, value = item.split("=", 1)
-        out[key.strip()] = load_yaml(value)
+        out[key.strip()] = parse_value(value, item, what)
     return out
 
 

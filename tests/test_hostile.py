@@ -1,6 +1,7 @@
 """Hostile input (issue 20): each probe fails at once with one line that names what and where, and nothing outside
 a run's own folder, nor the input of `selfimprove grade`, is deleted or overwritten. docs/faults.md lists them."""
 
+import time
 
 import pytest
 
@@ -53,3 +54,49 @@ def test_grade_refuses_a_timeout_that_is_not_finite(tmp_path, capsys, value):
         cli.main(["grade", "--task", "gsm8k", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"),
                   f"--timeout-s={value}"])
     assert exit_.value.code == 2 and "argument --timeout-s: must be a finite number" in capsys.readouterr().err
+
+
+# ---- YAML ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, message", [
+    ("sample: {n_samples: 4}\niterations: 2\nsample: {n_samples: 8}", r"r.yaml: duplicate key 'sample' at line 3 "
+                                                                      r"\(first at line 1\)$"),
+    ("train:\n  beta: 0.1\n  beta: 0.2\n", r"duplicate key 'beta' at line 3 \(first at line 2\)$"),
+    ("sample: {n_samples: 4, n_samples: 8}", r"duplicate key 'n_samples' at line 1"),
+    ("a: " + "[" * 2000 + "]" * 2000, r"r.yaml: nested too deeply$"),
+    ("sample: [1, 2", r"r.yaml: not valid YAML: .* at line 1, column 14$"),
+])
+def test_yaml_that_a_recipe_refuses_gets_one_line(tmp_path, text, message):
+    (tmp_path / "r.yaml").write_text(text)
+    with pytest.raises(config.RecipeError, match=message) as err:
+        config.load_recipe(tmp_path / "r.yaml")
+    assert "\n" not in str(err.value)
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    lines = ['sample: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    # 9^6 strings once expanded, a few MB: enough to tell, small enough that a regression cannot exhaust memory
+    lines += [f"{k}: &{k} [{', '.join([f'*{p}'] * 9)}]" for p, k in zip("abcde", "bcdef")]
+    (tmp_path / "r.yaml").write_text("\n".join(lines).replace("*a", "*sample").replace("&a ", "&sample ") + "\n")
+    t0 = time.time()
+    with pytest.raises(config.RecipeError, match=r"r.yaml: alias \*sample at line 2: YAML aliases are refused"):
+        config.load_recipe(tmp_path / "r.yaml")
+    assert time.time() - t0 < 2
+    with pytest.raises(config.RecipeError, match=r"override 'sample=\*x': alias \*x at line 1: YAML aliases are"):
+        config.load_recipe(pipeline.RECIPES / "tiny.yaml", ["sample=*x"])
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "tiny", "--set", "x=[1,"],
+    ["data", "gsm8k", "--set", "levels=[1,"],
+    ["run", "tiny", "--set", "sample={a: 1, a: 2}"],
+])
+def test_an_unparseable_set_value_is_one_line_naming_the_override(capsys, argv, no_work):
+    assert cli.main(argv) == 2
+    err = _one_line_error(capsys)
+    assert repr(argv[-1]) in err and ("not valid YAML" in err or "duplicate key 'a'" in err)
+
+
+def test_unknown_keys_are_still_refused():
+    with pytest.raises(config.RecipeError, match=r"section 'sample': unknown key 'temprature'"):
+        config.load_recipe(pipeline.RECIPES / "tiny.yaml", ["sample.temprature=0.5"])
