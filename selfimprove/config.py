@@ -50,6 +50,7 @@ from .schema import (  # noqa: F401  (re-exported: config is where recipes and s
     VerifyConfig,
     build,
     lineage,
+    run_name_problem,
     train_kind,
 )
 
@@ -164,7 +165,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RunConf
         raw = apply_overrides(raw, overrides or [])
     except TypeError as e:  # an explicit YAML tag such as !!binary or !!set
         raise RecipeError(f"recipe {path}: values must be strings, numbers, booleans, lists or mappings: {e}") from None
+    named = "name" in raw
     raw.setdefault("name", path.stem)
+    if isinstance(raw["name"], str) and (problem := run_name_problem(raw["name"])) is not None:  # issue 20
+        raise RecipeError(f"recipe {path}: {problem}" + ("" if named else " (a recipe without `name:` is named "
+                                                                            "after its file; set `name:`)"))
     cfg = build(RunConfig, raw, f"recipe {path}")
     check_recipe(cfg, path)
     return cfg

@@ -27,6 +27,47 @@ def _one_line_error(capsys) -> str:
     return err
 
 
+# ---- run names and the run folder ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("override, message", [
+    ("name=../x", r"'name' '\.\./x' holds '/'"),
+    ("name=/abs", r"'name' '/abs' is an absolute path"),
+    ("name=a/b", r"'name' 'a/b' holds '/'"),
+    ("name=''", r"'name' must not be empty"),
+    ("name=.", r"'name' '\.' may hold only letters"),
+    ("name=..", r"'name' '\.\.' may hold only letters"),
+    ("name=.hidden", r"'name' '\.hidden' may hold only letters"),
+    (r'name="a\0b"', r"'name' 'a\\x00b' may hold only letters"),
+    (r'name="a\nb"', r"'name' 'a\\nb' may hold only letters"),
+    ("name=" + "x" * 101, r"'name' 'x{40}'\.\.\. is 101 characters long; at most 100"),
+    ("name=study-seeds/seed0/dpo", r"holds '/'"),
+])
+def test_a_bad_run_name_is_refused_naming_the_key(override, message):
+    with pytest.raises(config.RecipeError, match=message) as err:
+        config.load_recipe(pipeline.RECIPES / "tiny.yaml", [override])
+    assert "\n" not in str(err.value)
+
+
+def test_a_recipe_file_name_that_is_no_run_name_says_to_set_name(tmp_path):
+    p = tmp_path / "my recipe.yaml"
+    p.write_text("iterations: 2\n")
+    with pytest.raises(config.RecipeError, match=r"'name' 'my recipe' may hold .* named after its file; set `name:`"):
+        config.load_recipe(p)
+
+
+def test_the_names_the_package_makes_still_load():
+    cfg = config.load_recipe(pipeline.RECIPES / "tiny.yaml", ["name=demo-seeds/seed3", "paradigm=[dpo, sft]"])
+    assert [cfg.member(p).name for p in cfg.paradigms] == ["demo-seeds/seed3/dpo", "demo-seeds/seed3/sft"]
+    assert config.load_recipe(pipeline.RECIPES / "tiny.yaml", ["name=paper_qwen2.5-1.5b_math+x"]).name
+
+
+def test_the_cli_refuses_a_bad_name_before_writing_anything(tmp_path, capsys, no_work):
+    assert cli.main(["run", "tiny", "--set", "name=.", "--overwrite", "--runs-root", str(tmp_path / "runs"),
+                     "--organism-root", str(tmp_path / "org"), "--kernel", "fresh"]) == 2
+    assert "'name' '.'" in _one_line_error(capsys)
+    assert not any(tmp_path.iterdir())
+
+
 # ---- numbers in configs ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("override, message", [
