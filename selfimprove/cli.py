@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="dataset JSONL in its Hugging Face format (arith: the package's problems)")
     p.add_argument("--run", help="a run directory: rates of timeout, no_answer and error per iteration")
     args = parser.parse_args(argv)
-    from .artifacts import ManifestError
+    from .artifacts import ManifestError, RunDirError
     from .config import RecipeError
     from .data import DataError
     from .grading.audit import AuditDataError
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
               "interrupted stage is redone from its start)." if what else "\ninterrupted.", file=sys.stderr)
         return 130
     except (RecipeError, DataError, StageError, AuditDataError, TaskDataError, ManifestError, MetricsError,
-            FileExistsError, FileNotFoundError) as e:
+            RunDirError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

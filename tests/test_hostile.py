@@ -1,11 +1,14 @@
 """Hostile input (issue 20): each probe fails at once with one line that names what and where, and nothing outside
 a run's own folder, nor the input of `selfimprove grade`, is deleted or overwritten. docs/faults.md lists them."""
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 
-from selfimprove import cli, config, pipeline
+from selfimprove import artifacts, cli, config, pipeline
 
 
 def _quiet(*args):
@@ -66,6 +69,111 @@ def test_the_cli_refuses_a_bad_name_before_writing_anything(tmp_path, capsys, no
                      "--organism-root", str(tmp_path / "org"), "--kernel", "fresh"]) == 2
     assert "'name' '.'" in _one_line_error(capsys)
     assert not any(tmp_path.iterdir())
+
+
+def _run(tmp_path, name, **kwargs):
+    return pipeline.run("tiny", overrides=[f"name={name}"], runs_root=tmp_path / "runs", organism_root=tmp_path / "org",
+                        kernel="fresh", log=_quiet, **kwargs)
+
+
+def test_a_folder_that_is_not_a_run_is_refused_even_with_overwrite(tmp_path, no_work):
+    study = tmp_path / "runs" / "study"  # a study: one run per paradigm, no manifest of its own
+    artifacts.Manifest.open(artifacts.RunPaths(study / "dpo"), {"a": 1}, "h")
+    (study / "kernel.stderr.log").write_text("")
+    with pytest.raises(artifacts.RunDirError, match=r"study exists and is not a selfimprove run \(no manifest.json; "
+                                                    r"it holds 'dpo'\)"):
+        _run(tmp_path, "study", overwrite=True)
+    assert (study / "dpo" / "manifest.json").exists()
+
+
+def test_a_web_folder_with_a_manifest_json_is_not_deleted_by_overwrite(tmp_path, no_work):
+    site = tmp_path / "runs" / "site"
+    site.mkdir(parents=True)
+    (site / "manifest.json").write_text('{"name": "my app"}')  # a web app manifest, not a run's
+    (site / "index.html").write_text("<html>")
+    with pytest.raises(artifacts.RunDirError, match=r"--overwrite deletes only what a run writes, and .*site also "
+                                                    r"holds 'index.html'"):
+        _run(tmp_path, "site", overwrite=True)
+    assert sorted(p.name for p in site.iterdir()) == ["index.html", "manifest.json", "run.lock"]
+
+
+@pytest.mark.parametrize("link", ["linked", "linked-seeds"])
+def test_a_run_folder_or_a_folder_above_it_that_is_a_symlink_is_refused(tmp_path, no_work, link):
+    elsewhere = tmp_path / "elsewhere"
+    artifacts.Manifest.open(artifacts.RunPaths(elsewhere / "seed0"), {"a": 1}, "h")
+    artifacts.Manifest.open(artifacts.RunPaths(elsewhere), {"a": 1}, "h")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / link).symlink_to(elsewhere)
+    name = "linked" if link == "linked" else "linked-seeds/seed0"
+    with pytest.raises(artifacts.RunDirError, match=rf"runs/{link} is a symbolic link \(to .*elsewhere\)"):
+        _run(tmp_path, name, overwrite=True)
+    assert (elsewhere / "manifest.json").exists() and (elsewhere / "seed0" / "manifest.json").exists()
+
+
+def test_overwrite_deletes_a_runs_files_only_and_follows_no_link(tmp_path):
+    paths = artifacts.RunPaths(tmp_path / "run")
+    artifacts.Manifest.open(paths, {"a": 1}, "h1")
+    artifacts.write_json({"x": 1}, paths.metrics(1))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    (paths.root / "iter_9").symlink_to(outside)  # a run entry's name, pointing out of the run
+    (paths.iter_dir(1) / "model").symlink_to(outside)
+    (paths.root / "notes.txt").write_text("mine")
+    with pytest.raises(artifacts.RunDirError, match=r"also holds 'notes.txt'"):
+        artifacts.Manifest.open(paths, {"a": 2}, "h2", overwrite=True)
+    assert paths.metrics(1).exists()  # refused: nothing deleted
+    (paths.root / "notes.txt").unlink()
+    artifacts.Manifest.open(paths, {"a": 2}, "h2", overwrite=True)
+    assert sorted(p.name for p in paths.root.iterdir()) == ["manifest.json"]
+    assert (outside / "keep.txt").read_text() == "keep"
+
+
+def test_a_study_name_that_holds_a_run_is_refused(tmp_path, no_work):
+    artifacts.Manifest.open(artifacts.RunPaths(tmp_path / "runs" / "r"), {"a": 1}, "h")
+    with pytest.raises(artifacts.RunDirError, match=r"runs/r holds a run \(manifest.json\), not a study"):
+        pipeline.run("tiny", overrides=["name=r", "paradigm=[dpo, sft]"], runs_root=tmp_path / "runs",
+                     organism_root=tmp_path / "org", kernel="fresh", log=_quiet)
+    assert sorted(p.name for p in (tmp_path / "runs" / "r").iterdir()) == ["manifest.json"]
+
+
+def test_a_runs_root_that_cannot_be_made_is_a_named_error(tmp_path, capsys, no_work):
+    (tmp_path / "file").write_text("")
+    assert cli.main(["run", "tiny", "--runs-root", str(tmp_path / "file"), "--kernel", "fresh"]) == 2
+    assert "cannot create the run folder or its lock file (Not a directory)" in _one_line_error(capsys)
+
+
+# ---- the run folder's lock ---------------------------------------------------------------------------------
+
+def test_a_second_run_on_a_held_run_folder_is_refused_naming_the_holder(tmp_path, capsys, no_work):
+    root = tmp_path / "runs" / "tiny"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from selfimprove import artifacts\n"
+         f"with artifacts.run_lock({str(root)!r}):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(artifacts.IMPORT_ROOT)})
+    try:
+        assert holder.stdout.readline() == "held\n"
+        t0 = time.time()
+        assert cli.main(["run", "tiny", "--runs-root", str(tmp_path / "runs"), "--kernel", "fresh"]) == 2
+        assert time.time() - t0 < 10
+        assert f"is in use by another selfimprove run (pid {holder.pid})" in _one_line_error(capsys)
+        assert not (root / "manifest.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with artifacts.run_lock(root):  # its process is gone: the lock is free, the pid in the file is ours
+        assert (root / "run.lock").read_text() == f"{os.getpid()}\n"
+
+
+def test_a_lock_file_left_by_a_dead_process_is_taken_over(tmp_path):
+    (tmp_path / "run.lock").write_text("999999999\n")
+    with artifacts.run_lock(tmp_path):
+        assert (tmp_path / "run.lock").read_text() == f"{os.getpid()}\n"
+        with pytest.raises(artifacts.RunDirError, match=rf"in use by another selfimprove run \(pid {os.getpid()}\)"):
+            with artifacts.run_lock(tmp_path):  # a second holder, even in this process
+                pass
+    with artifacts.run_lock(tmp_path):  # released on exit
+        pass
 
 
 # ---- numbers in configs ------------------------------------------------------------------------------------
