@@ -1,6 +1,7 @@
 """Hostile input (issue 20): each probe fails at once with one line that names what and where, and nothing outside
 a run's own folder, nor the input of `selfimprove grade`, is deleted or overwritten. docs/faults.md lists them."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import time
 
 import pytest
 
-from selfimprove import artifacts, cli, config, pipeline
+from selfimprove import artifacts, cli, config, data, pipeline
 
 
 def _quiet(*args):
@@ -28,6 +29,10 @@ def _one_line_error(capsys) -> str:
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     return err
+
+
+def _grade(src, dst):
+    return cli.main(["grade", "--task", "gsm8k", "--input", str(src), "--output", str(dst)])
 
 
 # ---- run names and the run folder ----------------------------------------------------------------------------
@@ -249,3 +254,28 @@ def test_an_unparseable_set_value_is_one_line_naming_the_override(capsys, argv, 
 def test_unknown_keys_are_still_refused():
     with pytest.raises(config.RecipeError, match=r"section 'sample': unknown key 'temprature'"):
         config.load_recipe(pipeline.RECIPES / "tiny.yaml", ["sample.temprature=0.5"])
+
+
+# ---- JSONL input ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("line, message", [
+    ('{"id": "b", "question": "\\ud800", "answer": "1"}', r"p.jsonl:2: a string holds a lone surrogate escape"),
+    ('{"id": "b", "question": "q", "answer": "1", "x": {"\\udfff": 1}}', r"p.jsonl:2: a string holds a lone"),
+    ('{"id": "b", "question": "q", "answer": NaN}', r"p.jsonl:2: NaN is not JSON"),
+    ('{"id": "b", "question": "q", "answer": -Infinity}', r"p.jsonl:2: -Infinity is not JSON"),
+    ('{"id": "b", "question": "q", "answer": "1"', r"p.jsonl:2: not valid JSON \(Expecting ',' delimiter at column"),
+    ('["id", "b"]', r"p.jsonl:2: expected a JSON object, got list"),
+])
+def test_a_malformed_problem_line_is_named_by_file_and_line(tmp_path, line, message):
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"id": "a", "question": "\\ud83d\\ude00 pair is fine", "answer": "1"}\n' + line + "\n")
+    with pytest.raises(data.DataError, match=message):
+        data.load_jsonl(p)
+
+
+def test_grade_names_a_lone_surrogate_line_and_grades_the_rest(tmp_path, capsys):
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text('{"response": "#### 2", "gold": "2"}\n{"response": "\\ud800 #### 2", "gold": "2"}\n')
+    assert _grade(src, dst) == 1
+    assert "in.jsonl:2: a string holds a lone surrogate escape" in capsys.readouterr().err
+    assert [json.loads(x)["status"] for x in dst.read_text(encoding="utf-8").splitlines()] == ["correct"]

@@ -12,6 +12,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from ..data import parse_json_line
 from ..tasks import gold_of
 from .graders import GoldError
 from .pool import grade_batch
@@ -30,9 +31,9 @@ def read_items(path: Path, task: str) -> tuple[list[tuple[int, dict, object]], l
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                problems.append(f"{path}:{no}: not valid JSON ({e.msg} at column {e.colno})")
+                obj = parse_json_line(line)
+            except ValueError as e:
+                problems.append(f"{path}:{no}: {e}")
                 continue
             if not isinstance(obj, dict):
                 problems.append(f"{path}:{no}: expected a JSON object, got {type(obj).__name__}")
