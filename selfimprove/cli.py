@@ -304,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     from .config import RecipeError
     from .data import DataError
     from .grading.audit import AuditDataError
+    from .grading.files import GradeFileError
     from .kernel import stop_kernels_on_interrupt
     from .metrics import MetricsError
     from .pipeline import StageError
@@ -318,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
               "interrupted stage is redone from its start)." if what else "\ninterrupted.", file=sys.stderr)
         return 130
     except (RecipeError, DataError, StageError, AuditDataError, TaskDataError, ManifestError, MetricsError,
-            RunDirError, FileExistsError, FileNotFoundError) as e:
+            RunDirError, GradeFileError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -3,6 +3,7 @@ a run's own folder, nor the input of `selfimprove grade`, is deleted or overwrit
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -10,6 +11,7 @@ import time
 import pytest
 
 from selfimprove import artifacts, cli, config, data, pipeline
+from selfimprove.grading import files
 
 
 def _quiet(*args):
@@ -254,6 +256,57 @@ def test_an_unparseable_set_value_is_one_line_naming_the_override(capsys, argv, 
 def test_unknown_keys_are_still_refused():
     with pytest.raises(config.RecipeError, match=r"section 'sample': unknown key 'temprature'"):
         config.load_recipe(pipeline.RECIPES / "tiny.yaml", ["sample.temprature=0.5"])
+
+
+# ---- selfimprove grade --output ------------------------------------------------------------------------------
+
+@pytest.fixture
+def graded_input(tmp_path, monkeypatch):
+    """An input with a malformed line; grading is replaced by a failure, so a refusal must come first."""
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"response": "#### 2", "gold": "2"}) + "\n{not json\n")
+
+    def grade_batch(*args, **kwargs):
+        raise AssertionError("grading started")
+
+    monkeypatch.setattr(files, "grade_batch", grade_batch)
+    return src
+
+
+def test_grade_refuses_the_input_as_output_by_any_name(tmp_path, capsys, graded_input):
+    before = graded_input.read_bytes()
+    os.link(graded_input, tmp_path / "hardlink.jsonl")
+    for dst in (graded_input, tmp_path / "." / "in.jsonl", tmp_path / "hardlink.jsonl"):
+        assert _grade(graded_input, dst) == 2
+        assert f"output {dst} is the input file" in _one_line_error(capsys)
+    assert graded_input.read_bytes() == before
+
+
+def test_grade_refuses_a_symlink_a_pipe_and_a_device_as_output(tmp_path, capsys, graded_input):
+    target = tmp_path / "target.jsonl"
+    target.write_text("kept\n")
+    (tmp_path / "link.jsonl").symlink_to(target)
+    assert _grade(graded_input, tmp_path / "link.jsonl") == 2
+    assert "link.jsonl is a symbolic link (to " in _one_line_error(capsys)
+    assert (tmp_path / "link.jsonl").is_symlink() and target.read_text() == "kept\n"
+    os.mkfifo(tmp_path / "fifo")
+    assert _grade(graded_input, tmp_path / "fifo") == 2
+    assert "fifo is not a regular file" in _one_line_error(capsys)
+    assert stat.S_ISFIFO((tmp_path / "fifo").stat().st_mode)
+    with pytest.raises(files.GradeFileError, match=r"output /dev/null is not a regular file"):
+        files.check_output(graded_input, __import__("pathlib").Path("/dev/null"))  # checked, never written
+
+
+def test_grade_refuses_an_output_folder_it_cannot_write_before_grading(tmp_path, capsys, graded_input):
+    assert _grade(graded_input, graded_input / "out.jsonl") == 2  # under a file: no folder can be made there
+    assert "cannot write a file in" in _one_line_error(capsys)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_grade_refuses_a_read_only_output_folder_before_grading(tmp_path, capsys, graded_input):
+    (tmp_path / "ro").mkdir(mode=0o555)
+    assert _grade(graded_input, tmp_path / "ro" / "out.jsonl") == 2
+    assert "cannot write a file in" in _one_line_error(capsys) and "Permission denied" in capsys.readouterr().err
 
 
 # ---- JSONL input ----------------------------------------------------------------------------------------------
