@@ -12,6 +12,7 @@ import pytest
 
 from selfimprove import artifacts, cli, config, data, pipeline
 from selfimprove.grading import files
+from selfimprove.grading.grade_text import extract_gsm8k, grade_gsm8k
 
 
 def _quiet(*args):
@@ -332,3 +333,32 @@ def test_grade_names_a_lone_surrogate_line_and_grades_the_rest(tmp_path, capsys)
     assert _grade(src, dst) == 1
     assert "in.jsonl:2: a string holds a lone surrogate escape" in capsys.readouterr().err
     assert [json.loads(x)["status"] for x in dst.read_text(encoding="utf-8").splitlines()] == ["correct"]
+
+
+# ---- GSM8K numbers ------------------------------------------------------------------------------------------
+
+BIG = "1" + "0" * 39 + "1"  # 41 digits
+
+
+@pytest.mark.parametrize("response, gold, status", [
+    ("#### 1000000000000000000000000000001", "1000000000000000000000000000000", "incorrect"),  # 31 digits
+    ("#### " + "9" * 29, "9" * 29, "correct"),
+    ("#### " + BIG, BIG, "correct"),
+    ("#### " + BIG[:-1] + "2", BIG, "incorrect"),
+    ("#### " + BIG + ".000", "#### " + BIG, "correct"),
+    ("#### 0." + "0" * 40 + "1", "0." + "0" * 40 + "2", "incorrect"),
+    ("#### 1e3", "1000", "no_answer"),  # an exponent is no GSM8K number, never read as its mantissa 1
+    ("#### 1E+3", "1", "no_answer"),
+    ("#### 1", "#### 1e3", "error"),
+    ("#### 1000", "#### 1,000", "correct"),
+    ("#### 1,000", "1000", "correct"),
+    ("The answer is 5e2", "5", "no_answer"),  # the last-number fallback: the same rule
+])
+def test_gsm8k_numbers_compare_exactly_at_any_length(response, gold, status):
+    assert grade_gsm8k(response, gold).status == status
+
+
+def test_gsm8k_extraction_keeps_every_digit():
+    digits = "1234567890" * 10
+    assert extract_gsm8k(f"#### {digits}.50") == f"{digits}.5"
+    assert extract_gsm8k("#### " + "9" * 10_000) == "9" * 10_000
