@@ -293,6 +293,9 @@ def run_lock(root: Path):
             holder = re.sub(r"[^0-9]", "", os.pread(fd, 32, 0).decode("ascii", "replace")) or "unknown"
             raise RunDirError(f"{root} is in use by another selfimprove run (pid {holder}); wait for it to end, or "
                               "stop it, then run the same command again") from None
+        except OSError as e:  # a file system without locks (some network mounts)
+            raise RunDirError(f"{root / LOCK_NAME}: cannot be locked ({e.strerror}); put the runs root on a local "
+                              "file system") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield root
