@@ -11,17 +11,25 @@ data/runs/<run>/
   iter_<t>/metrics.json       every metric of M_t       iter_<t>/notebooks/NN_stage.ipynb  executed notebooks
   iter_<t>/per_problem.parquet  per-problem values behind the metrics (the verdict reads them)
   report/                     summary table and figures for the whole run
+  run.lock                    held (fcntl.flock) by the process running it, holding that process's pid
 
 Every file is written to a temporary name and renamed, so a killed process never leaves a half-written
 artifact under its final name; the manifest records a stage as done only after its outputs exist.
+
+A run writes only inside its own folder (issue 20): the folder and those above it under the runs root must be
+real folders, not symbolic links (check_run_dir); an existing folder is used only if it is a run (it has a
+manifest.json) or holds nothing but what a run writes; `--overwrite` deletes only entries a run writes
+(RUN_ENTRIES), and refuses a folder that holds anything else; and one process at a time runs in it (run_lock).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -204,6 +212,97 @@ def versions() -> dict:
     return out
 
 
+LOCK_NAME = "run.lock"
+# The top-level entries a run writes (the layout above, temporary files of an interrupted write, the lock, and
+# JupyterLab's checkpoints of a notebook opened there): the only ones --overwrite deletes.
+RUN_ENTRIES = re.compile(r"manifest\.json|problems|report|iter_[0-9]+|kernel\.stderr\.log|run\.lock"
+                         r"|\.ipynb_checkpoints|\..+\.tmp[0-9]*|\..+\.old[0-9]+")
+
+
+class RunDirError(ValueError):
+    """A run folder that a run must not use (a symbolic link, a folder that is not a run, one in use by another
+    process, one that cannot be created); the message names the path and what is wrong."""
+
+
+def foreign_entries(root: Path) -> list[str]:
+    """The names in `root` that a run does not write (RUN_ENTRIES), sorted."""
+    return sorted(p.name for p in Path(root).iterdir() if not RUN_ENTRIES.fullmatch(p.name))
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def check_run_dir(root: Path, runs_root: Path, study: bool = False) -> None:
+    """Refuse `root` (a run's folder, or a study's with `study`) unless a run may write there: it and every folder
+    above it under `runs_root` is a real folder, not a symbolic link (which would take the run, and what
+    --overwrite deletes, elsewhere), and an existing folder is a run (a manifest.json; a study: none) or holds
+    only what a run writes (what an interrupted start left). RunDirError names the path."""
+    runs_root, root = Path(runs_root).absolute(), Path(root).absolute()
+    p = runs_root
+    for part in root.relative_to(runs_root).parts:  # run names hold no '..' (schema.run_name_problem)
+        p = p / part
+        if p.is_symlink():
+            raise RunDirError(f"{p} is a symbolic link (to {os.readlink(p)}): a run's folder and those above it "
+                              "under the runs root must be real folders; give the run another name, or --runs-root")
+        if p.exists() and not p.is_dir():
+            raise RunDirError(f"{p} is a file, not a run folder: give the run another name")
+    if not root.is_dir():
+        return
+    has_manifest = (root / "manifest.json").exists()
+    if study and has_manifest:
+        raise RunDirError(f"{root} holds a run (manifest.json), not a study: give the study another name")
+    if not study and not has_manifest and (other := foreign_entries(root)):
+        raise RunDirError(f"{root} exists and is not a selfimprove run (no manifest.json; it holds "
+                          f"{_listed(other)}): give the run another name, or move that folder away")
+
+
+def empty_run_dir(root: Path) -> None:
+    """Delete a run's files for `--overwrite`: every entry of `root` but the lock, only if each is one a run
+    writes (RUN_ENTRIES); anything else in the folder is refused and nothing is deleted. Symbolic links are
+    removed, never followed."""
+    if other := foreign_entries(root):
+        raise RunDirError(f"--overwrite deletes only what a run writes, and {root} also holds {_listed(other)}: "
+                          "move those away, or delete the folder yourself")
+    for p in Path(root).iterdir():
+        if p.name == LOCK_NAME:
+            continue
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+@contextlib.contextmanager
+def run_lock(root: Path):
+    """Hold the run folder `root` (created if need be) for this process: an exclusive fcntl.flock on
+    <root>/run.lock, which holds this process's pid. A second process is refused with RunDirError naming the
+    holder's pid (issue 20: two runs in one folder lost each other's manifest entries). The operating system
+    drops the lock when its process ends, however it ends, so a lock file left by a dead process is taken
+    over."""
+    import fcntl
+
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        raise RunDirError(f"{root / LOCK_NAME}: cannot create the run folder or its lock file ({e.strerror})") \
+            from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = re.sub(r"[^0-9]", "", os.pread(fd, 32, 0).decode("ascii", "replace")) or "unknown"
+            raise RunDirError(f"{root} is in use by another selfimprove run (pid {holder}); wait for it to end, or "
+                              "stop it, then run the same command again") from None
+        except OSError as e:  # a file system without locks (some network mounts)
+            raise RunDirError(f"{root / LOCK_NAME}: cannot be locked ({e.strerror}); put the runs root on a local "
+                              "file system") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield root
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class ManifestError(ValueError):
     """A run's manifest.json cannot be read; the message names the file and what is wrong with it."""
 
@@ -232,7 +331,7 @@ class Manifest:
     @classmethod
     def open(cls, paths: RunPaths, config: dict, digest: str, overwrite: bool = False) -> Manifest:
         """Load the run's manifest, or start one. A run made with another config is refused unless
-        `overwrite`, which deletes that run first."""
+        `overwrite`, which deletes that run's files first (empty_run_dir: only what a run writes)."""
         if paths.manifest.exists():
             try:
                 data = read_manifest(paths.manifest)
@@ -246,7 +345,7 @@ class Manifest:
                 raise FileExistsError(
                     f"{paths.root} holds a run made with another config (hash {data.get('config_hash')}, "
                     f"this recipe {digest}). Use another run name, or pass --overwrite to delete that run.")
-            shutil.rmtree(paths.root)
+            empty_run_dir(paths.root)
         paths.root.mkdir(parents=True, exist_ok=True)
         m = cls(paths.manifest, {"config": config, "config_hash": digest, "created": _now(), "stages": {},
                                  "versions": versions()})

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -109,14 +110,14 @@ def _recipes(args) -> int:
 
 
 def _key_values(items: list[str], what: str) -> dict:
-    from .config import RecipeError, load_yaml
+    from .config import RecipeError, parse_value
 
     out = {}
     for item in items:
         if "=" not in item:
             raise RecipeError(f"{what} {item!r}: expected NAME=VALUE")
         key, value = item.split("=", 1)
-        out[key.strip()] = load_yaml(value)
+        out[key.strip()] = parse_value(value, item, what)
     return out
 
 
@@ -196,6 +197,8 @@ def _bounded(kind, low, strict: bool = False):
     grade_batch requires; checked while parsing, before any file is read."""
     def parse(text: str):
         value = kind(text)
+        if not math.isfinite(value):  # nan passes every comparison: `--timeout-s nan` was no limit (issue 20)
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         if value < low or (strict and value == low):
             raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {value}")
         return value
@@ -304,10 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="dataset JSONL in its Hugging Face format (arith: the package's problems)")
     p.add_argument("--run", help="a run directory: rates of timeout, no_answer and error per iteration")
     args = parser.parse_args(argv)
-    from .artifacts import ManifestError
+    from .artifacts import ManifestError, RunDirError
     from .config import RecipeError
     from .data import DataError
     from .grading.audit import AuditDataError
+    from .grading.files import GradeFileError
     from .kernel import stop_kernels_on_interrupt
     from .metrics import MetricsError
     from .pipeline import StageError
@@ -322,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
               "interrupted stage is redone from its start)." if what else "\ninterrupted.", file=sys.stderr)
         return 130
     except (RecipeError, DataError, StageError, AuditDataError, TaskDataError, ManifestError, MetricsError,
-            FileExistsError, FileNotFoundError) as e:
+            RunDirError, GradeFileError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

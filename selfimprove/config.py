@@ -50,6 +50,7 @@ from .schema import (  # noqa: F401  (re-exported: config is where recipes and s
     VerifyConfig,
     build,
     lineage,
+    run_name_problem,
     train_kind,
 )
 
@@ -70,9 +71,62 @@ _YamlLoader.yaml_implicit_resolvers = {
     for c, resolvers in _YamlLoader.yaml_implicit_resolvers.items()}
 
 
+class YamlRefused(yaml.YAMLError):
+    """YAML that parses but that a recipe refuses (an alias, a repeated key); the message is one line."""
+
+
+def _compose_node(self, parent, index):
+    # Aliases are refused, anchors alone are harmless (issue 20: a 419-byte recipe of nested aliases, a "billion
+    # laughs", took 332 MB once its values were copied). Refusing every alias is our choice: recipes are small
+    # and can write a value twice; bounding the expansion instead would still let a small file cost a lot.
+    if self.check_event(yaml.AliasEvent):
+        event = self.peek_event()
+        raise YamlRefused(f"alias *{event.anchor} at line {event.start_mark.line + 1}: YAML aliases are refused "
+                          "(write the value out where it is used)")
+    return yaml.SafeLoader.compose_node(self, parent, index)
+
+
+def _construct_mapping(self, node, deep=False):
+    # A key given twice is refused (issue 20): YAML forbids it, and PyYAML would keep the last one silently.
+    seen: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+            continue
+        key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+        if key in seen:
+            raise YamlRefused(f"duplicate key {key!r} at line {line} (first at line {seen[key]})")
+        seen[key] = line
+    return yaml.SafeLoader.construct_mapping(self, node, deep=deep)
+
+
+_YamlLoader.compose_node = _compose_node
+_YamlLoader.construct_mapping = _construct_mapping
+
+
+def yaml_problem(e: Exception) -> str:
+    """A YAML error in one line: what and where (PyYAML's own message spans several lines with a snippet)."""
+    if isinstance(e, YamlRefused):
+        return str(e)
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    mark = getattr(e, "problem_mark", None)
+    what = " ".join(x for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) or str(e)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return " ".join(f"not valid YAML: {what}{where}".split())
+
+
 def load_yaml(text: str):
-    """A recipe or a command-line value as YAML (`learning_rate: 1e-4` is a float)."""
+    """A recipe or a command-line value as YAML (`learning_rate: 1e-4` is a float). Refuses aliases and
+    repeated keys (YamlRefused)."""
     return yaml.load(text, Loader=_YamlLoader)
+
+
+def parse_value(value: str, item: str, what: str = "override"):
+    """A command-line value (`--set key=VALUE`) as YAML; RecipeError naming `item` if it is not valid YAML."""
+    try:
+        return load_yaml(value)
+    except (yaml.YAMLError, RecursionError) as e:
+        raise RecipeError(f"{what} {item!r}: {yaml_problem(e)}") from None
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -88,7 +142,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             target = target.setdefault(s, {})
             if not isinstance(target, dict):
                 raise RecipeError(f"override {item!r}: '{s}' is not a section")
-        target[leaf] = load_yaml(value)
+        target[leaf] = parse_value(value, item)
     return out
 
 
@@ -103,15 +157,19 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RunConf
         raw = load_yaml(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as e:
         raise RecipeError(f"recipe {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except yaml.YAMLError as e:
-        raise RecipeError(f"recipe {path}: not valid YAML: {e}") from None
+    except (yaml.YAMLError, RecursionError) as e:
+        raise RecipeError(f"recipe {path}: {yaml_problem(e)}") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"recipe {path}: expected a mapping of keys, got {type(raw).__name__}")
     try:
         raw = apply_overrides(raw, overrides or [])
     except TypeError as e:  # an explicit YAML tag such as !!binary or !!set
         raise RecipeError(f"recipe {path}: values must be strings, numbers, booleans, lists or mappings: {e}") from None
+    named = "name" in raw
     raw.setdefault("name", path.stem)
+    if isinstance(raw["name"], str) and (problem := run_name_problem(raw["name"])) is not None:  # issue 20
+        raise RecipeError(f"recipe {path}: {problem}" + ("" if named else " (a recipe without `name:` is named "
+                                                                            "after its file; set `name:`)"))
     cfg = build(RunConfig, raw, f"recipe {path}")
     check_recipe(cfg, path)
     return cfg

@@ -20,10 +20,32 @@ class DataError(ValueError):
     """A problem file or row is malformed; the message names the file, line and field."""
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
+
+
+def parse_json_line(line: str):
+    """One JSONL line as Python, strictly (our choice, issue 20): ValueError with a one-line reason for text
+    that is not JSON, for NaN / Infinity (Python's json reads them, JSON has none) and for a string holding a
+    lone UTF-16 surrogate escape (`"\\ud800"`: json reads it into a str that no UTF-8 file or Parquet table can
+    hold, so it would fail later, far from its line)."""
+    try:
+        obj = json.loads(line, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON ({e.msg} at column {e.colno})") from None
+    if "\\u" in line:  # only an escape can make a lone surrogate: the UTF-8 decoder refuses an encoded one
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("a string holds a lone surrogate escape such as \\ud800, which is not Unicode "
+                             "text") from None
+    return obj
+
+
 def json_objects(path: Path, error: type[Exception] = ValueError):
     """(line number, object) for each non-blank line of a JSONL file; a line that is not a JSON object (or not
-    UTF-8 text) raises `error` naming the file and the line. Lines end at '\\n' only: JSON strings may hold a
-    raw U+2028 or U+0085, which str.splitlines would split at."""
+    UTF-8 text, parse_json_line) raises `error` naming the file and the line. Lines end at '\\n' only: JSON
+    strings may hold a raw U+2028 or U+0085, which str.splitlines would split at."""
     if path.is_dir():
         raise error(f"{path}: is a folder, not a JSONL file")
     for no, raw in enumerate(path.read_bytes().split(b"\n"), 1):
@@ -35,9 +57,9 @@ def json_objects(path: Path, error: type[Exception] = ValueError):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise error(f"{path}:{no}: not valid JSON ({e.msg})") from None
+            row = parse_json_line(line)
+        except ValueError as e:
+            raise error(f"{path}:{no}: {e}") from None
         if not isinstance(row, dict):
             raise error(f"{path}:{no}: expected a JSON object, got {type(row).__name__}")
         yield no, row

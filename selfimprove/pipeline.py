@@ -77,6 +77,9 @@ def run(recipe: str, *, overrides: list[str] | None = None, runs_root: str | Pat
                           log=log)
     study = Path(runs_root) / cfg.name
     roots = [Path(runs_root) / cfg.member(p).name for p in cfg.paradigms]
+    artifacts.check_run_dir(study, Path(runs_root), study=True)  # before the study's kernel starts (issue 20)
+    for root in roots:
+        artifacts.check_run_dir(root, Path(runs_root))
     with kernel_session(kernel, study / "kernel.stderr.log") as session:  # one kernel for the whole study
         for p, root in zip(cfg.paradigms, roots):
             run_config(cfg.member(p), runs_root=runs_root, organism_root=organism_root, overwrite=overwrite,
@@ -125,16 +128,18 @@ def run_config(cfg: RunConfig, *, runs_root: str | Path = "data/runs", organism_
     """Run (or resume) one validated single-paradigm config; a stage that a sibling run (`siblings`, the
     other runs of a study) finished with the same share key is copied from it instead of rerun. The stages run
     in `session` (a study's shared kernel) if given, else as `kernel` says (run())."""
-    with kernel_session(kernel, Path(runs_root) / cfg.name / "kernel.stderr.log", session) as session:
-        model, folder = cfg.model, Path(cfg.model).expanduser()
-        looks_local = model.startswith(("/", "./", "../", "~")) or model.count("/") > 1  # a hub id is [org/]name
-        if model and looks_local and not folder.is_dir():
-            raise RecipeError(f"recipe '{cfg.name}': model {model!r} is not a folder (a local model is a folder that "
-                              "save_pretrained wrote; a hub id looks like 'org/name')")
-        check_machine(cfg)
-        # Absolute: the run directory and model folder are written into the executed notebooks (the run's
-        # log), and must not depend on the working directory of whoever opens them.
-        paths = artifacts.RunPaths((Path(runs_root) / cfg.name).absolute())
+    model, folder = cfg.model, Path(cfg.model).expanduser()
+    looks_local = model.startswith(("/", "./", "../", "~")) or model.count("/") > 1  # a hub id is [org/]name
+    if model and looks_local and not folder.is_dir():
+        raise RecipeError(f"recipe '{cfg.name}': model {model!r} is not a folder (a local model is a folder that "
+                          "save_pretrained wrote; a hub id looks like 'org/name')")
+    check_machine(cfg)
+    # Absolute: the run directory and model folder are written into the executed notebooks (the run's
+    # log), and must not depend on the working directory of whoever opens them.
+    paths = artifacts.RunPaths((Path(runs_root) / cfg.name).absolute())
+    artifacts.check_run_dir(paths.root, Path(runs_root))  # before anything is written there (issue 20)
+    with artifacts.run_lock(paths.root), \
+            kernel_session(kernel, Path(runs_root) / cfg.name / "kernel.stderr.log", session) as session:
         local_model = str(folder.absolute()) if model and folder.is_dir() else ""
         manifest = artifacts.Manifest.open(paths, asdict(cfg), cfg.digest(), overwrite=overwrite)
         log(f"run {cfg.name}: {paths.root}  (T={cfg.iterations}, paradigm={cfg.paradigm}, config {cfg.digest()})")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import re
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
@@ -97,6 +98,10 @@ def _check_type(where: str, name: str, value, hint) -> None:
         if not isinstance(value, dict):
             raise RecipeError(f"{where}: '{name}' must be a mapping, got {value!r}")
         return
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        # NaN passes every range check (each comparison is False), inf overflows: refused in every float field
+        # (issue 20: `temperature: .nan` made a run decode greedily and report pass@k = 0 with exit 0)
+        raise RecipeError(f"{where}: '{name}' must be a finite number, got {value!r}")
     ok = (isinstance(value, bool) if hint is bool else
           isinstance(value, (int, float)) and not isinstance(value, bool) if hint is float else
           isinstance(value, int) and not isinstance(value, bool) if hint is int else isinstance(value, hint))
@@ -333,6 +338,42 @@ STAGES = {"train": TrainConfig, "sample": SampleConfig, "verify": VerifyConfig, 
 SHARED = ("run_dir", "iteration", "iterations", "task", "seed")  # filled by the pipeline, not by a section
 
 
+# A run's name is its folder under the runs root (issue 20: `name: .` put a run, and what --overwrite deletes, at
+# the runs root itself). Our rule: one folder name of letters, digits and `. _ + -`, not starting with `.`, `+`
+# or `-` (so never `.`, `..`, a hidden folder or an option), at most RUN_NAME_MAX characters; no `/`, NUL or line
+# break. The package nests names itself: a study's runs are <name>/<paradigm>, a seed's run <name>-seeds/seed<s>
+# (selfimprove run --seeds), which a recipe may also name to run one seed alone.
+RUN_NAME_MAX = 100  # our choice: well below the 255 bytes of a file name on Linux file systems
+_NAME_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*")
+_SEED_RUN = re.compile(r"[^/]+-seeds/seed[0-9]+")
+
+
+def run_name_problem(name: str, nested: bool = False) -> str | None:
+    """What is wrong with `name` as a run name, or None. `nested`: also the forms the package makes from a
+    name (<name>/<paradigm>, <name>-seeds/seed<s>/<paradigm>), up to three parts.
+
+    >>> run_name_problem("paper_llama3-8b_gsm8k") is None, run_name_problem("demo-seeds/seed2") is None
+    (True, True)
+    >>> run_name_problem("../x")
+    "'name' '../x' holds '/': a run name is one folder name under the runs root"
+    """
+    if not name:
+        return "'name' must not be empty: it is the run's folder under the runs root"
+    if name.startswith("/"):
+        return f"'name' {name[:60]!r} is an absolute path: a run name is one folder name under the runs root " \
+               "(--runs-root says where runs go)"
+    parts = name.split("/")
+    if len(parts) > (3 if nested else 1) and not (len(parts) == 2 and _SEED_RUN.fullmatch(name)):
+        return f"'name' {name[:60]!r} holds '/': a run name is one folder name under the runs root"
+    for part in parts:
+        if len(part) > RUN_NAME_MAX:
+            return f"'name' {part[:40]!r}... is {len(part)} characters long; at most {RUN_NAME_MAX}"
+        if not _NAME_PART.fullmatch(part):
+            return (f"'name' {name[:60]!r} may hold only letters, digits and . _ + - and must not start with . + "
+                    "or - (nor be empty, nor hold NUL or a line break)")
+    return None
+
+
 @dataclass(frozen=True)
 class RunConfig:
     name: str  # run directory name under the runs root
@@ -352,6 +393,8 @@ class RunConfig:
     # computed stage, so it is left out of digest() and share_key()
 
     def __post_init__(self):
+        if (problem := run_name_problem(self.name, nested=True)) is not None:
+            raise ValueError(problem)
         if self.iterations < 1:
             raise ValueError(f"'iterations' must be >= 1, got {self.iterations}")
         if self.task not in TASKS:

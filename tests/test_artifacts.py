@@ -12,7 +12,7 @@ from selfimprove import artifacts, data
 def test_manifest_roundtrip_refuses_another_config_and_overwrites(tmp_path):
     paths = artifacts.RunPaths(tmp_path / "run")
     m = artifacts.Manifest.open(paths, {"a": 1}, "hash1")
-    out = artifacts.write_json({"x": 1}, paths.root / "out.json")
+    out = artifacts.write_json({"x": 1}, paths.iter_dir(1) / "out.json")
     m.start("1/sample")
     assert json.loads(paths.manifest.read_text())["stages"]["1/sample"]["state"] == "running"
     assert not m.is_done("1/sample", [out])
@@ -37,17 +37,17 @@ def test_damaged_manifest_is_named_and_kept_unless_overwrite(tmp_path, capsys, t
 
     paths = artifacts.RunPaths(tmp_path / "run")
     artifacts.Manifest.open(paths, {"a": 1}, "hash1")
-    artifacts.write_json({"x": 1}, paths.root / "out.json")
+    out = artifacts.write_json({"x": 1}, paths.iter_dir(1) / "out.json")
     paths.manifest.write_text(text)
     for call in (lambda: artifacts.Manifest.load(paths), lambda: artifacts.Manifest.open(paths, {"a": 1}, "hash1")):
         with pytest.raises(artifacts.ManifestError, match=message + r".*--overwrite"):
             call()
-    assert (paths.root / "out.json").exists()  # nothing deleted
+    assert out.exists()  # nothing deleted
     for command in ("report", "figures"):
         assert cli.main([command, str(paths.root)]) == 2
         assert "manifest.json: not" in capsys.readouterr().err
     fresh = artifacts.Manifest.open(paths, {"a": 1}, "hash1", overwrite=True)
-    assert fresh.data["stages"] == {} and not (paths.root / "out.json").exists()
+    assert fresh.data["stages"] == {} and not paths.iter_dir(1).exists()
 
 
 def test_writes_are_atomic_and_leave_no_temporary_files(tmp_path):

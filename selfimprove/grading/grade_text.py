@@ -15,8 +15,10 @@ from .types import Grade
 # A number as written in a word-problem answer: optional sign and `$`, thousands separators only in groups of
 # three (so "1, 2, 3" stays three numbers), optional decimals. The unicode minus is read as a minus.
 # The sign must touch the number or its `$` (lm-evaluation-harness's `-?[$0-9.,]`): in "Answer - 18" or a "- 18"
-# bullet the dash is punctuation.
-NUMBER_RE = re.compile(r"(?<![\w.])([-−]?)(?:\$\s?)?(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)")
+# bullet the dash is punctuation. An exponent right after the digits (`1e3`) is matched too, so that such a
+# number is seen whole and refused (_to_decimal), never read as its mantissa (issue 20: `#### 1e3` read as 1).
+NUMBER_RE = re.compile(r"(?<![\w.])([-−]?)(?:\$\s?)?(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
+                       r"([eE][-+]?\d+)?")
 
 
 def grade_arith(response: str, gold: str) -> Grade:
@@ -35,21 +37,26 @@ def grade_arith(response: str, gold: str) -> Grade:
 
 
 def parse_number(text: str) -> Decimal | None:
-    """The first number in `text` as a Decimal: `$`, thousands separators and trailing zeros do not matter.
+    """The first number in `text` as an exact Decimal: `$`, thousands separators and trailing zeros do not
+    matter; None when there is none, or when the first one has an exponent (`1e3`: our choice, GSM8K's answers
+    are plain decimals, openai/grade-school-math; reading 1e3 as 1000 would let a huge exponent cost a huge
+    string).
 
     >>> parse_number("$1,234.50 in total")
     Decimal('1234.50')
     >>> parse_number("-18.0 cm") == parse_number("−18")
     True
-    >>> parse_number("no digits") is None
-    True
+    >>> parse_number("no digits") is None, parse_number("1e3 apples") is None
+    (True, True)
     """
     m = NUMBER_RE.search(text)
     return _to_decimal(m) if m else None
 
 
 def _to_decimal(m: re.Match) -> Decimal | None:
-    try:
+    if m.group(3):  # an exponent: not a plain number (parse_number)
+        return None
+    try:  # Decimal(str) is exact at any length: the context's 28-digit precision applies to arithmetic only
         value = Decimal(m.group(2).replace(",", ""))
     except InvalidOperation:  # pragma: no cover - the regex only matches digits
         return None
@@ -57,8 +64,16 @@ def _to_decimal(m: re.Match) -> Decimal | None:
 
 
 def _show(d: Decimal) -> str:
-    """A Decimal as plain text without trailing zeros: 18.0 -> '18', 0.50 -> '0.5'."""
-    text = format(d.normalize(), "f")
+    """A Decimal as plain text without trailing zeros, exactly at any length: 18.0 -> '18', 0.50 -> '0.5'.
+    (Decimal.normalize would round to the context's 28 digits: issue 20, a 31-digit answer graded equal to a
+    different gold.)
+
+    >>> _show(Decimal("18.0")), _show(Decimal("-0.0")), _show(Decimal("1" + "0" * 39 + "1"))
+    ('18', '0', '10000000000000000000000000000000000000001')
+    """
+    text = format(d, "f")  # no precision given: every digit, no rounding
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
     return "0" if text in ("-0", "0") else text
 
 
@@ -97,7 +112,7 @@ def grade_gsm8k(response: str, gold: str) -> Grade:
     """
     gold_value = parse_number(gold.rsplit("####", 1)[-1])
     if gold_value is None:
-        return Grade("error", None, f"gold answer {gold[:80]!r} has no number")
+        return Grade("error", None, f"gold answer {gold[:80]!r} has no number (a plain decimal, no exponent)")
     got = extract_gsm8k(response)
     if got is None:
         return Grade("no_answer", None)

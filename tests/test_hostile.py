@@ -1,0 +1,364 @@
+"""Hostile input (issue 20): each probe fails at once with one line that names what and where, and nothing outside
+a run's own folder, nor the input of `selfimprove grade`, is deleted or overwritten. docs/faults.md lists them."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from selfimprove import artifacts, cli, config, data, pipeline
+from selfimprove.grading import files
+from selfimprove.grading.grade_text import extract_gsm8k, grade_gsm8k
+
+
+def _quiet(*args):
+    pass
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """A run that gets past its checks fails at once instead of building an organism."""
+    def prepare(*args, **kwargs):
+        raise RuntimeError("the run went on past its checks")
+
+    monkeypatch.setattr(pipeline, "prepare", prepare)
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def _grade(src, dst):
+    return cli.main(["grade", "--task", "gsm8k", "--input", str(src), "--output", str(dst)])
+
+
+# ---- run names and the run folder ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("override, message", [
+    ("name=../x", r"'name' '\.\./x' holds '/'"),
+    ("name=/abs", r"'name' '/abs' is an absolute path"),
+    ("name=a/b", r"'name' 'a/b' holds '/'"),
+    ("name=''", r"'name' must not be empty"),
+    ("name=.", r"'name' '\.' may hold only letters"),
+    ("name=..", r"'name' '\.\.' may hold only letters"),
+    ("name=.hidden", r"'name' '\.hidden' may hold only letters"),
+    (r'name="a\0b"', r"'name' 'a\\x00b' may hold only letters"),
+    (r'name="a\nb"', r"'name' 'a\\nb' may hold only letters"),
+    ("name=" + "x" * 101, r"'name' 'x{40}'\.\.\. is 101 characters long; at most 100"),
+    ("name=study-seeds/seed0/dpo", r"holds '/'"),
+])
+def test_a_bad_run_name_is_refused_naming_the_key(override, message):
+    with pytest.raises(config.RecipeError, match=message) as err:
+        config.load_recipe(pipeline.RECIPES / "tiny.yaml", [override])
+    assert "\n" not in str(err.value)
+
+
+def test_a_recipe_file_name_that_is_no_run_name_says_to_set_name(tmp_path):
+    p = tmp_path / "my recipe.yaml"
+    p.write_text("iterations: 2\n")
+    with pytest.raises(config.RecipeError, match=r"'name' 'my recipe' may hold .* named after its file; set `name:`"):
+        config.load_recipe(p)
+
+
+def test_the_names_the_package_makes_still_load():
+    cfg = config.load_recipe(pipeline.RECIPES / "tiny.yaml", ["name=demo-seeds/seed3", "paradigm=[dpo, sft]"])
+    assert [cfg.member(p).name for p in cfg.paradigms] == ["demo-seeds/seed3/dpo", "demo-seeds/seed3/sft"]
+    assert config.load_recipe(pipeline.RECIPES / "tiny.yaml", ["name=paper_qwen2.5-1.5b_math+x"]).name
+
+
+def test_the_cli_refuses_a_bad_name_before_writing_anything(tmp_path, capsys, no_work):
+    assert cli.main(["run", "tiny", "--set", "name=.", "--overwrite", "--runs-root", str(tmp_path / "runs"),
+                     "--organism-root", str(tmp_path / "org"), "--kernel", "fresh"]) == 2
+    assert "'name' '.'" in _one_line_error(capsys)
+    assert not any(tmp_path.iterdir())
+
+
+def _run(tmp_path, name, **kwargs):
+    return pipeline.run("tiny", overrides=[f"name={name}"], runs_root=tmp_path / "runs", organism_root=tmp_path / "org",
+                        kernel="fresh", log=_quiet, **kwargs)
+
+
+def test_a_folder_that_is_not_a_run_is_refused_even_with_overwrite(tmp_path, no_work):
+    study = tmp_path / "runs" / "study"  # a study: one run per paradigm, no manifest of its own
+    artifacts.Manifest.open(artifacts.RunPaths(study / "dpo"), {"a": 1}, "h")
+    (study / "kernel.stderr.log").write_text("")
+    with pytest.raises(artifacts.RunDirError, match=r"study exists and is not a selfimprove run \(no manifest.json; "
+                                                    r"it holds 'dpo'\)"):
+        _run(tmp_path, "study", overwrite=True)
+    assert (study / "dpo" / "manifest.json").exists()
+
+
+def test_a_web_folder_with_a_manifest_json_is_not_deleted_by_overwrite(tmp_path, no_work):
+    site = tmp_path / "runs" / "site"
+    site.mkdir(parents=True)
+    (site / "manifest.json").write_text('{"name": "my app"}')  # a web app manifest, not a run's
+    (site / "index.html").write_text("<html>")
+    with pytest.raises(artifacts.RunDirError, match=r"--overwrite deletes only what a run writes, and .*site also "
+                                                    r"holds 'index.html'"):
+        _run(tmp_path, "site", overwrite=True)
+    assert sorted(p.name for p in site.iterdir()) == ["index.html", "manifest.json", "run.lock"]
+
+
+@pytest.mark.parametrize("link", ["linked", "linked-seeds"])
+def test_a_run_folder_or_a_folder_above_it_that_is_a_symlink_is_refused(tmp_path, no_work, link):
+    elsewhere = tmp_path / "elsewhere"
+    artifacts.Manifest.open(artifacts.RunPaths(elsewhere / "seed0"), {"a": 1}, "h")
+    artifacts.Manifest.open(artifacts.RunPaths(elsewhere), {"a": 1}, "h")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / link).symlink_to(elsewhere)
+    name = "linked" if link == "linked" else "linked-seeds/seed0"
+    with pytest.raises(artifacts.RunDirError, match=rf"runs/{link} is a symbolic link \(to .*elsewhere\)"):
+        _run(tmp_path, name, overwrite=True)
+    assert (elsewhere / "manifest.json").exists() and (elsewhere / "seed0" / "manifest.json").exists()
+
+
+def test_overwrite_deletes_a_runs_files_only_and_follows_no_link(tmp_path):
+    paths = artifacts.RunPaths(tmp_path / "run")
+    artifacts.Manifest.open(paths, {"a": 1}, "h1")
+    artifacts.write_json({"x": 1}, paths.metrics(1))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    (paths.root / "iter_9").symlink_to(outside)  # a run entry's name, pointing out of the run
+    (paths.iter_dir(1) / "model").symlink_to(outside)
+    (paths.root / "notes.txt").write_text("mine")
+    with pytest.raises(artifacts.RunDirError, match=r"also holds 'notes.txt'"):
+        artifacts.Manifest.open(paths, {"a": 2}, "h2", overwrite=True)
+    assert paths.metrics(1).exists()  # refused: nothing deleted
+    (paths.root / "notes.txt").unlink()
+    artifacts.Manifest.open(paths, {"a": 2}, "h2", overwrite=True)
+    assert sorted(p.name for p in paths.root.iterdir()) == ["manifest.json"]
+    assert (outside / "keep.txt").read_text() == "keep"
+
+
+def test_a_study_name_that_holds_a_run_is_refused(tmp_path, no_work):
+    artifacts.Manifest.open(artifacts.RunPaths(tmp_path / "runs" / "r"), {"a": 1}, "h")
+    with pytest.raises(artifacts.RunDirError, match=r"runs/r holds a run \(manifest.json\), not a study"):
+        pipeline.run("tiny", overrides=["name=r", "paradigm=[dpo, sft]"], runs_root=tmp_path / "runs",
+                     organism_root=tmp_path / "org", kernel="fresh", log=_quiet)
+    assert sorted(p.name for p in (tmp_path / "runs" / "r").iterdir()) == ["manifest.json"]
+
+
+def test_a_runs_root_that_cannot_be_made_is_a_named_error(tmp_path, capsys, no_work):
+    (tmp_path / "file").write_text("")
+    assert cli.main(["run", "tiny", "--runs-root", str(tmp_path / "file"), "--kernel", "fresh"]) == 2
+    assert "cannot create the run folder or its lock file (Not a directory)" in _one_line_error(capsys)
+
+
+# ---- the run folder's lock ---------------------------------------------------------------------------------
+
+def test_a_second_run_on_a_held_run_folder_is_refused_naming_the_holder(tmp_path, capsys, no_work):
+    root = tmp_path / "runs" / "tiny"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from selfimprove import artifacts\n"
+         f"with artifacts.run_lock({str(root)!r}):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(artifacts.IMPORT_ROOT)})
+    try:
+        assert holder.stdout.readline() == "held\n"
+        t0 = time.time()
+        assert cli.main(["run", "tiny", "--runs-root", str(tmp_path / "runs"), "--kernel", "fresh"]) == 2
+        assert time.time() - t0 < 10
+        assert f"is in use by another selfimprove run (pid {holder.pid})" in _one_line_error(capsys)
+        assert not (root / "manifest.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with artifacts.run_lock(root):  # its process is gone: the lock is free, the pid in the file is ours
+        assert (root / "run.lock").read_text() == f"{os.getpid()}\n"
+
+
+def test_a_lock_file_left_by_a_dead_process_is_taken_over(tmp_path):
+    (tmp_path / "run.lock").write_text("999999999\n")
+    with artifacts.run_lock(tmp_path):
+        assert (tmp_path / "run.lock").read_text() == f"{os.getpid()}\n"
+        with pytest.raises(artifacts.RunDirError, match=rf"in use by another selfimprove run \(pid {os.getpid()}\)"):
+            with artifacts.run_lock(tmp_path):  # a second holder, even in this process
+                pass
+    with artifacts.run_lock(tmp_path):  # released on exit
+        pass
+
+
+# ---- numbers in configs ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("override, message", [
+    ("sample.temperature=.nan", r"section 'sample': 'temperature' must be a finite number, got nan"),
+    ("sample.top_p=.inf", r"'top_p' must be a finite number, got inf"),
+    ("train.learning_rate=-.inf", r"section 'train': 'learning_rate' must be a finite number, got -inf"),
+    ("train.beta=.NaN", r"'beta' must be a finite number"),
+    ("train.epochs=.inf", r"'epochs' must be a finite number"),
+    ("train.loss_weights=[1.0, .nan]", r"'loss_weights' must be a finite number, got nan"),
+    ("verify.timeout_s=.inf", r"section 'verify': 'timeout_s' must be a finite number, got inf"),
+    ("verdict.ood_drop=.nan", r"section 'verdict': 'ood_drop' must be a finite number"),
+    ("organism.learning_rate=.nan", r"section 'organism': 'learning_rate' must be a finite number"),
+    ("sample.temperature=nan", r"'temperature' must be float, got 'nan' \(str\)"),
+    ("sample.temperature=inf", r"'temperature' must be float, got 'inf' \(str\)"),
+    ("sample.n_samples=true", r"'n_samples' must be int, got True \(bool\)"),
+])
+def test_nan_inf_and_booleans_are_refused_in_number_fields(override, message):
+    with pytest.raises(config.RecipeError, match=message):
+        config.load_recipe(pipeline.RECIPES / "tiny.yaml", [override])
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN"])
+def test_grade_refuses_a_timeout_that_is_not_finite(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["grade", "--task", "gsm8k", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"),
+                  f"--timeout-s={value}"])
+    assert exit_.value.code == 2 and "argument --timeout-s: must be a finite number" in capsys.readouterr().err
+
+
+# ---- YAML ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, message", [
+    ("sample: {n_samples: 4}\niterations: 2\nsample: {n_samples: 8}", r"r.yaml: duplicate key 'sample' at line 3 "
+                                                                      r"\(first at line 1\)$"),
+    ("train:\n  beta: 0.1\n  beta: 0.2\n", r"duplicate key 'beta' at line 3 \(first at line 2\)$"),
+    ("sample: {n_samples: 4, n_samples: 8}", r"duplicate key 'n_samples' at line 1"),
+    ("a: " + "[" * 2000 + "]" * 2000, r"r.yaml: nested too deeply$"),
+    ("sample: [1, 2", r"r.yaml: not valid YAML: .* at line 1, column 14$"),
+])
+def test_yaml_that_a_recipe_refuses_gets_one_line(tmp_path, text, message):
+    (tmp_path / "r.yaml").write_text(text)
+    with pytest.raises(config.RecipeError, match=message) as err:
+        config.load_recipe(tmp_path / "r.yaml")
+    assert "\n" not in str(err.value)
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    lines = ['sample: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    # 9^6 strings once expanded, a few MB: enough to tell, small enough that a regression cannot exhaust memory
+    lines += [f"{k}: &{k} [{', '.join([f'*{p}'] * 9)}]" for p, k in zip("abcde", "bcdef")]
+    (tmp_path / "r.yaml").write_text("\n".join(lines).replace("*a", "*sample").replace("&a ", "&sample ") + "\n")
+    t0 = time.time()
+    with pytest.raises(config.RecipeError, match=r"r.yaml: alias \*sample at line 2: YAML aliases are refused"):
+        config.load_recipe(tmp_path / "r.yaml")
+    assert time.time() - t0 < 2
+    with pytest.raises(config.RecipeError, match=r"override 'sample=\*x': alias \*x at line 1: YAML aliases are"):
+        config.load_recipe(pipeline.RECIPES / "tiny.yaml", ["sample=*x"])
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "tiny", "--set", "x=[1,"],
+    ["data", "gsm8k", "--set", "levels=[1,"],
+    ["run", "tiny", "--set", "sample={a: 1, a: 2}"],
+])
+def test_an_unparseable_set_value_is_one_line_naming_the_override(capsys, argv, no_work):
+    assert cli.main(argv) == 2
+    err = _one_line_error(capsys)
+    assert repr(argv[-1]) in err and ("not valid YAML" in err or "duplicate key 'a'" in err)
+
+
+def test_unknown_keys_are_still_refused():
+    with pytest.raises(config.RecipeError, match=r"section 'sample': unknown key 'temprature'"):
+        config.load_recipe(pipeline.RECIPES / "tiny.yaml", ["sample.temprature=0.5"])
+
+
+# ---- selfimprove grade --output ------------------------------------------------------------------------------
+
+@pytest.fixture
+def graded_input(tmp_path, monkeypatch):
+    """An input with a malformed line; grading is replaced by a failure, so a refusal must come first."""
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"response": "#### 2", "gold": "2"}) + "\n{not json\n")
+
+    def grade_batch(*args, **kwargs):
+        raise AssertionError("grading started")
+
+    monkeypatch.setattr(files, "grade_batch", grade_batch)
+    return src
+
+
+def test_grade_refuses_the_input_as_output_by_any_name(tmp_path, capsys, graded_input):
+    before = graded_input.read_bytes()
+    os.link(graded_input, tmp_path / "hardlink.jsonl")
+    for dst in (graded_input, tmp_path / "." / "in.jsonl", tmp_path / "hardlink.jsonl"):
+        assert _grade(graded_input, dst) == 2
+        assert f"output {dst} is the input file" in _one_line_error(capsys)
+    assert graded_input.read_bytes() == before
+
+
+def test_grade_refuses_a_symlink_a_pipe_and_a_device_as_output(tmp_path, capsys, graded_input):
+    target = tmp_path / "target.jsonl"
+    target.write_text("kept\n")
+    (tmp_path / "link.jsonl").symlink_to(target)
+    assert _grade(graded_input, tmp_path / "link.jsonl") == 2
+    assert "link.jsonl is a symbolic link (to " in _one_line_error(capsys)
+    assert (tmp_path / "link.jsonl").is_symlink() and target.read_text() == "kept\n"
+    os.mkfifo(tmp_path / "fifo")
+    assert _grade(graded_input, tmp_path / "fifo") == 2
+    assert "fifo is not a regular file" in _one_line_error(capsys)
+    assert stat.S_ISFIFO((tmp_path / "fifo").stat().st_mode)
+    with pytest.raises(files.GradeFileError, match=r"output /dev/null is not a regular file"):
+        files.check_output(graded_input, __import__("pathlib").Path("/dev/null"))  # checked, never written
+
+
+def test_grade_refuses_an_output_folder_it_cannot_write_before_grading(tmp_path, capsys, graded_input):
+    assert _grade(graded_input, graded_input / "out.jsonl") == 2  # under a file: no folder can be made there
+    assert "cannot write a file in" in _one_line_error(capsys)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_grade_refuses_a_read_only_output_folder_before_grading(tmp_path, capsys, graded_input):
+    (tmp_path / "ro").mkdir(mode=0o555)
+    assert _grade(graded_input, tmp_path / "ro" / "out.jsonl") == 2
+    assert "cannot write a file in" in _one_line_error(capsys) and "Permission denied" in capsys.readouterr().err
+
+
+# ---- JSONL input ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("line, message", [
+    ('{"id": "b", "question": "\\ud800", "answer": "1"}', r"p.jsonl:2: a string holds a lone surrogate escape"),
+    ('{"id": "b", "question": "q", "answer": "1", "x": {"\\udfff": 1}}', r"p.jsonl:2: a string holds a lone"),
+    ('{"id": "b", "question": "q", "answer": NaN}', r"p.jsonl:2: NaN is not JSON"),
+    ('{"id": "b", "question": "q", "answer": -Infinity}', r"p.jsonl:2: -Infinity is not JSON"),
+    ('{"id": "b", "question": "q", "answer": "1"', r"p.jsonl:2: not valid JSON \(Expecting ',' delimiter at column"),
+    ('["id", "b"]', r"p.jsonl:2: expected a JSON object, got list"),
+])
+def test_a_malformed_problem_line_is_named_by_file_and_line(tmp_path, line, message):
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"id": "a", "question": "\\ud83d\\ude00 pair is fine", "answer": "1"}\n' + line + "\n")
+    with pytest.raises(data.DataError, match=message):
+        data.load_jsonl(p)
+
+
+def test_grade_names_a_lone_surrogate_line_and_grades_the_rest(tmp_path, capsys):
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text('{"response": "#### 2", "gold": "2"}\n{"response": "\\ud800 #### 2", "gold": "2"}\n')
+    assert _grade(src, dst) == 1
+    assert "in.jsonl:2: a string holds a lone surrogate escape" in capsys.readouterr().err
+    assert [json.loads(x)["status"] for x in dst.read_text(encoding="utf-8").splitlines()] == ["correct"]
+
+
+# ---- GSM8K numbers ------------------------------------------------------------------------------------------
+
+BIG = "1" + "0" * 39 + "1"  # 41 digits
+
+
+@pytest.mark.parametrize("response, gold, status", [
+    ("#### 1000000000000000000000000000001", "1000000000000000000000000000000", "incorrect"),  # 31 digits
+    ("#### " + "9" * 29, "9" * 29, "correct"),
+    ("#### " + BIG, BIG, "correct"),
+    ("#### " + BIG[:-1] + "2", BIG, "incorrect"),
+    ("#### " + BIG + ".000", "#### " + BIG, "correct"),
+    ("#### 0." + "0" * 40 + "1", "0." + "0" * 40 + "2", "incorrect"),
+    ("#### 1e3", "1000", "no_answer"),  # an exponent is no GSM8K number, never read as its mantissa 1
+    ("#### 1E+3", "1", "no_answer"),
+    ("#### 1", "#### 1e3", "error"),
+    ("#### 1000", "#### 1,000", "correct"),
+    ("#### 1,000", "1000", "correct"),
+    ("The answer is 5e2", "5", "no_answer"),  # the last-number fallback: the same rule
+])
+def test_gsm8k_numbers_compare_exactly_at_any_length(response, gold, status):
+    assert grade_gsm8k(response, gold).status == status
+
+
+def test_gsm8k_extraction_keeps_every_digit():
+    digits = "1234567890" * 10
+    assert extract_gsm8k(f"#### {digits}.50") == f"{digits}.5"
+    assert extract_gsm8k("#### " + "9" * 10_000) == "9" * 10_000
