@@ -102,11 +102,14 @@ def report_study(study: Path, roots: list[Path], figures_dir: str | Path | None 
 
 def summary_table(run_dir: Path) -> str:
     """Markdown: per iteration, greedy test pass@1 overall and per level, unbiased pass@k from the sampled
-    responses, greedy OOD pass@1, M_t's coverage of its training problems, and the DPO signals at the end of
-    the training that made M_t (reward margin, log-probability of the chosen responses)."""
+    responses, greedy OOD pass@1, M_t's coverage of its training problems, the share of test problems whose
+    greedy answer M_t changed from M(t-1)'s (runs.Run.answers_changed), and the DPO signals at the end of the
+    training that made M_t (reward margin, log-probability of the chosen responses)."""
     rows = []
-    all_metrics = Run(run_dir).all_metrics()
+    run = Run(run_dir)
+    all_metrics = run.all_metrics()
     for m in all_metrics:
+        moved = run.answers_changed(m["iteration"]) if m["iteration"] >= 2 else None
         test, ood = m.get("test", {}), m.get("ood", {})
         levels = test.get("pass@1_by_level", {})
         ks = test.get("pass@k", {})
@@ -118,12 +121,13 @@ def summary_table(run_dir: Path) -> str:
                      *[f"{ks[k]:.3f}" for k in sorted(ks, key=int)],
                      f"{ood.get('pass@1', float('nan')):.3f}",
                      f"{m['train']['coverage_mean']:.3f}" if "train" in m else "",
+                     "" if moved is None else f"{moved:.1%}",
                      f"{train['rewards/margins']['last']:.2f}" if "rewards/margins" in train else "",
                      f"{train['logps/chosen']['last']:.1f}" if "logps/chosen" in train else ""])
     first = all_metrics[0]["test"]
     header = ["model", "F_t", "test pass@1", *[f"L{k}" for k in sorted(first.get("pass@1_by_level", {}), key=int)],
               *[f"pass@{k} (sampled)" for k in sorted(first.get("pass@k", {}), key=int)], "OOD pass@1",
-              "train coverage", "DPO margin", "logp chosen"]
+              "train coverage", "answers changed", "DPO margin", "logp chosen"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)

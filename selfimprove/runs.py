@@ -214,6 +214,28 @@ class Run:
         """Per-problem greedy correctness of M_t on `split` (greedy_correct of its graded sample table)."""
         return greedy_correct(self.graded(t, split, columns=["problem_id", "decoding", "correct"]))
 
+    def greedy_answers(self, t: int, split: str = "test") -> pd.Series:
+        """Per problem (index problem_id): M_t's greedy final answer on `split` (the grader's `extracted`;
+        None where it gave none)."""
+        df = self.graded(t, split, columns=["problem_id", "decoding", "extracted"])
+        return df[df["decoding"] == "greedy"].groupby("problem_id", sort=True)["extracted"].first()
+
+    def answers_changed(self, t: int, split: str = "test") -> float | None:
+        """The share of `split`'s problems whose greedy final answer from M_t differs from M(t-1)'s (a missing
+        answer counts as an answer): how far iteration t moved the model (issue 17: at least 10% for training
+        that moves it). None for t = 1 or without both iterates' grades."""
+        if t < 2:
+            return None
+        try:
+            a, b = self.greedy_answers(t - 1, split), self.greedy_answers(t, split)
+        except FileNotFoundError:
+            return None
+        ids = a.index.intersection(b.index)
+        if not len(ids):
+            return None
+        x, y = a.loc[ids].fillna("\0none"), b.loc[ids].fillna("\0none")
+        return float((x != y).mean())
+
     def per_problem(self, t: int) -> pd.DataFrame:
         """iter_<t>/per_problem.parquet: one row per test/OOD problem (the evaluate stage writes it)."""
         return pd.read_parquet(self.paths.per_problem(t))

@@ -25,9 +25,11 @@ def test_every_committed_recipe_loads(path):
     assert cfg.stage("sample", 1, "x").n_eval_samples >= max(cfg.stage("evaluate", 1, "x").ks)
 
 
-def test_demo_recipe_runs_all_three_paradigms_with_at_least_four_iterations():
+def test_demo_recipe_runs_the_three_paradigms_and_both_controls_with_at_least_four_iterations():
     cfg = config.load_recipe(pipeline.RECIPES / "demo.yaml")
-    assert cfg.is_study and sorted(cfg.paradigms) == ["dpo", "sft", "sft-dpo"] and cfg.iterations >= 4
+    assert cfg.is_study and cfg.iterations >= 4
+    assert sorted(cfg.paradigms) == ["dpo", "gold", "placebo-dpo", "sft", "sft-dpo"]
+    assert cfg.paradigms.index("dpo") < cfg.paradigms.index("sft-dpo")  # SFT-DPO takes DPO's M2
 
 
 @pytest.mark.parametrize("text,message", [
@@ -112,10 +114,11 @@ def test_verdict_thresholds_change_no_hash(tmp_path):
     assert judged.digest() == plain.digest()
     assert all(judged.share_key(stage, t) == plain.share_key(stage, t) for stage in config.STAGES for t in (1, 2))
     # the committed recipes' hashes (they changed once, when the data-building keys moved from verify: to train:
-    # with the graded_<split> layout, which older run directories do not have)
+    # with the graded_<split> layout, which older run directories do not have, and when the demo gained its
+    # controls and full-parameter training)
     for name in ("demo", "tiny"):
         cfg = config.load_recipe(pipeline.RECIPES / f"{name}.yaml")
-        assert cfg.verdict == {} and cfg.digest() == {"demo": "d3b9fcf6e85b4ea1", "tiny": "95d7499a54fc2678"}[name]
+        assert cfg.verdict == {} and cfg.digest() == {"demo": "c30a3a05db5ab316", "tiny": "95d7499a54fc2678"}[name]
 
 
 def test_sample_splits_follow_the_iteration():

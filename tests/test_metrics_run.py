@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from selfimprove import artifacts, cli, metrics, pipeline, verdict
+from selfimprove.runs import Run
 
 pytestmark = pytest.mark.slow
 
@@ -79,3 +80,13 @@ def test_report_and_metrics_use_the_runs_own_thresholds(tiny_run, tmp_path, caps
     assert cli.main(["report", str(run)]) == 0
     assert recorded()["ood_drop"] == 0.2 and recorded()["diversity_drop"] == 0.5
     capsys.readouterr()
+
+
+def test_answers_changed_compares_greedy_answers_of_consecutive_iterates(tiny_run):
+    run = Run(tiny_run)
+    a, b = run.greedy_answers(1), run.greedy_answers(2)
+    assert len(a) == len(b) > 0 and a.index.equals(b.index)
+    expected = float((a.fillna("?") != b.fillna("?")).mean())
+    assert run.answers_changed(2) == pytest.approx(expected)
+    assert run.answers_changed(1) is None
+    assert "answers changed" in (tiny_run / "report" / "summary.md").read_text()
