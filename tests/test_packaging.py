@@ -47,6 +47,9 @@ def test_installed_package_runs_outside_the_checkout(tmp_path):
     installed = target / "selfimprove" / "notebooks"
     missing = _files(CHECKOUT / "notebooks") - _files(installed)
     assert not missing, f"not installed (list their folder in pyproject.toml's packages): {sorted(missing)}"
+    shipped = _files(CHECKOUT / "selfimprove" / "organisms")  # the shipped organism builds (organism.SHIPPED)
+    missing = shipped - _files(target / "selfimprove" / "organisms")
+    assert shipped and not missing, f"shipped organism files not installed (pyproject.toml package-data): {missing}"
 
     work = tmp_path / "elsewhere"
     work.mkdir()
