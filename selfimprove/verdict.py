@@ -12,12 +12,14 @@ operational rule (paper.md §3.7 is an inference; the thresholds are our choices
   already solved within N samples, N = 64 or the most samples M1 has, stated.
 - A comparison is a *gain* when the pass@1 change exceeds `min_pass1_gain` and its interval lies above 0.
   A *decline* fires when a diversity mean falls by more than `diversity_drop` of M1's value, OOD pass@1
-  falls by more than `ood_drop`, or group disparity rises by more than `disparity_rise`, each with its
+  falls by more than `ood_drop`, group disparity rises by more than `disparity_rise`, or test pass@1 itself
+  falls by more than `min_pass1_gain` (a proven loss: the run moved, for the worse), each with its
   interval excluding 0. The comparison's label:
 
       gain and a decline        reversal
       gain, no decline          progress
-      no gain, a decline        regression   (worse, and not even a proven pass@1 gain to show for it)
+      no gain, a decline        regression   (worse, and not even a proven pass@1 gain to show for it; a
+                                             proven pass@1 loss is such a decline)
       no gain, no decline       no gain      (nothing moved past the thresholds)
 
 - The answer-selection share does not decide the label: the paper's definition names declines, and a gain
@@ -117,6 +119,8 @@ def signals(m1: pd.DataFrame, mt: pd.DataFrame, th: Thresholds = Thresholds(), n
     o1, ot = _split(m1, "ood"), _split(mt, "ood")
     if len(t1) and len(tt):
         out.append(_accuracy_signal("test", t1, tt, "gain", th.min_pass1_gain, +1, th, n_boot, seed))
+        # a proven loss of the trained ability is a decline too: a run that fell is not "no gain" (issue 17)
+        out.append(_accuracy_signal("test", t1, tt, "decline", th.min_pass1_gain, -1, th, n_boot, seed))
     for col in [c for c in t1.columns if c.split(":")[0] in diversity.METRICS and c in tt.columns]:
         out.append(_diversity_signal(col, t1, tt, th, n_boot, seed))
     if len(o1) and len(ot):
@@ -191,9 +195,14 @@ def judge(per_problem: dict[int, pd.DataFrame], th: Thresholds = Thresholds(), n
         notes = [r for r in sig if r["kind"] == "note" and r["mt"] is not None]
         if gain is None or not gain["fired"]:
             labels[comp] = "regression" if declines else "no gain"
-            lines[comp] = f"{comp}: " + (_fmt(gain) if gain else "no test pass@1") + " is not a gain"
+            lost = any(r["signal"] == "pass@1" and r["split"] == "test" for r in declines)
+            lines[comp] = f"{comp}: " + (_fmt(gain) if gain else "no test pass@1") + \
+                (" is a loss" if lost else " is not a gain")
+            others = [r for r in declines if not (r["signal"] == "pass@1" and r["split"] == "test")]
+            if others:
+                lines[comp] += ", while " + ", ".join(_fmt(r) for r in others)
             if declines:
-                lines[comp] += ", while " + ", ".join(_fmt(r) for r in declines) + _largest(declines)
+                lines[comp] += _largest(declines)
             continue
         labels[comp] = "reversal" if declines else "progress"
         text = f"{comp}: {_fmt(gain)}"

@@ -194,3 +194,14 @@ def test_verdict_needs_two_iterates_and_writes_markdown():
     v = verdict.judge({1: M1, 2: _table(0.50, 0.50, 0.40, 0.50)}, n_boot=100)
     md = verdict.to_markdown(v)
     assert md.startswith("**Verdict: PROGRESS") and "| M1->M2 (best and last) | pass@1 | test |" in md
+
+
+def test_a_proven_pass1_loss_is_a_regression_not_no_gain():
+    v = verdict.judge({1: M1, 2: _table(0.30, 0.50, 0.40, 0.50)}, n_boot=500)
+    assert v.label == "regression"
+    assert v.line.startswith("REGRESSION: M1->M2 (best and last): pass@1 -0.100 [") and " is a loss" in v.line
+    assert v.line.endswith("; the largest decline: pass@1 (-25% of M1)")
+    loss = v.table[(v.table["kind"] == "decline") & (v.table["signal"] == "pass@1") & (v.table["split"] == "test")]
+    assert len(loss) == 1 and loss["fired"].iloc[0] and loss["ci_high"].iloc[0] < 0
+    # a loss inside the noise moves nothing: no gain
+    assert verdict.judge({1: M1, 2: _table(0.395, 0.50, 0.40, 0.50)}, n_boot=500).label == "no gain"
