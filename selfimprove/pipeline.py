@@ -31,7 +31,7 @@ from pathlib import Path
 
 from . import artifacts, report
 from .config import RecipeError, RunConfig, load_recipe, resolve_recipe
-from .kernel import INTERRUPT, Interrupted
+from .kernel import INTERRUPT, KERNEL_POLICIES, Interrupted
 from .stages import (  # noqa: F401  (NOTEBOOKS, RECIPES, STAGE_NOTEBOOKS, ...: importable from here as before)
     NOTEBOOKS,
     PACKAGE_ROOT,
@@ -61,6 +61,8 @@ def run(recipe: str, *, overrides: list[str] | None = None, runs_root: str | Pat
     directory holding one run per paradigm. `stop_after` ("<t>/<stage>") ends early (each run of a study).
     `kernel`: "shared" runs the stages in one kernel, reset after each (kernel.py), "fresh" each in its own.
     `seeds`: run the recipe once per seed (run_seeds) into <name>-seeds/seed<s>/; returns that folder."""
+    if kernel not in KERNEL_POLICIES:  # before any folder is made or locked (issue 20)
+        raise RecipeError(f"kernel must be one of {', '.join(KERNEL_POLICIES)}; got {kernel!r}")
     if seeds is not None:
         return run_seeds(recipe, seeds, overrides=overrides, runs_root=runs_root, organism_root=organism_root,
                          overwrite=overwrite, log_output=log_output, stop_after=stop_after, figures_dir=figures_dir,
