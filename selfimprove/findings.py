@@ -63,7 +63,7 @@ def of_signals(arm: str, table: pd.DataFrame) -> list[dict]:
         rows = t[mask]
         return rows.iloc[0] if len(rows) else None
 
-    gain = one((t["signal"] == "pass@1") & (t["split"] == "test"))
+    gain = one((t["signal"] == "pass@1") & (t["split"] == "test") & (t["kind"] == "gain"))
     out.append(_row(arm, FINDINGS[0], None, text="no test pass@1") if gain is None else
                _row(arm, FINDINGS[0], bool(gain["fired"]), _num(gain["change"]), _num(gain["ci_low"]),
                     _num(gain["ci_high"]), f"{gain['change']:+.3f}{_ci(gain)} ({comp})"))
@@ -77,12 +77,11 @@ def of_signals(arm: str, table: pd.DataFrame) -> list[dict]:
             + ("" if base is None else f" vs {base:.0%} baseline"))))
     fired = {m: [] for m in diversity.METRICS}
     seen = set()
-    for r in t[t["signal"].str.contains(r" \((?:correct|incorrect)\)$", regex=True)].itertuples():
-        metric = r.signal.split(" (")[0]
-        if metric in fired:
-            seen.add(metric)
+    for m in diversity.METRICS:  # the verdict names a diversity signal "<metric> (<subset>)"
+        for r in t[t["signal"].isin([f"{m} ({sub})" for sub in diversity.SUBSETS])].itertuples():
+            seen.add(m)
             if r.fired:
-                fired[metric].append(f"{r.signal} {r.relative:+.0%}")
+                fired[m].append(f"{r.signal} {r.relative:+.0%}")
     down = [m for m in diversity.METRICS if fired[m]]
     out.append(_row(arm, FINDINGS[2], len(seen) == len(diversity.METRICS) and len(down) == len(seen),
                     float(len(down)), text=f"{len(down)}/{len(seen)} measures" + (
