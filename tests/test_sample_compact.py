@@ -60,10 +60,12 @@ def test_nucleus_is_transformers_top_p_set(candidates):
     logits = torch.cat([torch.randn(32, 200, generator=g) * 6, torch.randn(32, 200, generator=g) * 0.3])
     for p in (0.1, 0.5, 0.95, 1.0):
         ids, weights = sample.nucleus(logits.softmax(-1), p, candidates)
-        ours = torch.zeros_like(logits, dtype=torch.bool).scatter(1, ids, weights > 0)
+        ours = torch.zeros_like(logits).scatter_add(1, ids, (weights > 0).float()) > 0  # padding adds 0
         theirs = ~TopPLogitsWarper(p)(None, logits.clone()).isinf()
         if candidates >= logits.shape[1] or p == 1.0:
             assert ids.shape[1] == logits.shape[1]
+        if p == 0.1:  # the peaked rows' most likely token holds 0.1: a nucleus of one token, found without topk
+            assert (weights[:32] > 0).sum(-1).eq(1).all()
         assert torch.equal(ours, theirs)
         assert torch.allclose(weights.sum(-1), (logits.softmax(-1) * theirs).sum(-1))  # their probabilities
 
