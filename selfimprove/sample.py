@@ -406,6 +406,26 @@ def row_uniforms(seed: int, prompt: int, n: int, steps: int):
     return out
 
 
+def _zeros(shape: tuple, dtype, device):
+    """A zeroed tensor; on the CPU of Linux one in memory the kernel backs with 2 MB pages where it can
+    (madvise MADV_HUGEPAGE on an anonymous mapping, which the kernel also zeroes). Our choice, for the KV cache:
+    decoding reads all of it and writes one position per sequence at every step, and with 4 KB pages those
+    scattered writes each missed the TLB; on the 2-core machine (a virtual machine, where a TLB miss costs a
+    two-level page walk) 2 MB pages made the cache writes 5x and attention 1.2x faster (issue 18)."""
+    import mmap
+
+    import torch
+
+    if torch.device(device).type != "cpu" or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return torch.zeros(shape, dtype=dtype, device=device)
+    count = 1
+    for n in shape:
+        count *= n
+    memory = mmap.mmap(-1, max(1, count * dtype.itemsize), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    memory.madvise(mmap.MADV_HUGEPAGE)
+    return torch.frombuffer(memory, dtype=dtype, count=count).view(shape)  # the tensor keeps `memory` alive
+
+
 class _Decoder:
     """One decode step of a Llama-shaped transformers model (Llama, Qwen2) for a batch of sequences, each at
     its own position, on a preallocated KV cache: every sequence's keys and values sit in a slot of fixed
@@ -488,8 +508,8 @@ class _Decoder:
         if not self.keys or self.keys[0].shape[0] < slots or self.keys[0].shape[2] < length:
             shape = (slots, self.kv_heads, length, self.head_dim)
             self.keys = self.values = []  # the old ones go before the new ones are made
-            self.keys = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in self.layers]
-            self.values = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in self.layers]
+            self.keys = [_zeros(shape, p.dtype, p.device) for _ in self.layers]
+            self.values = [_zeros(shape, p.dtype, p.device) for _ in self.layers]
             rows = torch.arange(slots, device=p.device)
             # the row of (slot, kv head) in a cache tensor seen as (slots x kv heads x positions, head dim)
             self.base = (rows[:, None] * self.kv_heads + torch.arange(self.kv_heads, device=p.device)) * length

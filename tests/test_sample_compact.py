@@ -149,3 +149,11 @@ def test_other_models_decode_with_transformers_forward(model_dir, compact, promp
         compact.decoder = decoder
     assert [c[0].text for c in fallback] == [c[0].text for c in ours]
     assert [len(cs) for cs in sampled] == [2] * 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_cache_memory_is_zeroed_and_writable(dtype):
+    t = sample._zeros((3, 2, 5, 4), dtype, "cpu")
+    assert t.shape == (3, 2, 5, 4) and t.dtype == dtype and not t.any()
+    t[1, :, 2] = 1.5
+    assert t.sum().item() == 1.5 * 8
