@@ -408,7 +408,8 @@ def row_uniforms(seed: int, prompt: int, n: int, steps: int):
 
 def _zeros(shape: tuple, dtype, device):
     """A zeroed tensor; on the CPU of Linux one in memory the kernel backs with 2 MB pages where it can
-    (madvise MADV_HUGEPAGE on an anonymous mapping, which the kernel also zeroes). Our choice, for the KV cache:
+    (madvise MADV_HUGEPAGE on an anonymous mapping, which the kernel also zeroes), its pages made at once. Our
+    choice, for the KV cache:
     decoding reads all of it and writes one position per sequence at every step, and with 4 KB pages those
     scattered writes each missed the TLB; on the 2-core machine (a virtual machine, where a TLB miss costs a
     two-level page walk) 2 MB pages made the cache writes 5x and attention 1.2x faster (issue 18)."""
@@ -423,7 +424,12 @@ def _zeros(shape: tuple, dtype, device):
         count *= n
     memory = mmap.mmap(-1, max(1, count * dtype.itemsize), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     memory.madvise(mmap.MADV_HUGEPAGE)
-    return torch.frombuffer(memory, dtype=dtype, count=count).view(shape)  # the tensor keeps `memory` alive
+    tensor = torch.frombuffer(memory, dtype=dtype, count=count).view(shape)  # the tensor keeps `memory` alive
+    try:  # the pages now rather than at their first write, in the middle of decoding (MADV_POPULATE_WRITE)
+        memory.madvise(getattr(mmap, "MADV_POPULATE_WRITE", 23))
+    except OSError:  # Linux before 5.14
+        tensor.zero_()
+    return tensor
 
 
 class _Decoder:
@@ -492,27 +498,31 @@ class _Decoder:
                                 (a.o_proj.weight.t(), a.o_proj.bias), norm(layer.post_attention_layernorm),
                                 cat(m.gate_proj, m.up_proj), (m.down_proj.weight.t(), m.down_proj.bias)))
 
-    def start(self, slots: int, length: int) -> None:
+    def start(self, slots: int, length: int, capacity: int = 0) -> None:
         """Make ready for `slots` sequences of up to `length` tokens: the weights as they are now (`weights`),
         the rotary tables, and a key and a value tensor per layer with room for them, kept from an earlier
         call when large enough (zeroed when made: a position no sequence has written holds a finite number,
-        which attention weighs 0)."""
+        which attention weighs 0). Made for `capacity` slots at least and a multiple of 64 positions (our
+        choice), so that the calls of a stage (one per split and decoding) share one cache: the first call
+        that fills it pays for its memory (0.3-0.5 s at the demo's batch of 256 on the 2-core machine)."""
         import torch
 
         p = next(self.model.parameters())
         self.weights()
+        length = -(-length // 64) * 64
         if self.cos is None or self.cos.shape[0] < length:
             index = torch.arange(length, device=p.device)
             cos, sin = self.model.model.rotary_emb(p, index[None])  # the model's own tables (its rope type)
             self.cos, self.sin, self.index = cos[0], sin[0], index
         if not self.keys or self.keys[0].shape[0] < slots or self.keys[0].shape[2] < length:
-            shape = (slots, self.kv_heads, length, self.head_dim)
+            rows = max(slots, capacity)
+            shape = (rows, self.kv_heads, length, self.head_dim)
             self.keys = self.values = []  # the old ones go before the new ones are made
             self.keys = [_zeros(shape, p.dtype, p.device) for _ in self.layers]
             self.values = [_zeros(shape, p.dtype, p.device) for _ in self.layers]
-            rows = torch.arange(slots, device=p.device)
             # the row of (slot, kv head) in a cache tensor seen as (slots x kv heads x positions, head dim)
-            self.base = (rows[:, None] * self.kv_heads + torch.arange(self.kv_heads, device=p.device)) * length
+            self.base = (torch.arange(rows, device=p.device)[:, None] * self.kv_heads
+                         + torch.arange(self.kv_heads, device=p.device)) * length
         self.slots = slots
 
     def load(self, slots, keys: list, values: list) -> None:
@@ -619,13 +629,13 @@ class CompactSampler(TransformersSampler):
         dev = self.model.device
         eos = self.tokenizer.eos_token_id
         total = len(ids) * n
-        slots = max(1, min(slots, total))
+        capacity, slots = slots, max(1, min(slots, total))
         # longest prompts first (our choice): their answers tend to be the longest, and started early they end
         # while the batch is full rather than decoding on alone at the end (142 decode steps instead of 177 for
         # the demo's 100 prompts x 8 at batch 256, bench/sampling.py)
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         decoder = self.decoder
-        decoder.start(slots, max(map(len, ids)) + max_new_tokens)
+        decoder.start(slots, max(map(len, ids)) + max_new_tokens, capacity)
         nxt = torch.zeros(slots, dtype=torch.long, device=dev)  # each slot's input token of the next step
         pos = torch.zeros(slots, dtype=torch.long, device=dev)  # where that token's key and value are written
         count = torch.zeros(slots, dtype=torch.long, device=dev)  # tokens the slot's sequence has generated
