@@ -525,11 +525,20 @@ class _Decoder:
                          + torch.arange(self.kv_heads, device=p.device)) * length
         self.slots = slots
 
-    def load(self, slots, keys: list, values: list) -> None:
-        """Put prefilled keys and values (per layer: sequences, kv heads, positions, head dim) in `slots`."""
+    def load(self, slots: list[int], prompts: list[int], keys: list, values: list) -> None:
+        """Put the prefilled keys and values of prompt prompts[j] (per layer: prompts, kv heads, positions, head
+        dim) in slot slots[j]: one write per prompt and tensor, to all the slots of its samples (a gather of the
+        prompts per slot first made a new tensor, whose fresh pages cost more than the copy)."""
+        import torch
+
         width = keys[0].shape[2]
-        for cache, part in zip(self.keys + self.values, keys + values):
-            cache[slots, :, :width] = part
+        to: dict[int, list[int]] = {}
+        for slot, prompt in zip(slots, prompts):
+            to.setdefault(prompt, []).append(slot)
+        for prompt, its in to.items():
+            where = its[0] if len(its) == 1 else torch.tensor(its, device=keys[0].device)
+            for cache, part in zip(self.keys + self.values, keys + values):
+                cache[where, :, :width] = part[prompt]
 
     def keep(self, slots, length: int) -> None:
         """Keep only the sequences in `slots` (ascending), moved to the first slots: their first `length`
@@ -661,13 +670,15 @@ class CompactSampler(TransformersSampler):
                     prefilled = self._prefill([ids[i] for i in group], temperature, seed, group, n, max_new_tokens)
                     waiting.extend((prefilled, c, i * n + k) for c, i in enumerate(group) for k in range(n))
                 m = min(len(free), len(waiting))
-                dst, taken = torch.tensor(free[:m], device=dev), waiting[:m]
+                free_slots, taken = free[:m], waiting[:m]
+                dst = torch.tensor(free_slots, device=dev)
                 del free[:m], waiting[:m]
                 for done in {id(g): g for g, _, _ in taken}.values():  # at most two prefills
                     mine = [j for j, (g, _, _) in enumerate(taken) if g is done]
                     src = torch.tensor([taken[j][1] for j in mine], device=dev)
                     to = dst[mine] if len(mine) < m else dst
-                    decoder.load(to, [k[src] for k in done["keys"]], [v[src] for v in done["values"]])
+                    decoder.load([free_slots[j] for j in mine], [taken[j][1] for j in mine], done["keys"],
+                                 done["values"])
                     nxt[to], pos[to] = done["last"][src], done["lengths"][src]
                     if temperature > 0:
                         uniforms[to] = done["uniforms"][src * n + torch.tensor([taken[j][2] % n for j in mine],
