@@ -436,7 +436,8 @@ class _Decoder:
     """One decode step of a Llama-shaped transformers model (Llama, Qwen2) for a batch of sequences, each at
     its own position, on a preallocated KV cache: every sequence's keys and values sit in a slot of fixed
     tensors, (slots, kv heads, max length, head dim) per layer, written in place at the sequence's position
-    (vLLM's paged KV cache does the same in blocks, Kwon et al. 2023; here one block per slot: our choice).
+    (vLLM's paged KV cache does the same in blocks, Kwon et al. 2023; here one block per slot: our choice), in
+    memory with 2 MB pages on the CPU (`_zeros`).
 
     The step is the model's own arithmetic in fewer operations: the model's weights, with the q, k and v
     projections in one matrix product and the gate and up projections in another (`weights`), its RMSNorm as
@@ -591,9 +592,9 @@ class CompactSampler(TransformersSampler):
     and the next waiting one takes it at the next step, so the batch stays full until the last prompts (as
     vLLM's scheduler admits waiting requests as running ones finish: Kwon et al. 2023, docs.vllm.ai). Prompts
     are prefilled by the model's own forward, a group at a time, once per prompt for its `n` samples (their
-    keys and values are copied into each sample's slot); decode steps run on a preallocated KV cache
-    (`_Decoder`). `generate` instead keeps a batch at full size until its longest sequence ends (issue 18:
-    1.55x `generate` with finished sequences dropped from a shrinking batch, and 3x the goal).
+    keys and values are copied into each sample's slot), longest prompts first; decode steps run on a
+    preallocated KV cache (`_Decoder`). `generate` instead keeps a batch at full size until its longest
+    sequence ends. Speed, and its fraction of the machine's limit: docs/performance.md, bench/sampling.py.
 
     The sampling rule is transformers' (temperature, then top-p as `TopPLogitsWarper`: the smallest set of
     tokens whose probability reaches top_p, at least one token), computed on the most likely tokens only
@@ -601,10 +602,11 @@ class CompactSampler(TransformersSampler):
     tokens `generate` gives (tests/test_sample_compact.py).
 
     Every sample draws from uniform numbers of its own (`row_uniforms`: seeded from the call's seed, the
-    prompt's index and the sample's index), so a call draws the same samples whatever the batch size, the
-    order of the prompts or the other prompts of the call; the draws differ from `generate`'s (another random
-    stream), not their distribution. Models other than Llama and Qwen2 decode with transformers' forward and
-    `DynamicCache`, finished sequences dropped from the batch (`decode`).
+    prompt's index and the sample's index), so its draws do not depend on the batch size or on which samples
+    decode beside it (the logits may, in the last bit, as in any batched forward), and a rerun of a call draws
+    the same samples; the draws differ from `generate`'s (another random stream), not their distribution.
+    Models other than Llama and Qwen2 decode with transformers' forward and `DynamicCache`, finished sequences
+    dropped from the batch (`decode`).
     """
 
     def __init__(self, model_path: str | Path, threads: int | None = None, device: str = "auto",
