@@ -12,7 +12,8 @@ The model is a recipe's organism M1 (built into data/organism on first use) or a
 are the first `--problems` test problems of the arith task. Each backend samples n responses per prompt at the
 sample stage's temperature and top_p (selfimprove.config.SampleConfig), once untimed on a few prompts (warm-up,
 and for vLLM the graph compilation of a non-eager engine) and then timed: the fastest of `--repeats` calls
-(vLLM: one call, as its prefix cache would serve a repeated call's prompts). Backends: transformers
+(vLLM: one call, as its prefix cache would serve a repeated call's prompts). The vLLM backends are left out,
+and named, where vllm is not installed. Backends: transformers
 (TransformersSampler: `generate`, batches of `--batch-size` sequences), compact (CompactSampler: continuous
 batching over `--batch-size` slots), vllm-eager (VLLMSampler, enforce_eager) and vllm (VLLMSampler
 with vLLM's default compilation); every backend loads the weights in `--dtype` (float32 by default, as the
@@ -91,6 +92,11 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [b for b in names if b not in BACKENDS]
     if unknown:
         ap.error(f"--backends: unknown {unknown}; known: {', '.join(BACKENDS)}")
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None and any(BACKENDS[b][0] == "vllm" for b in names):
+        print(f"vllm is not installed: {', '.join(b for b in names if BACKENDS[b][0] == 'vllm')} left out")
+        names = [b for b in names if BACKENDS[b][0] != "vllm"]
 
     import torch
 
