@@ -408,11 +408,12 @@ def row_uniforms(seed: int, prompt: int, n: int, steps: int):
 
 def _zeros(shape: tuple, dtype, device):
     """A zeroed tensor; on the CPU of Linux one in memory the kernel backs with 2 MB pages where it can
-    (madvise MADV_HUGEPAGE on an anonymous mapping, which the kernel also zeroes), its pages made at once. Our
-    choice, for the KV cache:
-    decoding reads all of it and writes one position per sequence at every step, and with 4 KB pages those
-    scattered writes each missed the TLB; on the 2-core machine (a virtual machine, where a TLB miss costs a
-    two-level page walk) 2 MB pages made the cache writes 5x and attention 1.2x faster (issue 18)."""
+    (madvise MADV_HUGEPAGE on an anonymous mapping, which the kernel also zeroes), its pages made at once.
+
+    Our choice, for the KV cache: decoding reads all of it and writes one position per sequence at every step,
+    and with 4 KB pages those scattered writes each missed the TLB; on the 2-core machine (a virtual machine,
+    where a TLB miss costs a two-level page walk) 2 MB pages made the cache writes 5x and attention 1.2x faster
+    (issue 18, docs/performance.md)."""
     import mmap
 
     import torch
@@ -442,7 +443,8 @@ class _Decoder:
     The step is the model's own arithmetic in fewer operations: the model's weights, with the q, k and v
     projections in one matrix product and the gate and up projections in another (`weights`), its RMSNorm as
     `F.rms_norm`, its rotary tables (its `rotary_emb`), and the residual additions inside the matrix products
-    (`addmm`); each of these gives the same floats as the model's modules (tests/test_sample_compact.py). Only
+    (`addmm`; o and down have no bias in Llama or Qwen2, else it is added to the residual first); each of these
+    gives the same floats as the model's modules (tests/test_sample_compact.py). Only
     attention is ours: scaled dot-product attention over the slot's keys up to its position, where
     transformers calls `F.scaled_dot_product_attention` (same values, other rounding). `forward` is the one call
     per step, so `profiling.timed_forward` can time it."""
@@ -480,7 +482,7 @@ class _Decoder:
         return self.model.parameters()
 
     def weights(self) -> None:
-        """The model's weights as `forward` multiplies them, taken again at each call of `cache` (so that a
+        """The model's weights as `forward` multiplies them, taken again at each call of `start` (so that a
         model changed in place is sampled as it is now): per layer the norms' (weight, eps), q, k and v stacked
         (and their biases), o's transpose, gate and up stacked, down's transpose."""
         import torch
@@ -528,8 +530,8 @@ class _Decoder:
 
     def load(self, slots: list[int], prompts: list[int], keys: list, values: list) -> None:
         """Put the prefilled keys and values of prompt prompts[j] (per layer: prompts, kv heads, positions, head
-        dim) in slot slots[j]: one write per prompt and tensor, to all the slots of its samples (a gather of the
-        prompts per slot first made a new tensor, whose fresh pages cost more than the copy)."""
+        dim) in slot slots[j]: one write per prompt and tensor, to all the slots of its samples (gathering the
+        prompts per slot would make a new tensor, whose fresh pages cost more than the copy)."""
         import torch
 
         width = keys[0].shape[2]
@@ -623,6 +625,8 @@ class CompactSampler(TransformersSampler):
         """`n` completions per prompt; temperature 0 means greedy (then n must be 1). `batch_size` counts the
         sequences decoded together."""
         _one_if_greedy(temperature, n)
+        if not prompts:
+            return []
         if self.decoder is None:
             return super().generate(prompts, n=n, temperature=temperature, top_p=top_p,
                                     max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)

@@ -130,6 +130,7 @@ def test_samples_are_drawn_from_each_rows_own_numbers(compact, prompts):
     and so which samples decode together, does not change them."""
     kw = dict(n=3, temperature=1.0, top_p=0.9, max_new_tokens=24, seed=7)
     assert compact.generate(prompts[:6], batch_size=4, **kw) == compact.generate(prompts[:6], batch_size=18, **kw)
+    assert compact.generate([], batch_size=4, **kw) == []
     a = sample.row_uniforms(7, 2, 3, 24)
     assert torch.equal(a, sample.row_uniforms(7, 2, 3, 24)) and a.shape == (3, 24)
     assert not torch.equal(a[0], a[1]) and not torch.equal(a, sample.row_uniforms(7, 3, 3, 24))
