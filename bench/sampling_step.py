@@ -39,17 +39,23 @@ def capture_logits(args) -> tuple[list, dict]:
     org_cfg = cfg.organism_config()
     sampler = sample.CompactSampler(organism.ensure(org_cfg, ROOT / "data" / "organism") / "M1")
     prompts = [data.render_prompt(sampler.tokenizer, p) for p in arith.generate(org_cfg.arith)["test"][:args.problems]]
-    captured, forward = [], sampler.model.forward
+    # decode steps run through the sampler's own decoder (continuous batching, logits (slots, vocabulary));
+    # a model it does not support decodes through model.forward (logits (batch, positions, vocabulary))
+    target = sampler.decoder if sampler.decoder is not None else sampler.model
+    captured, forward = [], target.forward
 
     def spy(*a, **kw):
         out = forward(*a, **kw)
-        captured.append(out.logits[:, -1, :].detach().clone())
+        logits = out if target is sampler.decoder else out.logits[:, -1, :]
+        captured.append(logits.detach().clone())
         return out
 
-    sampler.model.forward = spy
-    sampler.generate(prompts, n=args.n, temperature=scfg.temperature, top_p=scfg.top_p,
-                     max_new_tokens=scfg.max_new_tokens, batch_size=scfg.batch_size, seed=0)
-    sampler.model.forward = forward
+    target.forward = spy
+    try:
+        sampler.generate(prompts, n=args.n, temperature=scfg.temperature, top_p=scfg.top_p,
+                         max_new_tokens=scfg.max_new_tokens, batch_size=scfg.batch_size, seed=0)
+    finally:
+        target.forward = forward
     settings = dict(temperature=scfg.temperature, top_p=scfg.top_p, batch_size=scfg.batch_size,
                     vocab=int(captured[0].shape[-1]), steps=len(captured),
                     rows_mean=sum(x.shape[0] for x in captured) / len(captured))
