@@ -195,6 +195,20 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def signature(path: Path) -> list[int]:
+    """What tells cheaply that an output is as recorded: a file's size and modification time (ns), a folder's
+    file count, total size and newest modification time. A differing signature makes the manifest hash the
+    output again (Manifest.changed); hard links, which a study shares files with, keep the signature.
+
+    >>> import tempfile; f = Path(tempfile.mkdtemp()) / "x"; _ = f.write_text("abc"); signature(f)[0]
+    3
+    """
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    stats = [f.stat() for f in files]
+    size, newest = sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0)
+    return [len(files), size, newest] if path.is_dir() else [size, newest]
+
+
 def versions() -> dict:
     out = {"python": platform.python_version(), "platform": platform.platform()}
     for pkg in ("selfimprove", "torch", "transformers", "trl", "peft", "tokenizers", "papermill", "pandas"):
@@ -366,6 +380,29 @@ class Manifest:
         st = self.data["stages"].get(key)
         return bool(st and st.get("state") == "done" and all(p.exists() for p in outputs))
 
+    def changed(self, key: str, outputs: list[Path], root: Path) -> list[str]:
+        """The outputs of done stage `key` that are no longer what it recorded, each with why ("missing",
+        "changed since the stage finished", "not recorded"); [] when all are as they were. An output whose
+        signature (artifacts.signature) still matches counts as unchanged without being read; one whose
+        signature moved is hashed again, and if its content is the same its new signature is recorded."""
+        st = self.data["stages"].get(key, {})
+        hashes, stats = st.get("outputs", {}), st.setdefault("stat", {})
+        problems, touched = [], False
+        for p in outputs:
+            rel = str(p.relative_to(root))
+            if not p.exists():
+                problems.append(f"{rel}: missing")
+            elif rel not in hashes:
+                problems.append(f"{rel}: not recorded")
+            elif stats.get(rel) != (sig := signature(p)):
+                if sha256(p) != hashes[rel]:
+                    problems.append(f"{rel}: changed since the stage finished")
+                else:
+                    stats[rel], touched = sig, True
+        if touched and not problems:
+            self.save()
+        return problems
+
     def start(self, key: str) -> None:
         prev = self.data["stages"].get(key, {})
         self.data["stages"][key] = {"state": "running", "started": _now(), "attempts": prev.get("attempts", 0) + 1}
@@ -374,7 +411,17 @@ class Manifest:
     def finish(self, key: str, outputs: list[Path], seconds: float, root: Path, **extra) -> None:
         st = self.data["stages"][key]
         st.update(state="done", ended=_now(), seconds=round(seconds, 2),
-                  outputs={str(p.relative_to(root)): sha256(p) for p in outputs}, **extra)
+                  outputs={str(p.relative_to(root)): sha256(p) for p in outputs},
+                  stat={str(p.relative_to(root)): signature(p) for p in outputs}, **extra)
+        self.save()
+
+    def record(self, key: str, outputs: list[Path], root: Path, **extra) -> None:
+        """Record done stage `key`'s outputs again after a command of the package rewrote them
+        (`selfimprove metrics` rewrites the evaluate stage's), so that a resumed run keeps them."""
+        st = self.data["stages"][key]
+        st["outputs"].update({str(p.relative_to(root)): sha256(p) for p in outputs})
+        st.setdefault("stat", {}).update({str(p.relative_to(root)): signature(p) for p in outputs})
+        st.update(extra)
         self.save()
 
     def fail(self, key: str, error: str) -> None:

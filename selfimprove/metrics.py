@@ -249,14 +249,21 @@ def recompute(run_dir: str | Path, overrides: dict | None = None, log=print) -> 
         raise MetricsError(f"{paths.root}: no iter_<t>/samples_test.parquet to evaluate")
     written: list[Path] = []
     embedder = None
-    for t in iterations:
-        stage_cfg = cfg.stage("evaluate", t, paths.root)
-        if embedder is None and stage_cfg.embedding_model:
-            embedder = diversity.Embedder(stage_cfg.embedding_model, stage_cfg.cache_dir)
-        t0 = time.perf_counter()
-        m, pp = evaluate(paths, t, stage_cfg, embedder)
-        written += [artifacts.write_json(m, paths.metrics(t)), artifacts.write_parquet(pp, paths.per_problem(t))]
-        log(f"M{t}: metrics in {time.perf_counter() - t0:.1f}s -> {paths.metrics(t)}")
+    # Under the run's lock (not while `selfimprove run` writes it); each evaluate stage's new outputs are recorded
+    # in the manifest, so that a resumed run keeps them rather than computing them again (stagecache).
+    with artifacts.run_lock(paths.root):
+        manifest = artifacts.Manifest.load(paths)
+        for t in iterations:
+            stage_cfg = cfg.stage("evaluate", t, paths.root)
+            if embedder is None and stage_cfg.embedding_model:
+                embedder = diversity.Embedder(stage_cfg.embedding_model, stage_cfg.cache_dir)
+            t0 = time.perf_counter()
+            m, pp = evaluate(paths, t, stage_cfg, embedder)
+            outputs = [artifacts.write_json(m, paths.metrics(t)), artifacts.write_parquet(pp, paths.per_problem(t))]
+            written += outputs
+            if manifest.data["stages"].get(f"{t}/evaluate", {}).get("state") == "done":
+                manifest.record(f"{t}/evaluate", outputs, paths.root, recomputed_with=dict(overrides or {}))
+            log(f"M{t}: metrics in {time.perf_counter() - t0:.1f}s -> {paths.metrics(t)}")
     return written + write_table(run_dir)
 
 

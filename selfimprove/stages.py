@@ -1,7 +1,7 @@
 """The pieces of a run that the loop (pipeline.py) puts together: where the stage notebooks and recipes are,
 which stages an iteration has and what each writes, preparing the run directory (problems, the organism's M1),
 executing a stage notebook in the run's kernel with its progress on the terminal, taking a stage over from a
-sibling run of a study, and refusing a recipe this machine cannot run.
+sibling run of a study (which one: stagecache), and refusing a recipe this machine cannot run.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import arith, artifacts, kernel, organism
-from .config import SPLITS, RecipeError, RunConfig
+from .config import RecipeError, RunConfig
+from .stagecache import find_shared, stage_outputs  # noqa: F401  (the loop imports them from here)
 
 # The stage notebooks and recipes: the checkout's notebooks/ and notebooks/params/, or the same files shipped
 # in the installed package (artifacts.PACKAGE_ROOT).
@@ -61,19 +62,6 @@ def sync_parameter_cells() -> list[Path]:
 def stages_of(t: int, gold_sft: bool = False) -> list[str]:
     """The stages of iteration t; with `gold_sft` (a recipe naming its own `model`) M1 is trained at t = 1."""
     return (["train"] if t >= 2 or gold_sft else []) + ["sample", "verify", "evaluate"]
-
-
-def stage_outputs(paths: artifacts.RunPaths, stage: str, t: int, cfg) -> list[Path]:
-    """The files a finished stage leaves; a stage counts as done only while they all exist."""
-    if stage == "train":  # M_t, its log, and from t = 2 the data it was trained on (built by this stage)
-        keep_adapter = not cfg.merge_adapter and cfg.lora_r
-        return [paths.model(t), paths.train_log(t)] + ([paths.train_data(t)] if t >= 2 else []) \
-            + ([paths.adapter(t)] if keep_adapter else [])
-    if stage == "sample":  # OOD only where the task has an OOD split (paper §3.5 defines one for GSM8K)
-        return [paths.samples(t, s) for s in cfg.splits if s != "ood" or paths.problems("ood").exists()]
-    if stage == "verify":  # one graded table beside each sample table; the sample tables stay as sampled
-        return [paths.graded(t, s) for s in SPLITS if paths.samples(t, s).exists()]
-    return [paths.metrics(t), paths.per_problem(t)]
 
 
 def prepare(cfg: RunConfig, paths: artifacts.RunPaths, manifest: artifacts.Manifest, organism_root: Path,
@@ -192,19 +180,6 @@ def kernel_session(policy: str, stderr_path: Path, given: kernel.KernelSession |
 def stage_files(paths: artifacts.RunPaths, stage: str, t: int, cfg) -> list[Path]:
     """Everything a stage writes: its outputs (no stage rewrites another stage's files)."""
     return stage_outputs(paths, stage, t, cfg)
-
-
-def find_shared(key: str, share_key: str, siblings: list[Path]) -> Path | None:
-    """A sibling run of the study that finished stage `key` with the same share key (config.share_key)."""
-    for root in siblings:
-        try:
-            st = artifacts.Manifest.load(artifacts.RunPaths(root)).data["stages"].get(key, {})
-        except (FileNotFoundError, ValueError):
-            continue
-        if st.get("state") == "done" and st.get("share_key") == share_key \
-                and all((root / rel).exists() for rel in st.get("outputs", {})):
-            return root
-    return None
 
 
 def copy_stage(src_root: Path, paths: artifacts.RunPaths, stage: str, t: int, stage_cfg) -> None:

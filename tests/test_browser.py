@@ -1,14 +1,16 @@
-"""The analysis and explore notebooks in a real browser, opened as a new user does after `make demo`:
-JupyterLab on 127.0.0.1 with a token, headless Chromium (Debian's `chromium`, driven by Python Playwright through
+"""Every notebook in a real browser, opened as a new user does after `make demo`: JupyterLab on
+127.0.0.1 with a token, headless Chromium (Debian's `chromium`, driven by Python Playwright through
 `executable_path`; no browser download). A copy of the project (selfimprove/, notebooks/, pyproject.toml) in a
 temporary folder holds a study made as `make demo` makes one, from the tiny recipe (`selfimprove run tiny --set
 'paradigm=[dpo,sft]' --set name=demo`, so data/runs/demo/{dpo,sft}/), and nothing is written into the checkout.
-notebooks/50_analysis.ipynb and notebooks/60_explore.ipynb are opened with their default parameters, their
-kernels start in notebooks/, and Run All Cells must finish without an error output: 50 shows every figure, 60
-its widgets. In 60 the test then chooses a transition set and a problem in the improvement explorer and checks
-that the problem's verdicts and extracted answers, read here from the run's Parquet files, appear in the page;
-then it chooses the other run of the study in the run dropdown and checks again. The screenshots are kept in
-tests/artifacts/ (analysis.png, explore.png).
+notebooks/50_analysis.ipynb, notebooks/60_explore.ipynb and the stage notebooks 10-40 are opened with their default
+parameters, their kernels start in notebooks/, and Run All Cells must finish without an error output: 50 shows
+every figure, 60 its widgets, and each stage notebook shows the study's first run's stage as it ran, without
+computing it again or changing a file of that run. In 60 the test then chooses a transition set and a problem in
+the improvement explorer and checks that the problem's verdicts and extracted answers, read here from the run's
+Parquet files, appear in the page; then it chooses the other run of the study in the run dropdown and checks again.
+The screenshots are kept in tests/artifacts/ (analysis.png, explore.png, train.png, sample.png, verify.png,
+evaluate.png).
 
 `make test` installs chromium (`make browser`); without it or without playwright this test skips, saying so.
 """
@@ -46,8 +48,10 @@ pytestmark = [
 ]
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-BUDGET_S = 240  # the whole test after the study exists: server, two notebooks' kernels, run all, clicks (our choice)
+BUDGET_S = 420  # the whole test after the study exists: server, six notebooks' kernels, run all, clicks (our choice)
 ANALYSIS, EXPLORE = "notebooks/50_analysis.ipynb", "notebooks/60_explore.ipynb"
+STAGES = ("notebooks/10_train.ipynb", "notebooks/20_sample.ipynb", "notebooks/30_verify.ipynb",
+          "notebooks/40_evaluate.ipynb")
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
 
@@ -201,7 +205,10 @@ def test_notebooks_run_with_their_defaults_in_jupyterlab(project, tmp_path):
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--disable-dev-shm-usage"])
             try:
-                for name, check in ((ANALYSIS, _check_analysis), (EXPLORE, _check_explore)):
+                shown = study / "dpo"  # the stage notebooks' default: the study's first run, as it ran
+                before = _files(shown)
+                checks = [(ANALYSIS, _check_analysis), (EXPLORE, _check_explore)] + [(n, _check_stage) for n in STAGES]
+                for name, check in checks:
                     page = browser.new_page(viewport={"width": 1400, "height": 1600})
                     shot = ARTIFACTS / f"{Path(name).stem.split('_', 1)[1]}.png"
                     try:
@@ -218,6 +225,7 @@ def test_notebooks_run_with_their_defaults_in_jupyterlab(project, tmp_path):
                     assert shot.stat().st_size > 10_000, f"{shot} is too small to show the notebook"
             finally:
                 browser.close()
+        assert _files(shown) == before, "a stage notebook opened with its defaults changed the run it shows"
     except Exception as e:
         raise AssertionError(f"{e}\n--- jupyter lab log (last 3000 chars) ---\n{log.read_text()[-3000:]}") from e
     finally:
@@ -245,6 +253,20 @@ def _check_ran(nb, name: str) -> None:
     assert not errors, f"{name}: error outputs: {errors}"
     not_run = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.execution_count is None]
     assert not not_run, f"{name}: cells {not_run} did not run"
+
+
+def _files(run: Path) -> dict[str, int]:
+    """The run's files (its executed notebooks aside) and their modification times."""
+    return {str(p.relative_to(run)): p.stat().st_mtime_ns for p in run.rglob("*")
+            if p.is_file() and "notebooks" not in p.parts and p.name != "run.lock"}
+
+
+def _check_stage(nb, project: Path) -> None:
+    """A stage notebook with its defaults shows the demo's first run's stage, done, without computing it."""
+    name = nb.metadata.get("papermill", {}).get("input_path") or "a stage notebook"
+    _check_ran(nb, name)
+    text = "".join(o.get("text", "") for _, o in _outputs(nb) if o.output_type == "stream")
+    assert "is a study: showing its first run, dpo" in text and "not computed again" in text, text[-2000:]
 
 
 def _check_analysis(nb, project: Path) -> None:

@@ -106,13 +106,13 @@ def test_config_hash_changes_with_any_value(tmp_path):
 
 
 def test_verdict_thresholds_change_no_hash(tmp_path):
-    """Thresholds judge the metrics and compute nothing: a run keeps its digest and every stage its share key."""
+    """Thresholds judge the metrics and compute nothing: a run keeps its digest and every stage its config."""
     p = _write(tmp_path, "sample: {n_samples: 4}")
     plain, judged = config.load_recipe(p), config.load_recipe(p, ["verdict.ood_drop=0.05", "verdict.require_ci=false"])
     assert judged.thresholds() == config.Thresholds(ood_drop=0.05, require_ci=False)
     assert plain.thresholds() == config.Thresholds()
     assert judged.digest() == plain.digest()
-    assert all(judged.share_key(stage, t) == plain.share_key(stage, t) for stage in config.STAGES for t in (1, 2))
+    assert all(judged.stage(stage, t, "r") == plain.stage(stage, t, "r") for stage in config.STAGES for t in (1, 2))
     # the committed recipes' hashes (they changed once, when the data-building keys moved from verify: to train:
     # with the graded_<split> layout, which older run directories do not have, and when the demo gained its
     # controls and full-parameter training)

@@ -23,25 +23,6 @@ def _study(**kw) -> config.RunConfig:
     return config.build(config.RunConfig, raw, "test")
 
 
-def test_share_keys_match_exactly_where_the_stage_is_the_same():
-    s = _study()
-    sft, dpo, mix = (s.member(p) for p in ("sft", "dpo", "sft-dpo"))
-    # M1's samples are the same for every paradigm
-    assert sft.share_key("sample", 1) == dpo.share_key("sample", 1) == mix.share_key("sample", 1)
-    # every stage of M1 reads and writes the same for all three: none looks ahead to F_2
-    for stage in ("verify", "evaluate"):
-        assert sft.share_key(stage, 1) == dpo.share_key(stage, 1) == mix.share_key(stage, 1)
-    assert sft.share_key("train", 2) != dpo.share_key("train", 2)  # M2 by SFT vs by DPO
-    # SFT-DPO's M2 is DPO's M2, and so are its samples, grades and metrics; M3 differs (SFT vs DPO)
-    for stage in ("train", "sample", "verify", "evaluate"):
-        assert dpo.share_key(stage, 2) == mix.share_key(stage, 2)
-    for stage in ("train", "sample", "verify", "evaluate"):
-        assert dpo.share_key(stage, 3) != mix.share_key(stage, 3)
-    # any other setting separates them
-    other = _study(seed=1).member("dpo")
-    assert other.share_key("sample", 1) != dpo.share_key("sample", 1)
-
-
 def test_study_recipe_validation():
     assert _study().is_study and _study().member("sft").name == "s/sft"
     with pytest.raises(config.RecipeError, match="list of distinct ones"):

@@ -121,13 +121,13 @@ def test_rerun_skips_done_stages_and_refuses_another_config(tiny_run, organism_r
 
 
 def _work_cell_running(nb_path: Path) -> bool:
-    """Whether papermill's executed copy marks the stage's work cell (`<module>.run(cfg)`) as running."""
+    """Whether papermill's executed copy marks the stage's work cell (`stagecache.run_stage(cfg)`) as running."""
     try:
         cells = json.loads(nb_path.read_text())["cells"]
     except (OSError, ValueError):  # not written yet, or caught mid-write
         return False
-    return any(".run(cfg)" in "".join(c["source"]) and c["metadata"].get("papermill", {}).get("status") == "running"
-               for c in cells)
+    return any("run_stage(cfg)" in "".join(c["source"])
+               and c["metadata"].get("papermill", {}).get("status") == "running" for c in cells)
 
 
 def _kill_during(stage_key: str, runs_root: Path, organism_root: Path) -> None:
