@@ -53,6 +53,7 @@ ANALYSIS, EXPLORE = "notebooks/50_analysis.ipynb", "notebooks/60_explore.ipynb"
 STAGES = ("notebooks/10_train.ipynb", "notebooks/20_sample.ipynb", "notebooks/30_verify.ipynb",
           "notebooks/40_evaluate.ipynb")
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+SHOWN = ".jp-NotebookPanel:not(.lm-mod-hidden)"  # the notebook tab on show (Lumino marks hidden tabs lm-mod-hidden)
 
 
 class Deadline:
@@ -288,8 +289,7 @@ def _saved(page, path: Path, deadline: Deadline):
     """The notebook as the page holds it (outputs, execution counts), saved with Ctrl+S and read back."""
     before = path.stat().st_mtime_ns
     # the shown notebook (a tab restored from the workspace may hold another, hidden)
-    page.locator(".jp-NotebookPanel .jp-Notebook:visible").first.click(position={"x": 5, "y": 5},
-                                                                        timeout=deadline.ms())
+    page.locator(f"{SHOWN} .jp-Notebook").first.click(position={"x": 5, "y": 5}, timeout=deadline.ms())
     page.keyboard.press("Control+s")
     while path.stat().st_mtime_ns == before:
         page.wait_for_timeout(250)
@@ -313,8 +313,9 @@ def _kernel_connected(base: str, token: str, name: str) -> bool:
 def _run_all(page, base: str, token: str, name: str, deadline: Deadline) -> None:
     """Open the notebook, wait for its kernel (accepting JupyterLab's "Select Kernel" dialog, python3 being
     preselected, if it asks), Run > Run All Cells, and wait until no cell is queued or running any more."""
-    page.goto(f"{base}/lab/tree/{name}?token={token}", timeout=deadline.ms())
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=deadline.ms())
+    # ?reset: a fresh workspace, so that the notebooks opened before this one are not restored beside it
+    page.goto(f"{base}/lab/tree/{name}?reset&token={token}", timeout=deadline.ms())
+    page.locator(f"{SHOWN} .jp-Cell").first.wait_for(timeout=deadline.ms())
     accept = page.locator(".jp-Dialog .jp-mod-accept")
     idle = page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')
     while not (_kernel_connected(base, token, name) and idle.count()):
@@ -325,7 +326,7 @@ def _run_all(page, base: str, token: str, name: str, deadline: Deadline) -> None
     # Run > Run All Cells, by the menu's labels (JupyterLab 4).
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click(timeout=deadline.ms())
     page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click(timeout=deadline.ms())
-    prompts = page.locator(".jp-CodeCell .jp-InputPrompt")
+    prompts = page.locator(f"{SHOWN} .jp-CodeCell .jp-InputPrompt")
     while True:  # every prompt is [n] or, after an error stopped the run, [ ]; none is [*]
         texts = [t.strip() for t in prompts.all_inner_texts()]
         if texts and re.fullmatch(r"\[\d+\]:", texts[0]) and not any("*" in t for t in texts) \
