@@ -69,7 +69,7 @@ def stage_outputs(paths: artifacts.RunPaths, stage: str, t: int, cfg) -> list[Pa
         keep_adapter = not cfg.merge_adapter and cfg.lora_r
         return [paths.model(t), paths.train_log(t)] + ([paths.train_data(t)] if t >= 2 else []) \
             + ([paths.adapter(t)] if keep_adapter else [])
-    if stage == "sample":  # OOD only where the task has an OOD split (paper §3.5 defines one for GSM8K)
+    if stage == "sample":  # OOD only where the task has an OOD split (paper §5.3 defines one for GSM8K)
         return [paths.samples(t, s) for s in cfg.splits if s != "ood" or paths.problems("ood").exists()]
     if stage == "verify":  # one graded table beside each sample table; the sample tables stay as sampled
         return [paths.graded(t, s) for s in SPLITS if paths.samples(t, s).exists()]
