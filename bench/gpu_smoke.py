@@ -8,7 +8,7 @@ architecture, offline (no weights are downloaded), with versions, GPU name, time
    Meta-Llama-3-8B's config.json) with `--layers` layers instead of 32, randomly initialised in bf16, and the
    organism's tokenizer (selfimprove.organism.train_tokenizer: byte-level BPE with a chat template, trained
    here on arith problems), saved with save_pretrained into a temporary folder.
-2. vLLM: `vllm.LLM` on that folder, `SamplingParams(n=--n, temperature=0.75, top_p=0.95)` (paper.md §2.4) over
+2. vLLM: `vllm.LLM` on that folder, `SamplingParams(n=--n, temperature=0.75, top_p=0.95)` (paper §4.1) over
    `--prompts` chat prompts, `ignore_eos` so that every response has `--max-tokens` tokens; then greedy.
 3. Unsloth: `FastLanguageModel.from_pretrained` on the same folder (bf16, not 4-bit), `get_peft_model` (LoRA
    r 16 on every linear layer), TRL `DPOTrainer` with the package's loss (`[sigmoid, sft]`) for `--dpo-steps`

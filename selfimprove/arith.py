@@ -1,11 +1,11 @@
 """The `arith` task: seeded multi-step arithmetic word problems, the package's model-organism task.
 
 A problem starts with a quantity and applies `level` operations (level 1-5) in a story; its gold solution is
-one equation per line (`3 * 4 = 12`) ending in `#### <answer>`, the GSM8K format (paper.md §2.4). Each
+one equation per line (`3 * 4 = 12`) ending in `#### <answer>`, the GSM8K format. Each
 training problem carries several gold solutions that differ in step order and operand order, so sampled
 solutions can genuinely differ (the diversity that self-improvement may lose). The `ood` split uses story
-templates that never occur in `train` or `test`: same arithmetic, new stories and wording (organism.md: a
-range shift measures nothing for a tiny model, an unseen template does).
+templates that never occur in `train` or `test`: same arithmetic, new stories and wording (docs/organism.md, 'OOD
+by number range': a range shift measures nothing for a tiny model, an unseen template does).
 
 Writes data/problems/arith/{train,test,ood}.jsonl via `selfimprove data arith`; deterministic for a seed.
 """
@@ -99,7 +99,7 @@ def _story_ops(rng: random.Random, level: int, cfg: ArithConfig):
 def solution_steps(start: int, ops: list[dict], order: str, rng: random.Random) -> list[str]:
     """Equation lines for one solution order.
 
-    Orders (organism.md): `sentence` applies operations as told; `products` computes every group product
+    Orders (docs/organism.md): `sentence` applies operations as told; `products` computes every group product
     first; `gains` sums the start and every gain first, then takes the losses. Operands of `*` and `+` are
     swapped at random, which is valid arithmetic and adds surface diversity.
     """
@@ -208,7 +208,7 @@ def write_jsonl(splits: dict[str, list[dict]], out_dir: Path, cfg: ArithConfig) 
 
 def extract_answer(response: str) -> str | None:
     """The number after the last `####` (an integer without leading zeros, anything else as written), else
-    None (GSM8K's answer marker, paper.md §2.4).
+    None (GSM8K's answer marker).
 
     >>> extract_answer("2 + 3 = 5\\n#### 5"), extract_answer("#### 2.5."), extract_answer("2 + 3 = 5") is None
     ('5', '2.5', True)
@@ -222,7 +222,7 @@ def extract_answer(response: str) -> str | None:
 def equations_valid(response: str) -> bool:
     """True when the response has at least one equation and every `a op b = c` in it is true arithmetic.
 
-    A process check: a correct final answer reached through false equations is luck (organism.md,
+    A process check: a correct final answer reached through false equations is luck (docs/organism.md,
     'Lucky answers').
     """
     eqs = EQUATION_RE.findall(response)

@@ -94,7 +94,7 @@ def load_split(run_dir: str | Path, split: str) -> list[dict]:
 
 def training_subset(problems: list[dict], n: int, seed: int, iteration: int) -> list[dict]:
     """The `n` training problems used at `iteration` (all when n == 0 or n >= len), a seeded draw per
-    iteration so successive iterations see different problems (organism.md: 600 per iteration)."""
+    iteration so successive iterations see different problems (docs/organism.md: 600 per iteration)."""
     if n == 0 or n >= len(problems):
         return problems
     rng = random.Random(seed * 1000 + iteration)
@@ -102,13 +102,13 @@ def training_subset(problems: list[dict], n: int, seed: int, iteration: int) -> 
 
 
 # A tokenizer without a chat template (the paper's base checkpoints, Llama-2-7b-hf among them): DIVE's
-# zero-shot layout (paper.md §2.6) without its "Let's think step by step." line, since each task's question
+# zero-shot layout without its "Let's think step by step." line, since each task's question
 # already says what to write (our choice).
 PLAIN_PROMPT = "Question:\n{question}\nAnswer:\n"
 
 
 def render_prompt(tokenizer, problem: dict) -> str:
-    """Zero-shot prompt (paper.md §2.4): the question as the only user turn of the tokenizer's chat template;
+    """Zero-shot prompt (paper, appendix Figure 6): the question as the only user turn of the tokenizer's chat template;
     without one, the BOS token (if any; prompts are tokenized without special tokens) and PLAIN_PROMPT."""
     if not tokenizer.chat_template:
         return (tokenizer.bos_token or "") + PLAIN_PROMPT.format(question=problem["question"])

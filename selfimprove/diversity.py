@@ -1,11 +1,11 @@
-"""Output diversity of a problem's responses at three levels (paper.md §3.4, the paper's Figure 4): syntactic
+"""Output diversity of a problem's responses at three levels (paper §5.2, Fig. 4): syntactic
 (distinct-n), semantic (1 - mean pairwise cosine similarity of sentence embeddings) and logical (distinct
 equations), each computed per problem on a set of its sampled responses, then averaged over problems.
 
-Rules the paper leaves open (paper.md §8.8), with our choices:
+Rules the paper does not give, with our choices:
 - Sets. For each problem, the `correct` set is its correct sampled responses and the `incorrect` set all the
   others (`incorrect`, `no_answer`, `timeout`, `error`), each ordered by `sample_idx`. Distinct-n and
-  distinct-equation ratios fall as a set grows (organism.md, 'Set-size bias'), so every set is cut to the
+  distinct-equation ratios fall as a set grows (docs/organism.md, 'Set-size bias'), so every set is cut to the
   same size m (`diversity_per_problem`): the first m responses by `sample_idx` (samples are i.i.d., so this
   is a random choice that needs no RNG). A problem with fewer than m responses in a group, or fewer than
   two when m = 0 ("all responses"), has no value for that group: it is left out of that group's mean and
@@ -87,7 +87,7 @@ EQUATIONS = {name: t.equations for name, t in TASKS_BY_NAME.items()}
 
 
 def distinct_equations(texts: list[str], task: str = "arith") -> float | None:
-    """|distinct equations| / |equations| over the set's responses (paper.md §3.4 'Distinct Equations');
+    """|distinct equations| / |equations| over the set's responses (paper §5.2, 'Distinct Equations');
     None when the set has no equation (left out of the mean).
 
     >>> distinct_equations(["3 + 4 = 7\\n7 * 2 = 14\\n#### 14", "3+4 = 7\\n#### 7", "#### 9"])
@@ -104,7 +104,7 @@ def distinct_equations(texts: list[str], task: str = "arith") -> float | None:
 # Semantic diversity: 1 - mean pairwise cosine similarity, vectorized over problems.
 
 def pairwise_diversity(emb: np.ndarray) -> np.ndarray:
-    """1 - mean cosine similarity over all pairs i < j of each set (paper.md §3.4; Kirk et al.'s
+    """1 - mean cosine similarity over all pairs i < j of each set (paper §5.2; Kirk et al.'s
     `SentBertFromSim`), for a stack of P sets of m >= 2 embeddings each, shape (P, m, d) -> (P,). One
     normalised batched matrix product per call; a single set (m, d) gives a scalar.
 

@@ -83,7 +83,7 @@ def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0) -> tuple[float | Non
 
 
 def group_disparity(acc_low: float, acc_high: float) -> float | None:
-    """(acc_L1 - acc_L5) / acc_L1 (paper.md §3.6), for the easiest and hardest level; None when the
+    """(acc_L1 - acc_L5) / acc_L1 (paper §5.3, Fig. 5), for the easiest and hardest level; None when the
     easiest level's accuracy is 0 (the ratio is undefined).
 
     >>> group_disparity(0.8, 0.4)
@@ -175,7 +175,7 @@ def disparity_change(correct_before, correct_after, level, n_boot: int = 1000, s
 
 
 def paradigm_advice(coverage_mean: float) -> str:
-    """The paper's rule (paper.md §3.2, verbatim on the authors' page): correct-answer coverage of M1 above
+    """The paper's rule (paper §4.2, verbatim on the authors' project page): correct-answer coverage of M1 above
     0.5 favours iterative DPO or SFT-DPO, below 0.5 iterative SFT. At exactly 0.5 (the paper says neither)
     we advise SFT. `coverage_mean` is the paper's likely definition (mean per-sample correctness of M1 on
     the training prompts).

@@ -13,9 +13,10 @@ show a dropdown of its runs above them and follow its choice.
 A relative folder is read from artifacts.project_dir(): the checkout when the working directory is its
 notebooks/ folder (JupyterLab starts the notebook's kernel there), else the working directory.
 
-Greedy correctness decides the transition sets, as in improvement.py (paper.md §3.3 [INF]); the equations
-highlighted are those the Distinct Equations metric counts (diversity.EQUATIONS); the heatmaps are the cosine
-similarities whose mean the embedding-diversity metric reports (diversity.pairwise_diversity).
+Greedy correctness decides the transition sets, as in improvement.py (inferred from paper §5.1; the paper does
+not state it); the equations highlighted are those the Distinct Equations metric counts (diversity.EQUATIONS);
+the heatmaps are the cosine similarities whose mean the embedding-diversity metric reports
+(diversity.pairwise_diversity).
 """
 
 from __future__ import annotations

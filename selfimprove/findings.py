@@ -3,17 +3,17 @@
 The verdict gives one label per run. A reader who wants to know which of the paper's claims hold on their
 own models needs each claim apart, with its interval (issue 17, point 7). Each finding is read from the
 run's verdict signals (report/verdict.csv, verdict.signals) at the comparison M1 -> M_t*, the best iterate
-(the paper's M_t*, paper.md §3.7; the verdict's first comparison):
+(the paper's M_t*, its Figures 1 and 2; the verdict's first comparison):
 
 - pass@1 gain: the test pass@1 change, and whether it is a gain (past `min_pass1_gain`, interval above 0).
 - IS(t) within reach: the share of the gained problems IS(t) that M1 already solved within N samples,
-  against the same share on every problem M1 got wrong greedily (paper.md §3.3, Figure 3). It "appears"
+  against the same share on every problem M1 got wrong greedily (paper §5.1, Fig. 3). It "appears"
   when the gained problems were more often within M1's reach than the baseline: the gain is answer
   selection more than new ability.
-- diversity down, all three measures: distinct-n, embedding diversity and distinct equations (paper.md
-  §3.4); it appears when every measure has a fired decline, on correct or on incorrect responses.
-- OOD down: the OOD pass@1 decline fired (paper.md §3.5).
-- group disparity up: the test disparity between the easiest and hardest level rose (paper.md §3.6).
+- diversity down, all three measures: distinct-n, embedding diversity and distinct equations (paper
+  §5.2); it appears when every measure has a fired decline, on correct or on incorrect responses.
+- OOD down: the OOD pass@1 decline fired (paper §5.3, Fig. 5).
+- group disparity up: the test disparity between the easiest and hardest level rose (paper §5.3, Fig. 5).
 
 "Appears" uses the run's own verdict thresholds, so a finding appears exactly when the verdict counts it.
 """

@@ -1,13 +1,14 @@
-"""Improvement sets (paper.md §3.3, the paper's Figure 3): which problems M_t gains and loses against M1, by
+"""Improvement sets (paper §5.1, Fig. 3): which problems M_t gains and loses against M1, by
 level, and whether M1 could already solve the gained ones by sampling.
 
-IS(t) = problems M_t solves greedily and M1 does not ("solves" = greedy correctness, paper.md §3.3 [INF]).
-Beside it: the lost set (M1 solves, M_t does not; organism.md 'Churn': report it beside the gain) and the
-two stable sets. M1's accuracy@N (unbiased pass@N from M1's own samples) on IS(t) is shown next to M1's
-accuracy@N on all problems, on the problems M1 gets wrong greedily, and on the problems still unsolved at t
-(wrong for M1 and M_t): the baseline the paper's reviewers asked for (paper.md §7, R3), so that "accuracy@N
-rises with N" is not mistaken for a finding. N runs over 1, 2, 4, ... up to 64 (the paper's grid) or the
-number of samples M1 has per problem, whichever is smaller; the rows say which N.
+IS(t) = problems M_t solves greedily and M1 does not ("solves" = greedy correctness: inferred from paper §5.1;
+the paper does not state it). Beside it: the lost set (M1 solves, M_t does not; docs/organism.md, 'Churn':
+report it beside the gain) and the two stable sets. M1's accuracy@N (unbiased pass@N from M1's own samples)
+on IS(t) is shown next to M1's accuracy@N on all problems, on the problems M1 gets wrong greedily, and on the
+problems still unsolved at t (wrong for M1 and M_t): the baseline that answers the third of the ICLR 2025
+OpenReview reviews, so that "accuracy@N rises with N" is not mistaken for a finding. N runs over 1, 2, 4, ...
+up to 64 (the paper's grid) or the number of samples M1 has per problem, whichever is smaller; the rows say
+which N.
 
 Inputs are per-problem tables (metrics.per_problem_table: index problem_id, columns level, greedy_correct,
 n, c). Called by the evaluate stage for every t >= 2 (metrics.py) and by verdict.py.

@@ -105,7 +105,7 @@ def split_metrics(df: pd.DataFrame, ks: list[int], n_boot: int = 0, seed: int = 
     out["finish_length_rate"] = float((resp["finish_reason"] == "length").mean())
     task = df["task"].iloc[0]
     check = tasks.task_of(task).process_check if task in tasks.TASKS_BY_NAME else None
-    if check is not None:  # arith: correct answers reached through false equations are luck (organism.md)
+    if check is not None:  # arith: correct answers through false equations are luck (docs/organism.md)
         right = resp[resp["correct"]]
         out["valid_equations_share_of_correct"] = float(right["response"].map(check).mean()) if len(right) else None
         if len(right) and right["level"].notna().all():
@@ -117,7 +117,7 @@ def split_metrics(df: pd.DataFrame, ks: list[int], n_boot: int = 0, seed: int = 
 
 
 def coverage(df: pd.DataFrame) -> dict:
-    """Correct-answer coverage of the sampled responses, two definitions labelled apart (paper.md §3.2):
+    """Correct-answer coverage of the sampled responses, two definitions labelled apart (paper §4.2, Fig. 2):
     `coverage_mean`, the mean per-sample correctness on the training prompts (the paper's likely
     definition, the one its paradigm advice uses), and `coverage_any`, the share of problems with at least
     one correct sample (the repeated-sampling definition of Large Language Monkeys)."""

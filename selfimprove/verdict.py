@@ -1,8 +1,9 @@
-"""The verdict of a run: is the pass@1 gain progress, or self-improvement reversal (paper.md §1, §3.7)?
+"""The verdict of a run: is the pass@1 gain progress, or self-improvement reversal (paper, abstract)?
 
 The paper defines reversal in words, not by a number: "as pass@1 accuracy improves, broader capabilities
-like output diversity and out-of-distribution generalization decline" (paper.md §1, verbatim). Our
-operational rule (paper.md §3.7 is an inference; the thresholds are our choices, all in `Thresholds`):
+like output diversity and out-of-distribution generalization decline" (verbatim from the authors' project page;
+the abstract says the same). Our operational rule (inferred from that definition, which gives no numeric rule;
+the thresholds are our choices, all in `Thresholds`):
 
 - From M1 to the best iterate (highest greedy test pass@1 among t >= 2, the paper's M_t*) and to the last,
   compute the reversal signals with 95% bootstrap intervals over problems: the test pass@1 change (paired:

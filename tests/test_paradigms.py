@@ -10,7 +10,7 @@ from selfimprove import artifacts, config, pairs, pipeline, profiling, report, s
 
 
 def test_train_kinds_follow_the_paper():
-    # paper.md §2.3: SFT-DPO's t = 2 equals DPO's, then it alternates
+    # inferred from paper Figures 1, 4, 5: SFT-DPO's t = 2 equals DPO's, then it alternates
     assert [config.train_kind("sft-dpo", t) for t in range(1, 6)] == [None, "dpo", "sft", "dpo", "sft"]
     assert [config.train_kind("sft", t) for t in range(2, 6)] == ["sft"] * 4
     assert [config.train_kind("dpo", t) for t in range(2, 6)] == ["dpo"] * 4

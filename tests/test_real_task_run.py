@@ -1,5 +1,5 @@
 """A recipe on a real task with its own model, end to end through the stage notebooks: GSM8K problems from
-local files in the dataset's format, MATH test problems as its OOD split (paper §3.5), and a local model
+local files in the dataset's format, MATH test problems as its OOD split (paper §5.3), and a local model
 directory as M0 (the tiny organism's M0, which has a chat template), made M1 by gold SFT in iteration 1."""
 
 import json
@@ -37,7 +37,7 @@ def test_gsm8k_recipe_with_a_local_model_runs_gold_sft_then_the_loop_stages(tmp_
     assert log["kind"] == "gold" and log["rows"] == 12 and log["base"] == str(m0)  # one gold solution each
     assert artifacts.sha256(paths.model(1) / "model.safetensors") != artifacts.sha256(m0 / "model.safetensors")
     ood_problems = [json.loads(line) for line in paths.problems("ood").read_text().splitlines()]
-    assert ood_problems and {p["task"] for p in ood_problems} == {"math"}  # MATH algebra (paper §3.5)
+    assert ood_problems and {p["task"] for p in ood_problems} == {"math"}  # MATH algebra (paper §5.3)
     ood = Run(paths.root).graded(1, "ood")
     assert len(ood) == len(ood_problems) * 3 and ood["status"].notna().all()  # greedy + 2 samples each
     metrics = json.loads(paths.metrics(1).read_text())

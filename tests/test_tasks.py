@@ -65,7 +65,7 @@ def test_gsm8k_rows(loaded):
     first = split["train"][0]
     assert first["id"] == "gsm8k-train-00000" and first["task"] == "gsm8k" and first["level"] is None
     assert first["answer"] == "12" and first["solutions"] == [json.loads(
-        (FIXTURES / "gsm8k.jsonl").read_text().splitlines()[0])["answer"]]  # calculator notes kept (paper.md §2.4)
+        (FIXTURES / "gsm8k.jsonl").read_text().splitlines()[0])["answer"]]  # calculator notes kept (tasks.py)
     assert first["question"].startswith(first["problem"]) and first["problem"].startswith("A baker makes 24")
     assert split["test"][0]["answer"] == "1475"  # "#### 1,475": thousands separators dropped
     assert len({r["id"] for r in split["train"]}) == 12
@@ -93,7 +93,7 @@ def test_math_filters_keep_ids(cache, loaded):
 
 def test_gsm8k_ood_is_math_algebra(loaded):
     ood = loaded["gsm8k"]["ood"]
-    assert len(ood) == 4 and {r["subject"] for r in ood} == {"algebra"}  # paper.md §3.5
+    assert len(ood) == 4 and {r["subject"] for r in ood} == {"algebra"}  # paper §5.3
     assert {r["task"] for r in ood} == {"math"} and {r["level"] for r in ood} == {1, 2, 3, 5}
     assert all("\\boxed{}" in r["question"] for r in ood) and all(r["id"].startswith("math-ood-algebra-") for r in ood)
     assert tasks.plan("gsm8k", tasks.DataConfig(revision="abc"))[2] == tasks.SplitPlan(
@@ -101,7 +101,8 @@ def test_gsm8k_ood_is_math_algebra(loaded):
 
 
 def test_default_splits_and_sources():
-    """CSQA's labelled validation split is its test set (paper.md §4); only GSM8K has an OOD set by default."""
+    """CSQA's labelled validation split is its test set (the test labels are hidden); only GSM8K has an OOD set
+    by default."""
     plans = {t: {p.split: p for p in tasks.plan(t, tasks.DataConfig())} for t in tasks.LOADERS}
     assert plans["csqa"]["test"].spec == "validation" and plans["csqa"]["test"].source == "tau/commonsense_qa"
     assert plans["gsm8k"]["train"].configs == ("main",) and plans["mbpp"]["test"].configs == ("full",)

@@ -22,7 +22,7 @@ NUMBER_RE = re.compile(r"(?<![\w.])([-−]?)(?:\$\s?)?(\d{1,3}(?:,\d{3})+(?:\.\d
 
 
 def grade_arith(response: str, gold: str) -> Grade:
-    """Arith: the number after the last `####` (GSM8K's marker, paper.md §2.4), compared as an integer; a
+    """Arith: the number after the last `####` (GSM8K's marker), compared as an integer; a
     number that is not one ("#### 12.5") is incorrect.
 
     >>> grade_arith("3 * 4 = 12\\n#### 12", "12")
