@@ -67,12 +67,19 @@ def stages_of(t: int, gold_sft: bool = False) -> list[str]:
 def prepare(cfg: RunConfig, paths: artifacts.RunPaths, manifest: artifacts.Manifest, organism_root: Path,
             log=print) -> None:
     """Problems, and for the organism its M1, for the run (the `prepare` stage): built once, then recorded and
-    skipped. A recipe with its own `model` makes M1 in the train stage of iteration 1 (gold SFT)."""
+    skipped while its files are as recorded (a changed M1 or problem file is made again, from the organism
+    and the task's data, and the stages that read it see whether it came back the same: stagecache). A recipe
+    with its own `model` makes M1 in the train stage of iteration 1 (gold SFT)."""
     key = "prepare"
     own_model = bool(cfg.model)
     outputs = [paths.problems(s) for s in ("train", "test")] + ([] if own_model else [paths.model(1)])
+    recorded = [paths.root / rel for rel in manifest.data["stages"].get(key, {}).get("outputs", {})]
     if manifest.is_done(key, outputs):
-        return
+        changed = manifest.changed(key, recorded, paths.root)
+        if not changed:
+            return
+        log(f"  [prepare] recorded as done, but its outputs are not as recorded: {'; '.join(changed[:3])}: "
+            "making them again")
     manifest.start(key)
     t0 = time.time()
     if cfg.task == "arith":

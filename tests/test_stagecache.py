@@ -79,6 +79,24 @@ def test_resume_redoes_what_changed_and_what_reads_it(tiny_run, organism_root, t
     redone = {line.split("]")[0].strip(" [") for line in lines if "running it again" in line}
     assert redone == {"1/evaluate", "2/train", "2/evaluate"}, lines
     assert all(f"[{key}] recorded as done, but what it reads changed" in "\n".join(lines) for key in redone)
+
+    # part of M1's weights zeroed and M2 deleted (a probe of issue 20): M1 is copied again from the organism
+    # before M2 is trained from it, M2 comes back the same, and only the evaluate stage that reads M2's train log
+    # (its times differ) runs again
+    reference_paths = artifacts.RunPaths(tiny_run)
+    weights = next(paths.model(1).glob("*.safetensors"))
+    damaged = bytearray(weights.read_bytes())
+    damaged[-4096:] = bytes(4096)
+    weights.write_bytes(damaged)
+    shutil.rmtree(paths.model(2))
+    lines.clear()
+    run()
+    assert any("[prepare] recorded as done, but its outputs are not as recorded: iter_1/model: changed" in line
+               for line in lines), lines
+    redone = {line.split("]")[0].strip(" [") for line in lines if "running it again" in line}
+    assert redone == {"2/train", "2/evaluate"}, lines
+    assert artifacts.sha256(paths.model(1)) == artifacts.sha256(reference_paths.model(1))
+    assert artifacts.sha256(paths.model(2)) == artifacts.sha256(reference_paths.model(2))
     assert json.loads(paths.metrics(2).read_text()) == json.loads(reference)
 
 
