@@ -35,9 +35,9 @@ def runs_of(path: Path) -> list[Path]:
 
 
 def profile(path: Path) -> dict:
-    from selfimprove import pipeline
+    from selfimprove import report
 
-    return pipeline.time_by_stage(runs_of(path))
+    return report.time_by_stage(runs_of(path))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> dict:
                            "platform": platform.platform()}, versions=artifacts.versions())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    from selfimprove import pipeline
+    from selfimprove import report
 
-    print(pipeline.time_by_stage_table(result))
+    print(report.time_by_stage_table(result))
     if args.wall_s:
         print(f"\ncommand wall {args.wall_s:.1f}s: {args.wall_s - result['wall_s']:.1f}s outside the stages "
               f"(install, imports, reports); model compute is {result['compute_s'] / args.wall_s:.0%} of it")
