@@ -1,9 +1,6 @@
 """The roofline arithmetic of selfimprove/profiling.py (the GPU benchmarks' bound columns) against a real
 model: its parameter count and the KV cache it really allocates."""
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -70,18 +67,3 @@ def test_stage_threads_are_set_and_given_back(monkeypatch):
         torch.set_num_threads(before)
 
 
-
-@pytest.mark.slow
-def test_the_demo_profile_bench_reads_a_finished_run(tiny_run, tmp_path, capsys):
-    """bench/demo_profile.py, which the performance docs quote, runs on a run the package made (it once called
-    a function that had moved to report.py, and nothing noticed)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "demo_profile.py"
-    spec = importlib.util.spec_from_file_location("demo_profile", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    result = bench.main([str(tiny_run), "--out", str(tmp_path / "profile.json")])
-    assert result["wall_s"] > result["compute_s"] > 0
-    assert json.loads((tmp_path / "profile.json").read_text())["wall_s"] == result["wall_s"]
-    assert "| all |" in capsys.readouterr().out
