@@ -4,9 +4,11 @@
     .venv/bin/python bench/dpo_sweep.py data/runs/demo --name lr1e-4 --set learning_rate=1e-4 [--set ...]
 
 Each `--set` is a TrainConfig field (selfimprove/config.py) as YAML; the rest come from the run's recipe
-(its manifest). Trains from iter_1/model on iter_1/train_data.parquet into /tmp/dpo_sweep/<name>, prints
-the greedy pass@1 per split and level with the DPO log summary, and appends it to
-bench/results/dpo_sweep.jsonl. The demo recipe's learning rate comes from this sweep.
+(its manifest). Trains from iter_1/model on the pairs that made the run's M2 (iter_2/train_data.parquet)
+into /tmp/dpo_sweep/<name>, decodes test and OOD greedily, and prints, per split, M2's pass@1 beside M1's
+(the run's own grades) with the paired change and its 95% bootstrap interval, pass@1 per level, the share of
+greedy answers that changed, and the DPO log summary; appends it to bench/results/dpo_sweep.jsonl. One
+iteration from one M1 with one seed: it says where a single DPO step gains, not what T iterations do.
 """
 
 from __future__ import annotations
@@ -21,19 +23,40 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def greedy_pass1(model_dir: Path, problems: list[dict]) -> tuple[float, list[float]]:
+def greedy_correct(model_dir: Path, problems: list[dict]) -> tuple[dict, dict]:
+    """Per problem id: whether the model's greedy answer is right, and the answer (compact sampler, whose
+    greedy answers are `generate`'s: bench/sampling.py checks it), 128 new tokens as the demo."""
     from selfimprove import arith
     from selfimprove.data import render_prompt
-    from selfimprove.sample import TransformersSampler
+    from selfimprove.sample import CompactSampler
 
-    sampler = TransformersSampler(model_dir)
+    sampler = CompactSampler(model_dir)
     prompts = [render_prompt(sampler.tokenizer, p) for p in problems]
     comps = sampler.generate(prompts, n=1, temperature=0, top_p=1.0, max_new_tokens=128, batch_size=256, seed=0)
-    ok = [arith.extract_answer(c[0].text) == str(p["answer"]) for c, p in zip(comps, problems)]
+    answers = {p["id"]: arith.extract_answer(c[0].text) for c, p in zip(comps, problems)}
+    return {p["id"]: answers[p["id"]] == str(p["answer"]) for p in problems}, answers
+
+
+def against_m1(run, split: str, correct: dict, answers: dict, problems: list[dict]) -> dict:
+    """pass@1 of the swept M2 beside M1's (the run's own greedy grades), the paired change with its 95%
+    bootstrap interval over problems (estimators.paired_change_ci), per level, and the share of greedy answers
+    that changed."""
+    from selfimprove import estimators
+
+    m1 = run.greedy_correct(1, split)
+    m1_answers = run.greedy_answers(1, split)
+    ids = [p["id"] for p in problems if p["id"] in m1.index]
+    before = [float(m1[i]) for i in ids]
+    after = [float(correct[i]) for i in ids]
+    lo, hi = estimators.paired_change_ci(before, after)
     levels = sorted({p["level"] for p in problems})
-    by_level = [round(sum(o for o, p in zip(ok, problems) if p["level"] == lv)
-                      / sum(p["level"] == lv for p in problems), 3) for lv in levels]
-    return round(sum(ok) / len(ok), 3), by_level
+    level_of = {p["id"]: p["level"] for p in problems}
+    return {"m1": round(sum(before) / len(ids), 4), "m2": round(sum(after) / len(ids), 4),
+            "change": round((sum(after) - sum(before)) / len(ids), 4),
+            "ci": [None if lo is None else round(lo, 4), None if hi is None else round(hi, 4)],
+            "m2_by_level": {lv: round(sum(correct[i] for i in ids if level_of[i] == lv)
+                                      / sum(1 for i in ids if level_of[i] == lv), 3) for lv in levels},
+            "answers_changed": round(sum(str(answers[i]) != str(m1_answers.get(i)) for i in ids) / len(ids), 4)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -49,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     from selfimprove import artifacts, train
     from selfimprove.config import TrainConfig, apply_overrides, build
     from selfimprove.data import load_split
+    from selfimprove.runs import Run
 
     paths = artifacts.RunPaths(args.run_dir)
     recipe = artifacts.Manifest.load(paths).data["config"]
@@ -58,11 +82,18 @@ def main(argv: list[str] | None = None) -> dict:
     pairs = pd.read_parquet(paths.train_data(2))  # the data that made M2, from M1's graded samples
     out_dir = Path("/tmp/dpo_sweep") / args.name
     t0 = time.time()
-    record = train.TRAINERS[cfg.paradigm](cfg, paths.model(1), pairs, out_dir)
+    trainer, tokenizer = train.TRAINERS["dpo"](cfg, paths.model(1), pairs, out_dir)  # as the train stage (fit)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    (model.merge_and_unload() if cfg.lora_r else model).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    history = [h for h in trainer.state.log_history if "loss" in h or "train_runtime" in h]
     result = {"name": args.name, "date": time.strftime("%Y-%m-%d"), "run": str(args.run_dir), "set": args.set,
-              "pairs": len(pairs), "train_s": round(time.time() - t0, 1), "log": record["summary"]}
+              "pairs": len(pairs), "train_s": round(time.time() - t0, 1), "log": train.summarize_log(history)}
+    run = Run(paths.root)
     for split in ("test", "ood"):
-        result[split], result[f"{split}_levels"] = greedy_pass1(out_dir, load_split(args.run_dir, split))
+        problems = load_split(args.run_dir, split)
+        correct, answers = greedy_correct(out_dir, problems)
+        result[split] = against_m1(run, split, correct, answers, problems)
     print(json.dumps(result))
     with open(args.out, "a") as fh:
         fh.write(json.dumps(result) + "\n")
