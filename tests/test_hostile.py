@@ -1,6 +1,8 @@
 """Hostile input (issue 20): each probe fails at once with one line that names what and where, and nothing outside
 a run's own folder, nor the input of `selfimprove grade`, is deleted or overwritten. docs/faults.md lists them."""
 
+import contextlib
+import ctypes
 import json
 import os
 import stat
@@ -10,7 +12,7 @@ import time
 
 import pytest
 
-from selfimprove import artifacts, cli, config, data, pipeline
+from selfimprove import artifacts, cli, config, data, organism, pipeline
 from selfimprove.grading import files
 from selfimprove.grading.grade_text import extract_gsm8k, grade_gsm8k
 
@@ -26,6 +28,57 @@ def no_work(monkeypatch):
         raise RuntimeError("the run went on past its checks")
 
     monkeypatch.setattr(pipeline, "prepare", prepare)
+
+
+@contextlib.contextmanager
+def _mode_bits_bind_root():
+    """Root obeys a folder's mode bits as any user does, in this thread, while inside: the capability that lets
+    it write where they forbid (CAP_DAC_OVERRIDE) is dropped from the thread's effective set (capset(2)) and put
+    back after; it stays in the permitted set, so taking it back needs no privilege. The kernel then refuses the
+    write as it would a user's: a real read-only folder, not a mock. Skips the test where capget or capset is
+    unavailable (not Linux, or a sandbox forbids them)."""
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        capget, capset = libc.capget, libc.capset
+    except (OSError, AttributeError):
+        pytest.skip("no capget/capset here: root writes into a read-only folder")
+    header, caps = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3, this thread
+    if capget(ctypes.byref(header), caps) != 0:
+        pytest.skip(f"capget failed ({os.strerror(ctypes.get_errno())}): root writes into a read-only folder")
+    effective = caps[0].effective
+    caps[0].effective &= ~(1 << 1)  # CAP_DAC_OVERRIDE
+    if capset(ctypes.byref(header), caps) != 0:
+        pytest.skip(f"capset failed ({os.strerror(ctypes.get_errno())}): root writes into a read-only folder")
+    try:
+        yield
+    finally:
+        caps[0].effective = effective
+        assert capset(ctypes.byref(Header(0x20080522, 0)), caps) == 0
+
+
+@pytest.fixture
+def mode_bits_bind(tmp_path_factory):
+    """A folder made read-only (mode 0o555) refuses writes in this test, whoever runs it: a user by its mode bits,
+    root too (_mode_bits_bind_root: the tests run as root in containers, where chmod alone stops nothing). Checked
+    on a folder of its own first; where root still writes there, the test is skipped."""
+    probe = tmp_path_factory.mktemp("mode-bits") / "read-only"
+    probe.mkdir(mode=0o555)
+    with contextlib.ExitStack() as stack:
+        if os.geteuid() == 0:
+            stack.enter_context(_mode_bits_bind_root())
+        try:
+            (probe / "x").mkdir()
+        except PermissionError:
+            pass
+        else:
+            pytest.skip("a folder's mode bits do not stop writes here")
+        yield
 
 
 def _one_line_error(capsys) -> str:
@@ -145,10 +198,57 @@ def test_a_study_name_that_holds_a_run_is_refused(tmp_path, no_work):
     assert sorted(p.name for p in (tmp_path / "runs" / "r").iterdir()) == ["manifest.json"]
 
 
-def test_a_runs_root_that_cannot_be_made_is_a_named_error(tmp_path, capsys, no_work):
+def test_a_runs_root_or_organism_root_under_a_file_is_a_named_error(tmp_path, capsys, no_work):
     (tmp_path / "file").write_text("")
     assert cli.main(["run", "tiny", "--runs-root", str(tmp_path / "file"), "--kernel", "fresh"]) == 2
-    assert "cannot create the run folder or its lock file (Not a directory)" in _one_line_error(capsys)
+    assert (f"run folder {tmp_path}/file/tiny cannot be created: {tmp_path}/file is a file, not a folder; a run "
+            "writes its files there: give --runs-root") in _one_line_error(capsys)
+    for argv in (["run", "tiny", "--runs-root", str(tmp_path / "runs")], ["organism", "tiny"]):
+        assert cli.main([*argv, "--organism-root", str(tmp_path / "file" / "org")]) == 2
+        assert (f"organism root {tmp_path}/file/org cannot be created: {tmp_path}/file is a file, not a folder; "
+                "organism ") in _one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # refused before the run folder is made
+
+
+def _read_only(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o555)
+    return folder
+
+
+def test_a_read_only_runs_root_is_a_named_error_before_any_work(tmp_path, capsys, no_work, mode_bits_bind):
+    ro = _read_only(tmp_path / "ro")
+    assert cli.main(["run", "tiny", "--runs-root", str(ro), "--organism-root", str(tmp_path / "org")]) == 2
+    assert (f"error: run folder {ro}/tiny cannot be created: {ro} is not writable (Permission denied); a run writes "
+            "its files there: give --runs-root a folder you can write") in _one_line_error(capsys)
+    assert cli.main(["run", "tiny", "--set", "paradigm=[dpo, sft]", "--runs-root", str(ro)]) == 2  # a study
+    assert f"study folder {ro}/tiny cannot be created: {ro} is not writable" in _one_line_error(capsys)
+    assert not any(ro.iterdir()) and not (tmp_path / "org").exists()
+
+
+def test_a_read_only_organism_root_is_a_named_error_unless_it_holds_the_build(tmp_path, capsys, no_work,
+                                                                              mode_bits_bind, monkeypatch):
+    def build(*args, **kwargs):
+        raise AssertionError("the organism build started")
+
+    monkeypatch.setattr(organism, "build", build)
+    ro = _read_only(tmp_path / "ro")
+    digest = config.load_recipe(pipeline.RECIPES / "tiny.yaml").organism_config().digest()
+    for argv in (["run", "tiny", "--runs-root", str(tmp_path / "runs")],
+                 ["run", "tiny", "--set", "paradigm=[dpo, sft]", "--runs-root", str(tmp_path / "runs")],
+                 ["organism", "tiny"]):
+        assert cli.main([*argv, "--organism-root", str(ro)]) == 2
+        assert (f"error: organism root {ro} is not writable (Permission denied); organism {digest} is not built "
+                "there, and a run builds it there: give --organism-root a folder you can write, or one that holds "
+                "its build") in _one_line_error(capsys)
+    assert not (tmp_path / "runs").exists() and not any(ro.iterdir())
+    ro.chmod(0o755)
+    (ro / digest).mkdir()
+    (ro / digest / "build.json").write_text("{}")
+    ro.chmod(0o555)  # a read-only root that holds the build is only read: the run goes on (to no_work)
+    with pytest.raises(RuntimeError, match="the run went on past its checks"):
+        cli.main(["run", "tiny", "--runs-root", str(tmp_path / "runs"), "--organism-root", str(ro), "--kernel",
+                  "fresh"])
 
 
 # ---- the run folder's lock ---------------------------------------------------------------------------------
@@ -303,11 +403,11 @@ def test_grade_refuses_an_output_folder_it_cannot_write_before_grading(tmp_path,
     assert "cannot write a file in" in _one_line_error(capsys)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
-def test_grade_refuses_a_read_only_output_folder_before_grading(tmp_path, capsys, graded_input):
+def test_grade_refuses_a_read_only_output_folder_before_grading(tmp_path, capsys, graded_input, mode_bits_bind):
     (tmp_path / "ro").mkdir(mode=0o555)
     assert _grade(graded_input, tmp_path / "ro" / "out.jsonl") == 2
-    assert "cannot write a file in" in _one_line_error(capsys) and "Permission denied" in capsys.readouterr().err
+    err = _one_line_error(capsys)
+    assert "cannot write a file in" in err and "(Permission denied)" in err
 
 
 # ---- JSONL input ----------------------------------------------------------------------------------------------
