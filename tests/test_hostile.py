@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 
 import pytest
 
@@ -226,6 +227,23 @@ def test_a_read_only_runs_root_is_a_named_error_before_any_work(tmp_path, capsys
     assert not any(ro.iterdir()) and not (tmp_path / "org").exists()
 
 
+def test_a_read_only_run_folder_is_a_named_error_for_run_metrics_and_report(tmp_path, capsys, no_work, mode_bits_bind,
+                                                                            write_graded):
+    paths = _made_run(tmp_path / "runs" / "tiny", write_graded, cfg=config.load_recipe(pipeline.RECIPES / "tiny.yaml"))
+    (paths.root / "run.lock").write_text("")  # a lock file that can be written, in a folder that cannot
+    _read_only(paths.root)
+    before = _files(paths.root)
+    assert cli.main(["run", "tiny", "--runs-root", str(tmp_path / "runs"), "--kernel", "fresh"]) == 2
+    assert f"error: run folder {paths.root} is not writable (Permission denied)" in _one_line_error(capsys)
+    assert cli.main(["metrics", str(paths.root)]) == 2
+    assert (f"error: run folder {paths.root} is not writable (Permission denied); the command writes the run's files "
+            "there") in _one_line_error(capsys)
+    assert cli.main(["report", str(paths.root)]) == 2
+    assert (f"error: report folder {paths.report} cannot be created: {paths.root} is not writable (Permission "
+            "denied)") in _one_line_error(capsys)
+    assert _files(paths.root) == before
+
+
 def test_a_read_only_organism_root_is_a_named_error_unless_it_holds_the_build(tmp_path, capsys, no_work,
                                                                               mode_bits_bind, monkeypatch):
     def build(*args, **kwargs):
@@ -249,6 +267,179 @@ def test_a_read_only_organism_root_is_a_named_error_unless_it_holds_the_build(tm
     with pytest.raises(RuntimeError, match="the run went on past its checks"):
         cli.main(["run", "tiny", "--runs-root", str(tmp_path / "runs"), "--organism-root", str(ro), "--kernel",
                   "fresh"])
+
+
+# ---- a run's own files: report, metrics, audit ----------------------------------------------------------------
+
+STAGES_DONE = ("prepare", "1/sample", "1/verify", "1/evaluate", "2/train", "2/sample", "2/verify", "2/evaluate")
+
+
+def _made_run(root, write_graded, cfg=None, done=STAGES_DONE):
+    """A run of T = 2 made by hand, in milliseconds: each iteration's test and OOD sample tables and their grades
+    (three problems, one greedy and two sampled responses each), metrics.json and per_problem.parquet; its manifest
+    records the stages `done` as done, with their outputs."""
+    import pandas as pd
+
+    cfg = cfg or config.RunConfig(name=root.name, iterations=2)
+    paths = artifacts.RunPaths(root)
+    manifest = artifacts.Manifest.open(paths, asdict(cfg), cfg.digest())
+    outputs = {}
+    for t in (1, 2):
+        for split in ("test", "ood"):
+            rows = [dict(iteration=t, split=split, task="arith", problem_id=f"p{i}", level=1, decoding=dec,
+                         sample_idx=j, response=f"{i} + 1 = {i + 1}\n#### {i + 1}", finish_reason="stop",
+                         status="correct" if i else "incorrect", correct=bool(i))
+                    for i in range(3) for dec, j in (("greedy", 0), ("sample", 0), ("sample", 1))]
+            write_graded(pd.DataFrame(rows), paths.samples(t, split))
+            outputs.setdefault(f"{t}/sample", []).append(paths.samples(t, split))
+            outputs.setdefault(f"{t}/verify", []).append(paths.graded(t, split))
+        artifacts.write_json({"iteration": t, "test": {"pass@1": 2 / 3}, "table": []}, paths.metrics(t))
+        artifacts.write_parquet(pd.DataFrame({"problem_id": ["p0", "p1", "p2"], "split": "test",
+                                              "greedy_correct": [0.0, 1.0, 1.0]}), paths.per_problem(t))
+        outputs[f"{t}/evaluate"] = [paths.metrics(t), paths.per_problem(t)]
+    for key in done:
+        manifest.data["stages"][key] = {"state": "done", "outputs": {str(f.relative_to(root)): "hash"
+                                                                     for f in outputs.get(key, [])}}
+    manifest.save()
+    return paths
+
+
+def _files(root) -> dict:
+    """Every file under `root` with its bytes, the lock file (run.lock) aside: what a refused command must leave as
+    it was."""
+    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*"))
+            if f.is_file() and f.name != artifacts.LOCK_NAME}
+
+
+def _unrecord(paths, *keys):
+    data = json.loads(paths.manifest.read_text())
+    for key in keys:
+        del data["stages"][key]
+    paths.manifest.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("graded", [False, True])
+def test_report_of_a_run_stopped_before_its_first_evaluate_stage_says_how_to_go_on(tmp_path, capsys, write_graded,
+                                                                                   graded):
+    paths = _made_run(tmp_path / "run", write_graded)
+    for t in (1, 2):
+        for f in (paths.metrics(t), paths.per_problem(t)) + (() if graded else (paths.graded(t, "test"),
+                                                                                  paths.graded(t, "ood"))):
+            f.unlink()
+    _unrecord(paths, "1/evaluate", "2/train", "2/sample", "2/verify", "2/evaluate", *(() if graded else ("1/verify",)))
+    before = _files(paths.root)
+    assert cli.main(["report", str(paths.root)]) == 2
+    err = _one_line_error(capsys)
+    last = "1/verify" if graded else "1/sample"
+    assert (f"error: {paths.root}: no iteration is evaluated yet (no iter_<t>/metrics.json; the last stage done is "
+            f"{last}): the run stopped before its first evaluate stage; `selfimprove run` with the recipe and "
+            "settings that made the run resumes it") in err
+    metrics_too = f"or `selfimprove metrics {paths.root}` evaluates the iterations sampled and graded so far"
+    assert (metrics_too in err) is graded
+    assert _files(paths.root) == before and not paths.report.exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("metrics.json", r"iter_2/metrics.json: not valid JSON \(Expecting .* \(char \d+\)\); `selfimprove metrics "),
+    ("metrics.json=[]", r"iter_2/metrics.json: not the metrics of iteration 2 \(a JSON object with \"iteration\": 2\); "
+                        r"`selfimprove metrics "),
+    ("per_problem.parquet", r"iter_2/per_problem.parquet: cannot be read, the file is damaged \(.*\); `selfimprove "
+                            r"metrics "),
+    ("per_problem.parquet=missing", r"iter_2/per_problem.parquet does not exist, though metrics.json beside it does; "
+                                    r"`selfimprove metrics "),
+])
+def test_report_names_a_damaged_metrics_or_per_problem_file_and_how_to_remake_it(tmp_path, capsys, write_graded,
+                                                                                  damage, message):
+    import re
+
+    paths = _made_run(tmp_path / "run", write_graded)
+    name, _, how = damage.partition("=")
+    f = paths.iter_dir(2) / name
+    if how == "missing":
+        f.unlink()
+    else:
+        f.write_bytes(how.encode() if how else f.read_bytes()[:-40])  # cut short, or not a run's metrics
+    before = _files(paths.root)
+    assert cli.main(["report", str(paths.root)]) == 2
+    err = _one_line_error(capsys)
+    assert re.search(message + re.escape(f"{paths.root}` writes it again from the sample tables"), err), err
+    assert _files(paths.root) == before and not paths.report.exists()  # checked before the report writes anything
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("iter_2/samples_test.parquet", "iteration 2: {root}/iter_2/samples_test.parquet does not exist (though the "
+                                    "sample stage of iteration 2 is recorded as done)"),
+    ("iter_2/graded_ood.parquet", "iteration 2: the ood samples are not graded: {root}/iter_2/graded_ood.parquet "
+                                  "does not exist (though the verify stage of iteration 2 is recorded as done)"),
+    ("iter_1/graded_test.parquet=short", "iteration 1: {root}/iter_1/graded_test.parquet: grades 8 rows for 9 sample "
+                                         "rows (1 sample rows without a grade)"),
+])
+def test_metrics_and_audit_name_a_lost_or_ungraded_table_and_recompute_nothing(tmp_path, capsys, write_graded,
+                                                                              damage, message):
+    import pandas as pd
+
+    paths = _made_run(tmp_path / "run", write_graded)
+    rel, _, how = damage.partition("=")
+    f = paths.root / rel
+    if how == "short":
+        pd.read_parquet(f).iloc[:-1].to_parquet(f)
+    else:
+        f.unlink()
+    message = message.format(root=paths.root)
+    before = _files(paths.root)
+    assert cli.main(["metrics", str(paths.root)]) == 2
+    err = _one_line_error(capsys)
+    assert err.startswith(f"error: {message}") and err.endswith(
+        "; `selfimprove run` with the recipe and settings that made the run makes it again (a stage whose outputs are "
+        "missing or not as recorded runs again); nothing was recomputed\n"), err
+    assert _files(paths.root) == before  # checked before any iteration was recomputed: every metrics.json kept
+    assert cli.main(["audit", "--task", "arith", "--run", str(paths.root)]) == 1
+    out, err = capsys.readouterr()
+    assert err.startswith(f"error: {message}; left out of the rates above; `selfimprove run`") and err.count("\n") == 1
+    t, split = int(rel[5]), rel.split("_")[-1].split(".")[0]
+    rates = [line.split()[:2] for line in out.splitlines()[2:]]
+    assert [str(t), split] not in rates and len(rates) == 3  # the other three tables' rates
+
+
+@pytest.mark.parametrize("stopped_after", ["2/train", "2/sample"])
+def test_metrics_and_audit_note_an_iteration_not_sampled_or_graded_yet(tmp_path, capsys, write_graded, stopped_after):
+    paths = _made_run(tmp_path / "run", write_graded)
+    gone = [paths.metrics(2), paths.per_problem(2), paths.graded(2, "test"), paths.graded(2, "ood")]
+    if stopped_after == "2/train":
+        gone += [paths.samples(2, "test"), paths.samples(2, "ood")]
+        _unrecord(paths, "2/sample")
+    for f in gone:
+        f.unlink()
+    _unrecord(paths, "2/verify", "2/evaluate")
+    note = (f"note: M2 left out: iteration 2: {paths.samples(2, 'test')} does not exist (the sample stage of "
+            "iteration 2 has not run yet)" if stopped_after == "2/train" else
+            f"note: M2 left out: iteration 2: the test samples are not graded: {paths.graded(2, 'test')} does not "
+            "exist (the verify stage of iteration 2 has not run yet)")
+    assert cli.main(["metrics", str(paths.root), "--set", "embedding_model=''", "--set", "bootstrap=0"]) == 0
+    out = capsys.readouterr().out
+    assert note + "; `selfimprove run` with the recipe and settings that made the run resumes it" in out
+    assert json.loads(paths.metrics(1).read_text())["test"]["pass@1"] == pytest.approx(2 / 3)  # M1 recomputed
+    assert not paths.metrics(2).exists()
+    assert cli.main(["audit", "--task", "arith", "--run", str(paths.root)]) == 0
+    assert note.replace("M2 left out: ", "") in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_remedies_the_messages_name_work_on_a_real_run(tiny_run, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(pipeline.PACKAGE_ROOT)  # the stages' working directory: the same embedding cache
+    run = tmp_path / "tiny"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("model", "notebooks"))
+    paths = artifacts.RunPaths(run)
+    staged = paths.metrics(2).read_bytes()
+    paths.per_problem(2).write_bytes(paths.per_problem(2).read_bytes()[:100])
+    assert cli.main(["report", str(run)]) == 2
+    assert f"`selfimprove metrics {run}` writes it again" in _one_line_error(capsys)
+    assert cli.main(["metrics", str(run)]) == 0  # as the message says
+    assert paths.metrics(2).read_bytes() == staged  # the same numbers
+    assert cli.main(["report", str(run)]) == 0
+    capsys.readouterr()
 
 
 # ---- the run folder's lock ---------------------------------------------------------------------------------
