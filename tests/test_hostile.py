@@ -653,3 +653,15 @@ def test_gsm8k_extraction_keeps_every_digit():
     digits = "1234567890" * 10
     assert extract_gsm8k(f"#### {digits}.50") == f"{digits}.5"
     assert extract_gsm8k("#### " + "9" * 10_000) == "9" * 10_000
+
+
+# ---- docs/faults.md ---------------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(artifacts.CHECKOUT is None, reason="needs the sources (a checkout): docs/ is not installed")
+def test_every_row_of_the_fault_table_names_a_test_of_this_file():
+    lines = (artifacts.CHECKOUT / "docs" / "faults.md").read_text(encoding="utf-8").splitlines()
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| input |")]
+    named = [[n.strip() for n in row.rstrip(" |").rsplit(" | ", 1)[1].split(",")] for row in rows]
+    here = {name for name in globals() if name.startswith("test_")}
+    assert rows and all(names and set(names) <= here for names in named), \
+        [row[:60] for row, names in zip(rows, named) if not set(names) <= here]
