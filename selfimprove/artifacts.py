@@ -238,6 +238,40 @@ class RunDirError(ValueError):
     process, one that cannot be created); the message names the path and what is wrong."""
 
 
+class NotWritableError(RunDirError):
+    """A folder the package must write in (a runs root, a run folder, an organism root) that cannot be made or
+    written: read-only, another user's, or under a file. The message names the folder and what is wrong."""
+
+
+def check_writable(folder: Path, what: str, hint: str) -> None:
+    """Refuse a folder the package is about to make or write in, but cannot, before any work (issue 20: a
+    read-only runs root or organism root was a PermissionError traceback, an organism's build in vain): the
+    nearest of `folder` and the folders above it that exists must be a folder in which a file can be created.
+    A real probe, a temporary file made and removed there (os.access answers yes to root whatever the mode
+    bits); its name is one a run writes (RUN_ENTRIES), so one left by a killed process is no foreign entry.
+    NotWritableError names `what` and the folder, then `hint`."""
+    import tempfile
+
+    folder = Path(folder).absolute()
+    p = folder
+    while p != p.parent:
+        try:
+            if p.exists():
+                break
+        except OSError:  # a folder above it that may not be searched: the probe there says so
+            pass
+        p = p.parent
+    where = f"{what} {folder}" + ("" if p == folder else f" cannot be created: {p}")
+    if not p.is_dir():
+        raise NotWritableError(f"{where} is a file, not a folder; {hint}")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".write-check.", suffix=".tmp", dir=p)
+    except OSError as e:
+        raise NotWritableError(f"{where} is not writable ({e.strerror}); {hint}") from None
+    os.close(fd)
+    os.unlink(name)
+
+
 def foreign_entries(root: Path) -> list[str]:
     """The names in `root` that a run does not write (RUN_ENTRIES), sorted."""
     return sorted(p.name for p in Path(root).iterdir() if not RUN_ENTRIES.fullmatch(p.name))
@@ -250,8 +284,9 @@ def _listed(names: list[str]) -> str:
 def check_run_dir(root: Path, runs_root: Path, study: bool = False) -> None:
     """Refuse `root` (a run's folder, or a study's with `study`) unless a run may write there: it and every folder
     above it under `runs_root` is a real folder, not a symbolic link (which would take the run, and what
-    --overwrite deletes, elsewhere), and an existing folder is a run (a manifest.json; a study: none) or holds
-    only what a run writes (what an interrupted start left). RunDirError names the path."""
+    --overwrite deletes, elsewhere), an existing folder is a run (a manifest.json; a study: none) or holds
+    only what a run writes (what an interrupted start left), and it can be made or written (check_writable: a
+    read-only runs root or run folder). RunDirError names the path."""
     runs_root, root = Path(runs_root).absolute(), Path(root).absolute()
     p = runs_root
     for part in root.relative_to(runs_root).parts:  # run names hold no '..' (schema.run_name_problem)
@@ -261,14 +296,15 @@ def check_run_dir(root: Path, runs_root: Path, study: bool = False) -> None:
                               "under the runs root must be real folders; give the run another name, or --runs-root")
         if p.exists() and not p.is_dir():
             raise RunDirError(f"{p} is a file, not a run folder: give the run another name")
-    if not root.is_dir():
-        return
-    has_manifest = (root / "manifest.json").exists()
-    if study and has_manifest:
-        raise RunDirError(f"{root} holds a run (manifest.json), not a study: give the study another name")
-    if not study and not has_manifest and (other := foreign_entries(root)):
-        raise RunDirError(f"{root} exists and is not a selfimprove run (no manifest.json; it holds "
-                          f"{_listed(other)}): give the run another name, or move that folder away")
+    if root.is_dir():
+        has_manifest = (root / "manifest.json").exists()
+        if study and has_manifest:
+            raise RunDirError(f"{root} holds a run (manifest.json), not a study: give the study another name")
+        if not study and not has_manifest and (other := foreign_entries(root)):
+            raise RunDirError(f"{root} exists and is not a selfimprove run (no manifest.json; it holds "
+                              f"{_listed(other)}): give the run another name, or move that folder away")
+    check_writable(root, "study folder" if study else "run folder",
+                   "a run writes its files there: give --runs-root a folder you can write")
 
 
 def empty_run_dir(root: Path) -> None:
@@ -284,13 +320,16 @@ def empty_run_dir(root: Path) -> None:
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
+LOCKED_HINT = "the command writes the run's files there: make it writable, or copy the run to a folder you can write"
+
+
 @contextlib.contextmanager
 def run_lock(root: Path):
     """Hold the run folder `root` (created if need be) for this process: an exclusive fcntl.flock on
     <root>/run.lock, which holds this process's pid. A second process is refused with RunDirError naming the
     holder's pid (issue 20: two runs in one folder lost each other's manifest entries). The operating system
     drops the lock when its process ends, however it ends, so a lock file left by a dead process is taken
-    over."""
+    over. A folder that cannot be written (check_writable) is refused as well: the holder writes there."""
     import fcntl
 
     root = Path(root)
@@ -298,6 +337,7 @@ def run_lock(root: Path):
         root.mkdir(parents=True, exist_ok=True)
         fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as e:
+        check_writable(root, "run folder", LOCKED_HINT)  # the folder that is read-only, or the file in the way
         raise RunDirError(f"{root / LOCK_NAME}: cannot create the run folder or its lock file ({e.strerror})") \
             from None
     try:
@@ -312,6 +352,7 @@ def run_lock(root: Path):
                               "file system") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        check_writable(root, "run folder", LOCKED_HINT)  # a lock file that could be written, in a read-only folder
         yield root
     finally:
         os.close(fd)  # releases the lock

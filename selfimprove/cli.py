@@ -64,10 +64,12 @@ def _run(args) -> int:
 
 def _report(args) -> int:
     from . import report
-    from .runs import Study
+    from .runs import Run, Study
 
     runs = Study(args.run_dir).run_dirs()
     if runs:  # a study: every run's report (each with its own verdict thresholds), then the paradigms side by side
+        for root in runs:  # every run checked before any report is written
+            Run(root).check_evaluated()
         for root in runs:
             report.report_run(root, all_figures=False)
         report.report_study(Path(args.run_dir), runs, figures_dir=args.figures_dir)
@@ -160,6 +162,7 @@ def _grade(args) -> int:
 
 def _audit(args) -> int:
     from .grading import audit
+    from .runs import RERUN, RESUME
 
     if not args.data and not args.run:
         print("error: give --data FILE (a dataset to audit) and/or --run RUN_DIR (a run's grading rates)",
@@ -176,8 +179,13 @@ def _audit(args) -> int:
             print(bad.to_string(index=False, max_colwidth=60))
         failed = len(bad)
     if args.run:
+        rates, gaps = audit.run_audit(args.run)
         print(f"grading of run {args.run} (share of responses):")
-        print(audit.run_rates(args.run).to_string(index=False))
+        print(rates.to_string(index=False))
+        for gap in gaps:  # a table left out is named, never skipped in silence (issue 20)
+            print(f"{'error' if gap.expected else 'note'}: {gap.problem}; left out of the rates above; "
+                  f"{RERUN if gap.expected else RESUME}", file=sys.stderr)
+        failed += sum(gap.expected for gap in gaps)
     return 1 if failed else 0
 
 

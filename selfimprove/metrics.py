@@ -28,7 +28,7 @@ import pandas as pd
 from . import artifacts, diversity, improvement, profiling, tasks
 from .config import EvaluateConfig
 from .estimators import bootstrap_ci, disparity, paradigm_advice, pass_at_k, pass_at_k_per_problem
-from .runs import EVAL_SPLITS, Run, RunError, greedy_correct
+from .runs import EVAL_SPLITS, RERUN, RESUME, Run, RunError, greedy_correct
 
 __all__ = ["pass_at_k", "per_problem", "per_problem_table", "split_metrics", "coverage", "evaluate", "run",
            "collect", "iteration_metrics", "write_table", "TABLE_COLUMNS", "EVAL_SPLITS", "MetricsError"]
@@ -234,24 +234,43 @@ def run(cfg: EvaluateConfig) -> list[Path]:
             artifacts.write_parquet(pp, paths.per_problem(cfg.iteration))]
 
 
+def evaluable(run: Run, last: int, log=print) -> list[int]:
+    """The iterations t <= `last` whose sample tables are all there and graded (Run.gaps), checked before any
+    is evaluated (issue 20: `selfimprove metrics` skipped an iteration without its test samples in silence,
+    and its old metrics.json stayed in the tidy table). A table the run recorded but lacks (lost, cut short,
+    not graded after its stage was recorded as done) is a MetricsError naming the iteration and the file; an
+    iteration an unfinished run has not sampled or graded yet is left out, each table logged as a note."""
+    gaps = run.gaps()
+    if lost := [g for g in gaps if g.expected]:
+        more = f" ({len(lost) - 1} more such table(s))" if len(lost) > 1 else ""
+        raise MetricsError(f"{lost[0].problem}{more}; {RERUN}; nothing was recomputed")
+    for g in gaps:
+        log(f"note: M{g.iteration} left out: {g.problem}; {RESUME}")
+    left_out = {g.iteration for g in gaps}
+    iterations = [t for t in run.iterations("samples_test.parquet") if t <= last and t not in left_out]
+    if not iterations:
+        raise MetricsError(f"{run.root}: no iteration is sampled and graded yet"
+                           + (f" ({gaps[0].problem}); {RESUME}" if gaps else " (no iter_<t>/samples_test.parquet)"))
+    return iterations
+
+
 def recompute(run_dir: str | Path, overrides: dict | None = None, log=print) -> list[Path]:
     """`selfimprove metrics`: every iteration's metrics.json and per_problem.parquet again from its sample
     tables, with the evaluate settings the run recorded (its manifest) over which `overrides` (evaluate
-    fields) go; then the run's tidy table (write_table). The same functions as the evaluate stage."""
+    fields) go; then the run's tidy table (write_table). The same functions as the evaluate stage. Every
+    iteration's tables are checked before the first is evaluated (evaluable)."""
     from .config import RunConfig, build
 
     paths = artifacts.RunPaths(run_dir)
     recorded = artifacts.Manifest.load(paths).data["config"]
     cfg = build(RunConfig, {**recorded, "evaluate": {**recorded.get("evaluate", {}), **(overrides or {})}},
                 f"run {paths.root} (its manifest config)")
-    iterations = [t for t in Run(paths.root).iterations("samples_test.parquet") if t <= cfg.iterations]
-    if not iterations:
-        raise MetricsError(f"{paths.root}: no iter_<t>/samples_test.parquet to evaluate")
     written: list[Path] = []
     embedder = None
     # Under the run's lock (not while `selfimprove run` writes it); each evaluate stage's new outputs are recorded
     # in the manifest, so that a resumed run keeps them rather than computing them again (stagecache).
     with artifacts.run_lock(paths.root):
+        iterations = evaluable(Run(paths.root), cfg.iterations, log)
         manifest = artifacts.Manifest.load(paths)
         for t in iterations:
             stage_cfg = cfg.stage("evaluate", t, paths.root)

@@ -305,12 +305,26 @@ def shipped(cfg: OrganismConfig) -> Path | None:
     return path if (path / "build.json").is_file() else None
 
 
+def check_root(cfg: OrganismConfig, root: Path, rebuild: bool = False) -> None:
+    """Refuse, before any work, an organism root that `ensure` would write in but cannot (read-only, or under a
+    file): artifacts.NotWritableError naming it. A root that holds the build already is only read, and may be
+    read-only (a shared cache)."""
+    from . import artifacts
+
+    if rebuild or not (Path(root) / cfg.digest() / "build.json").exists():
+        artifacts.check_writable(Path(root), "organism root",
+                                 f"organism {cfg.digest()} is not built there, and a run builds it there: give "
+                                 "--organism-root a folder you can write, or one that holds its build")
+
+
 def ensure(cfg: OrganismConfig, root: Path = Path("data/organism"), log=print, rebuild: bool = False) -> Path:
     """Path of the cached organism for `cfg`: the cache's, else a copy of the shipped build, else a new build.
-    `rebuild` trains it anew even when the cache or the package holds one."""
+    `rebuild` trains it anew even when the cache or the package holds one. An organism root that cannot be
+    written is refused first (check_root)."""
     out = root / cfg.digest()
     if (out / "build.json").exists() and not rebuild:
         return out
+    check_root(cfg, root, rebuild)
     root.mkdir(parents=True, exist_ok=True)
     src = None if rebuild else shipped(cfg)
     if src is None:

@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from . import artifacts, report, stagecache
+from . import artifacts, organism, report, stagecache
 from .config import RecipeError, RunConfig, load_recipe, resolve_recipe
 from .kernel import INTERRUPT, KERNEL_POLICIES, Interrupted
 from .stages import (  # noqa: F401  (NOTEBOOKS, RECIPES, STAGE_NOTEBOOKS, ...: importable from here as before)
@@ -81,6 +81,8 @@ def run(recipe: str, *, overrides: list[str] | None = None, runs_root: str | Pat
     study = Path(runs_root) / cfg.name
     roots = [Path(runs_root) / cfg.member(p).name for p in cfg.paradigms]
     artifacts.check_run_dir(study, Path(runs_root), study=True)  # before the study's kernel starts (issue 20)
+    if not cfg.model:
+        organism.check_root(cfg.organism_config(), Path(organism_root))
     for root in roots:
         artifacts.check_run_dir(root, Path(runs_root))
     with kernel_session(kernel, study / "kernel.stderr.log") as session:  # one kernel for the whole study
@@ -137,6 +139,8 @@ def run_config(cfg: RunConfig, *, runs_root: str | Path = "data/runs", organism_
         raise RecipeError(f"recipe '{cfg.name}': model {model!r} is not a folder (a local model is a folder that "
                           "save_pretrained wrote; a hub id looks like 'org/name')")
     check_machine(cfg)
+    if not cfg.model:  # before the run folder is made (issue 20: a read-only root failed after a kernel started)
+        organism.check_root(cfg.organism_config(), Path(organism_root))
     # Absolute: the run directory and model folder are written into the executed notebooks (the run's
     # log), and must not depend on the working directory of whoever opens them.
     paths = artifacts.RunPaths((Path(runs_root) / cfg.name).absolute())

@@ -24,6 +24,11 @@ def report_run(run_dir: str | Path | Run, figures_dir: str | Path | None = None,
     run = run_dir if isinstance(run_dir, Run) else Run(run_dir)
     paths = run.paths
     manifest = artifacts.Manifest.load(paths)  # FileNotFoundError naming the folder when it is not a run
+    # Before anything is written (issue 20): a run stopped before its first evaluate stage, a damaged or missing
+    # metrics.json or per_problem.parquet, a report folder that cannot be written, each a RunError naming it.
+    run.check_evaluated()
+    artifacts.check_writable(paths.report, "report folder", "`selfimprove report` writes the run's report there: "
+                             "make it writable, or copy the run to a folder you can write")
     metrics.write_table(paths.root)
     table = metrics.collect(paths.root)
     summary = summary_table(paths.root)

@@ -77,13 +77,48 @@ def greedy_correct(samples: pd.DataFrame) -> pd.Series:
     return (g.sum().astype(int) / g.size()).rename("greedy_correct")
 
 
+STAGE_ORDER = ("train", "sample", "verify", "evaluate")  # the stages of an iteration, in the order they run
+RERUN = ("`selfimprove run` with the recipe and settings that made the run makes it again (a stage whose outputs "
+         "are missing or not as recorded runs again)")
+RESUME = "`selfimprove run` with the recipe and settings that made the run resumes it"
+
+
+def remedy(path: Path) -> str:
+    """How to make a run's file again, for a message that names it: `selfimprove metrics` for the evaluate
+    stage's outputs (metrics.json, per_problem.parquet), else `selfimprove run` (RERUN).
+
+    >>> remedy(Path("runs/r/iter_2/per_problem.parquet"))
+    '`selfimprove metrics runs/r` writes it again from the sample tables'
+    """
+    path = Path(path)
+    if path.name in ("metrics.json", "per_problem.parquet"):
+        root = path.parent.parent if iteration_of(path.parent.name) is not None else path.parent
+        return f"`selfimprove metrics {root}` writes it again from the sample tables"
+    return RERUN
+
+
 def _read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
     try:
         return pd.read_parquet(path, columns=columns)
     except FileNotFoundError:
         raise
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError: a file cut short or not Parquet
-        raise RunError(f"{path}: cannot be read, the file is damaged ({e})") from None
+        why = " ".join(str(e).split())
+        raise RunError(f"{path}: cannot be read, the file is damaged ({why}); {remedy(path)}") from None
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A sample table of a run that cannot be read with complete grades (Run.gaps)."""
+
+    iteration: int
+    split: str
+    problem: str  # one line, naming the iteration and the file
+    expected: bool  # the run recorded it (its stage is done, or metrics.json was computed from it): lost or stale;
+    # False: an unfinished run has not made it yet
+
+
+REGRADE = "; the verify stage of this iteration has to run again"  # join_grades' advice (Run.gaps gives its own)
 
 
 def join_grades(samples: pd.DataFrame, grades: pd.DataFrame, where: str = "the graded table") -> pd.DataFrame:
@@ -105,7 +140,7 @@ def join_grades(samples: pd.DataFrame, grades: pd.DataFrame, where: str = "the g
     missing = int((keyed["_merge"] != "both").sum())
     if missing or len(grades) != len(samples):
         raise RunError(f"{where}: grades {len(grades)} rows for {len(samples)} sample rows ({missing} sample rows "
-                       "without a grade); the verify stage of this iteration has to run again")
+                       f"without a grade){REGRADE}")
     out = samples.drop(columns=[c for c in GRADE_COLUMNS if c in samples.columns])
     for c in GRADE_COLUMNS:
         out[c] = keyed[c].to_numpy()
@@ -148,13 +183,16 @@ class Run:
         return sorted(t for t, d in found if having is None or (d / having).exists())
 
     def metrics(self, t: int) -> dict:
-        """iter_<t>/metrics.json; RunError if it is not valid JSON."""
+        """iter_<t>/metrics.json; RunError if it is not valid JSON, or not the metrics of iteration t."""
         p = self.paths.metrics(t)
         try:
-            return json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise RunError(f"{p}: not valid JSON ({e}); `selfimprove metrics {self.root}` writes it again from "
-                           "the sample tables") from None
+            m = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RunError(f"{p}: not valid JSON ({e}); {remedy(p)}") from None
+        if not isinstance(m, dict) or m.get("iteration") != t:
+            raise RunError(f"{p}: not the metrics of iteration {t} (a JSON object with \"iteration\": {t}); "
+                           f"{remedy(p)}")
+        return m
 
     def all_metrics(self) -> list[dict]:
         """Every iter_<t>/metrics.json, in iteration order."""
@@ -237,12 +275,99 @@ class Run:
         return float((x != y).mean())
 
     def per_problem(self, t: int) -> pd.DataFrame:
-        """iter_<t>/per_problem.parquet: one row per test/OOD problem (the evaluate stage writes it)."""
-        return pd.read_parquet(self.paths.per_problem(t))
+        """iter_<t>/per_problem.parquet: one row per test/OOD problem (the evaluate stage writes it); RunError
+        naming it when it is damaged."""
+        return _read_parquet(self.paths.per_problem(t))
 
     def per_problem_tables(self) -> dict[int, pd.DataFrame]:
         """{t: iter_<t>/per_problem.parquet} for every iteration that has one."""
         return {t: self.per_problem(t) for t in self.iterations("per_problem.parquet")}
+
+    def last_done(self) -> str | None:
+        """The key of the last stage the manifest records as done, in the order the stages run ("prepare",
+        then "<t>/<stage>"); None before any."""
+        done = [k for k, st in self.manifest()["stages"].items() if st.get("state") == "done"]
+
+        def order(key: str) -> tuple:
+            t, _, stage = key.partition("/")
+            return (int(t), STAGE_ORDER.index(stage)) if t.isdigit() and stage in STAGE_ORDER else (0, 0)
+
+        return max(done, key=order) if done else None
+
+    def check_evaluated(self) -> list[int]:
+        """The evaluated iterations (those with a metrics.json), ascending, each with its metrics.json and
+        per_problem.parquet read: what a report needs, checked before it writes anything. RunError, naming the
+        file and how to make it again, for a damaged or missing one, and for a run stopped before its first
+        evaluate stage."""
+        evaluated = self.iterations("metrics.json")
+        if not evaluated:
+            last = self.last_done()
+            metrics_too = (f", or `selfimprove metrics {self.root}` evaluates the iterations sampled and graded so "
+                           "far" if self.iterations("graded_test.parquet") else "")
+            raise RunError(f"{self.root}: no iteration is evaluated yet (no iter_<t>/metrics.json; "
+                           f"{f'the last stage done is {last}' if last else 'no stage is done'}): the run stopped "
+                           f"before its first evaluate stage; {RESUME}{metrics_too}")
+        for t in evaluated:
+            self.metrics(t)
+            p = self.paths.per_problem(t)
+            if not p.exists():
+                raise RunError(f"{p} does not exist, though {self.paths.metrics(t).name} beside it does; {remedy(p)}")
+            self.per_problem(t)
+        return evaluated
+
+    def gaps(self) -> list[Gap]:
+        """Every sample table of the run that cannot be read with complete grades, by iteration and split:
+        missing, not graded (no graded table), or with sample rows that have no grade or no `correct` value.
+        An iteration's tables: those its sample stage recorded (manifest.json) and those on disk; one that has
+        begun (a folder, or a stage recorded) without a sample table lacks its test table. Iterations past the
+        recipe's T, and those not begun, have none. A table that cannot be read at all raises RunError."""
+        stages, last = {}, None
+        if self.paths.manifest.exists():
+            data = self.manifest()
+            stages, last = data["stages"], data["config"].get("iterations")
+        begun = set(self.iterations()) | {int(k.split("/")[0]) for k in stages if k.split("/")[0].isdigit()}
+        return [g for t in sorted(x for x in begun if last is None or x <= last) for g in self._gaps(t, stages)]
+
+    def _gaps(self, t: int, stages: dict) -> list[Gap]:
+        """The gaps of iteration t (Run.gaps); `stages`: the manifest's."""
+        def done(stage: str) -> bool:
+            return stages.get(f"{t}/{stage}", {}).get("state") == "done"
+
+        evaluated = self.paths.metrics(t).exists()
+
+        def why(stage: str) -> str:
+            if done(stage):
+                return f"though the {stage} stage of iteration {t} is recorded as done"
+            if evaluated:
+                return f"though {self.paths.metrics(t).name} of iteration {t} was computed from it"
+            return f"the {stage} stage of iteration {t} has not run yet"
+
+        recorded = {Path(rel).name for rel in stages.get(f"{t}/sample", {}).get("outputs", {})}
+        splits = [s for s in SPLITS if f"samples_{s}.parquet" in recorded or self.paths.samples(t, s).exists()]
+        out = []
+        for s in splits or ["test"]:
+            sp, gp = self.paths.samples(t, s), self.paths.graded(t, s)
+            if not sp.exists():
+                out.append(Gap(t, s, f"iteration {t}: {sp} does not exist ({why('sample')})",
+                               done("sample") or evaluated))
+                continue
+            if not gp.exists():
+                out.append(Gap(t, s, f"iteration {t}: the {s} samples are not graded: {gp} does not exist "
+                                     f"({why('verify')})", done("verify") or evaluated))
+                continue
+            samples, grades = _read_parquet(sp, GRADE_KEYS), _read_parquet(gp)
+            if lacks := [c for c in GRADE_KEYS + GRADE_COLUMNS if c not in grades.columns]:
+                out.append(Gap(t, s, f"iteration {t}: {gp}: no column(s) {lacks}", True))
+                continue
+            try:
+                correct = join_grades(samples, grades, str(gp))["correct"]
+            except RunError as e:
+                out.append(Gap(t, s, f"iteration {t}: {str(e).removesuffix(REGRADE)}", done("verify") or evaluated))
+                continue
+            if n := int(correct.isna().sum()):
+                out.append(Gap(t, s, f"iteration {t}: {gp}: {n} graded row(s) with no 'correct' value",
+                               done("verify") or evaluated))
+        return out
 
     def thresholds(self, overrides: Mapping | None = None):
         """The verdict thresholds of this run: schema.Thresholds from its recorded config's `verdict` section

@@ -1,16 +1,19 @@
 """Hostile input (issue 20): each probe fails at once with one line that names what and where, and nothing outside
 a run's own folder, nor the input of `selfimprove grade`, is deleted or overwritten. docs/faults.md lists them."""
 
+import contextlib
+import ctypes
 import json
 import os
 import stat
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 
 import pytest
 
-from selfimprove import artifacts, cli, config, data, pipeline
+from selfimprove import artifacts, cli, config, data, organism, pipeline
 from selfimprove.grading import files
 from selfimprove.grading.grade_text import extract_gsm8k, grade_gsm8k
 
@@ -26,6 +29,57 @@ def no_work(monkeypatch):
         raise RuntimeError("the run went on past its checks")
 
     monkeypatch.setattr(pipeline, "prepare", prepare)
+
+
+@contextlib.contextmanager
+def _mode_bits_bind_root():
+    """Root obeys a folder's mode bits as any user does, in this thread, while inside: the capability that lets
+    it write where they forbid (CAP_DAC_OVERRIDE) is dropped from the thread's effective set (capset(2)) and put
+    back after; it stays in the permitted set, so taking it back needs no privilege. The kernel then refuses the
+    write as it would a user's: a real read-only folder, not a mock. Skips the test where capget or capset is
+    unavailable (not Linux, or a sandbox forbids them)."""
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        capget, capset = libc.capget, libc.capset
+    except (OSError, AttributeError):
+        pytest.skip("no capget/capset here: root writes into a read-only folder")
+    header, caps = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3, this thread
+    if capget(ctypes.byref(header), caps) != 0:
+        pytest.skip(f"capget failed ({os.strerror(ctypes.get_errno())}): root writes into a read-only folder")
+    effective = caps[0].effective
+    caps[0].effective &= ~(1 << 1)  # CAP_DAC_OVERRIDE
+    if capset(ctypes.byref(header), caps) != 0:
+        pytest.skip(f"capset failed ({os.strerror(ctypes.get_errno())}): root writes into a read-only folder")
+    try:
+        yield
+    finally:
+        caps[0].effective = effective
+        assert capset(ctypes.byref(Header(0x20080522, 0)), caps) == 0
+
+
+@pytest.fixture
+def mode_bits_bind(tmp_path_factory):
+    """A folder made read-only (mode 0o555) refuses writes in this test, whoever runs it: a user by its mode bits,
+    root too (_mode_bits_bind_root: the tests run as root in containers, where chmod alone stops nothing). Checked
+    on a folder of its own first; where root still writes there, the test is skipped."""
+    probe = tmp_path_factory.mktemp("mode-bits") / "read-only"
+    probe.mkdir(mode=0o555)
+    with contextlib.ExitStack() as stack:
+        if os.geteuid() == 0:
+            stack.enter_context(_mode_bits_bind_root())
+        try:
+            (probe / "x").mkdir()
+        except PermissionError:
+            pass
+        else:
+            pytest.skip("a folder's mode bits do not stop writes here")
+        yield
 
 
 def _one_line_error(capsys) -> str:
@@ -145,10 +199,247 @@ def test_a_study_name_that_holds_a_run_is_refused(tmp_path, no_work):
     assert sorted(p.name for p in (tmp_path / "runs" / "r").iterdir()) == ["manifest.json"]
 
 
-def test_a_runs_root_that_cannot_be_made_is_a_named_error(tmp_path, capsys, no_work):
+def test_a_runs_root_or_organism_root_under_a_file_is_a_named_error(tmp_path, capsys, no_work):
     (tmp_path / "file").write_text("")
     assert cli.main(["run", "tiny", "--runs-root", str(tmp_path / "file"), "--kernel", "fresh"]) == 2
-    assert "cannot create the run folder or its lock file (Not a directory)" in _one_line_error(capsys)
+    assert (f"run folder {tmp_path}/file/tiny cannot be created: {tmp_path}/file is a file, not a folder; a run "
+            "writes its files there: give --runs-root") in _one_line_error(capsys)
+    for argv in (["run", "tiny", "--runs-root", str(tmp_path / "runs")], ["organism", "tiny"]):
+        assert cli.main([*argv, "--organism-root", str(tmp_path / "file" / "org")]) == 2
+        assert (f"organism root {tmp_path}/file/org cannot be created: {tmp_path}/file is a file, not a folder; "
+                "organism ") in _one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # refused before the run folder is made
+
+
+def _read_only(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o555)
+    return folder
+
+
+def test_a_read_only_runs_root_is_a_named_error_before_any_work(tmp_path, capsys, no_work, mode_bits_bind):
+    ro = _read_only(tmp_path / "ro")
+    assert cli.main(["run", "tiny", "--runs-root", str(ro), "--organism-root", str(tmp_path / "org")]) == 2
+    assert (f"error: run folder {ro}/tiny cannot be created: {ro} is not writable (Permission denied); a run writes "
+            "its files there: give --runs-root a folder you can write") in _one_line_error(capsys)
+    assert cli.main(["run", "tiny", "--set", "paradigm=[dpo, sft]", "--runs-root", str(ro)]) == 2  # a study
+    assert f"study folder {ro}/tiny cannot be created: {ro} is not writable" in _one_line_error(capsys)
+    assert not any(ro.iterdir()) and not (tmp_path / "org").exists()
+
+
+def test_a_read_only_run_folder_is_a_named_error_for_run_metrics_and_report(tmp_path, capsys, no_work, mode_bits_bind,
+                                                                            write_graded):
+    paths = _made_run(tmp_path / "runs" / "tiny", write_graded, cfg=config.load_recipe(pipeline.RECIPES / "tiny.yaml"))
+    (paths.root / "run.lock").write_text("")  # a lock file that can be written, in a folder that cannot
+    _read_only(paths.root)
+    before = _files(paths.root)
+    assert cli.main(["run", "tiny", "--runs-root", str(tmp_path / "runs"), "--kernel", "fresh"]) == 2
+    assert f"error: run folder {paths.root} is not writable (Permission denied)" in _one_line_error(capsys)
+    assert cli.main(["metrics", str(paths.root)]) == 2
+    assert (f"error: run folder {paths.root} is not writable (Permission denied); the command writes the run's files "
+            "there") in _one_line_error(capsys)
+    assert cli.main(["report", str(paths.root)]) == 2
+    assert (f"error: report folder {paths.report} cannot be created: {paths.root} is not writable (Permission "
+            "denied)") in _one_line_error(capsys)
+    assert _files(paths.root) == before
+
+
+def test_a_read_only_organism_root_is_a_named_error_unless_it_holds_the_build(tmp_path, capsys, no_work,
+                                                                              mode_bits_bind, monkeypatch):
+    def build(*args, **kwargs):
+        raise AssertionError("the organism build started")
+
+    monkeypatch.setattr(organism, "build", build)
+    ro = _read_only(tmp_path / "ro")
+    digest = config.load_recipe(pipeline.RECIPES / "tiny.yaml").organism_config().digest()
+    for argv in (["run", "tiny", "--runs-root", str(tmp_path / "runs")],
+                 ["run", "tiny", "--set", "paradigm=[dpo, sft]", "--runs-root", str(tmp_path / "runs")],
+                 ["organism", "tiny"]):
+        assert cli.main([*argv, "--organism-root", str(ro)]) == 2
+        assert (f"error: organism root {ro} is not writable (Permission denied); organism {digest} is not built "
+                "there, and a run builds it there: give --organism-root a folder you can write, or one that holds "
+                "its build") in _one_line_error(capsys)
+    assert not (tmp_path / "runs").exists() and not any(ro.iterdir())
+    ro.chmod(0o755)
+    (ro / digest).mkdir()
+    (ro / digest / "build.json").write_text("{}")
+    ro.chmod(0o555)  # a read-only root that holds the build is only read: the run goes on (to no_work)
+    with pytest.raises(RuntimeError, match="the run went on past its checks"):
+        cli.main(["run", "tiny", "--runs-root", str(tmp_path / "runs"), "--organism-root", str(ro), "--kernel",
+                  "fresh"])
+
+
+# ---- a run's own files: report, metrics, audit ----------------------------------------------------------------
+
+STAGES_DONE = ("prepare", "1/sample", "1/verify", "1/evaluate", "2/train", "2/sample", "2/verify", "2/evaluate")
+
+
+def _made_run(root, write_graded, cfg=None, done=STAGES_DONE):
+    """A run of T = 2 made by hand, in milliseconds: each iteration's test and OOD sample tables and their grades
+    (three problems, one greedy and two sampled responses each), metrics.json and per_problem.parquet; its manifest
+    records the stages `done` as done, with their outputs."""
+    import pandas as pd
+
+    cfg = cfg or config.RunConfig(name=root.name, iterations=2)
+    paths = artifacts.RunPaths(root)
+    manifest = artifacts.Manifest.open(paths, asdict(cfg), cfg.digest())
+    outputs = {}
+    for t in (1, 2):
+        for split in ("test", "ood"):
+            rows = [dict(iteration=t, split=split, task="arith", problem_id=f"p{i}", level=1, decoding=dec,
+                         sample_idx=j, response=f"{i} + 1 = {i + 1}\n#### {i + 1}", finish_reason="stop",
+                         status="correct" if i else "incorrect", correct=bool(i))
+                    for i in range(3) for dec, j in (("greedy", 0), ("sample", 0), ("sample", 1))]
+            write_graded(pd.DataFrame(rows), paths.samples(t, split))
+            outputs.setdefault(f"{t}/sample", []).append(paths.samples(t, split))
+            outputs.setdefault(f"{t}/verify", []).append(paths.graded(t, split))
+        artifacts.write_json({"iteration": t, "test": {"pass@1": 2 / 3}, "table": []}, paths.metrics(t))
+        artifacts.write_parquet(pd.DataFrame({"problem_id": ["p0", "p1", "p2"], "split": "test",
+                                              "greedy_correct": [0.0, 1.0, 1.0]}), paths.per_problem(t))
+        outputs[f"{t}/evaluate"] = [paths.metrics(t), paths.per_problem(t)]
+    for key in done:
+        manifest.data["stages"][key] = {"state": "done", "outputs": {str(f.relative_to(root)): "hash"
+                                                                     for f in outputs.get(key, [])}}
+    manifest.save()
+    return paths
+
+
+def _files(root) -> dict:
+    """Every file under `root` with its bytes, the lock file (run.lock) aside: what a refused command must leave as
+    it was."""
+    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*"))
+            if f.is_file() and f.name != artifacts.LOCK_NAME}
+
+
+def _unrecord(paths, *keys):
+    data = json.loads(paths.manifest.read_text())
+    for key in keys:
+        del data["stages"][key]
+    paths.manifest.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("graded", [False, True])
+def test_report_of_a_run_stopped_before_its_first_evaluate_stage_says_how_to_go_on(tmp_path, capsys, write_graded,
+                                                                                   graded):
+    paths = _made_run(tmp_path / "run", write_graded)
+    for t in (1, 2):
+        for f in (paths.metrics(t), paths.per_problem(t)) + (() if graded else (paths.graded(t, "test"),
+                                                                                  paths.graded(t, "ood"))):
+            f.unlink()
+    _unrecord(paths, "1/evaluate", "2/train", "2/sample", "2/verify", "2/evaluate", *(() if graded else ("1/verify",)))
+    before = _files(paths.root)
+    assert cli.main(["report", str(paths.root)]) == 2
+    err = _one_line_error(capsys)
+    last = "1/verify" if graded else "1/sample"
+    assert (f"error: {paths.root}: no iteration is evaluated yet (no iter_<t>/metrics.json; the last stage done is "
+            f"{last}): the run stopped before its first evaluate stage; `selfimprove run` with the recipe and "
+            "settings that made the run resumes it") in err
+    metrics_too = f"or `selfimprove metrics {paths.root}` evaluates the iterations sampled and graded so far"
+    assert (metrics_too in err) is graded
+    assert _files(paths.root) == before and not paths.report.exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("metrics.json", r"iter_2/metrics.json: not valid JSON \(Expecting .* \(char \d+\)\); `selfimprove metrics "),
+    ("metrics.json=[]", r"iter_2/metrics.json: not the metrics of iteration 2 \(a JSON object with \"iteration\": 2\); "
+                        r"`selfimprove metrics "),
+    ("per_problem.parquet", r"iter_2/per_problem.parquet: cannot be read, the file is damaged \(.*\); `selfimprove "
+                            r"metrics "),
+    ("per_problem.parquet=missing", r"iter_2/per_problem.parquet does not exist, though metrics.json beside it does; "
+                                    r"`selfimprove metrics "),
+])
+def test_report_names_a_damaged_metrics_or_per_problem_file_and_how_to_remake_it(tmp_path, capsys, write_graded,
+                                                                                  damage, message):
+    import re
+
+    paths = _made_run(tmp_path / "run", write_graded)
+    name, _, how = damage.partition("=")
+    f = paths.iter_dir(2) / name
+    if how == "missing":
+        f.unlink()
+    else:
+        f.write_bytes(how.encode() if how else f.read_bytes()[:-40])  # cut short, or not a run's metrics
+    before = _files(paths.root)
+    assert cli.main(["report", str(paths.root)]) == 2
+    err = _one_line_error(capsys)
+    assert re.search(message + re.escape(f"{paths.root}` writes it again from the sample tables"), err), err
+    assert _files(paths.root) == before and not paths.report.exists()  # checked before the report writes anything
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("iter_2/samples_test.parquet", "iteration 2: {root}/iter_2/samples_test.parquet does not exist (though the "
+                                    "sample stage of iteration 2 is recorded as done)"),
+    ("iter_2/graded_ood.parquet", "iteration 2: the ood samples are not graded: {root}/iter_2/graded_ood.parquet "
+                                  "does not exist (though the verify stage of iteration 2 is recorded as done)"),
+    ("iter_1/graded_test.parquet=short", "iteration 1: {root}/iter_1/graded_test.parquet: grades 8 rows for 9 sample "
+                                         "rows (1 sample rows without a grade)"),
+])
+def test_metrics_and_audit_name_a_lost_or_ungraded_table_and_recompute_nothing(tmp_path, capsys, write_graded,
+                                                                              damage, message):
+    import pandas as pd
+
+    paths = _made_run(tmp_path / "run", write_graded)
+    rel, _, how = damage.partition("=")
+    f = paths.root / rel
+    if how == "short":
+        pd.read_parquet(f).iloc[:-1].to_parquet(f)
+    else:
+        f.unlink()
+    message = message.format(root=paths.root)
+    before = _files(paths.root)
+    assert cli.main(["metrics", str(paths.root)]) == 2
+    err = _one_line_error(capsys)
+    assert err.startswith(f"error: {message}") and err.endswith(
+        "; `selfimprove run` with the recipe and settings that made the run makes it again (a stage whose outputs are "
+        "missing or not as recorded runs again); nothing was recomputed\n"), err
+    assert _files(paths.root) == before  # checked before any iteration was recomputed: every metrics.json kept
+    assert cli.main(["audit", "--task", "arith", "--run", str(paths.root)]) == 1
+    out, err = capsys.readouterr()
+    assert err.startswith(f"error: {message}; left out of the rates above; `selfimprove run`") and err.count("\n") == 1
+    t, split = int(rel[5]), rel.split("_")[-1].split(".")[0]
+    rates = [line.split()[:2] for line in out.splitlines()[2:]]
+    assert [str(t), split] not in rates and len(rates) == 3  # the other three tables' rates
+
+
+@pytest.mark.parametrize("stopped_after", ["2/train", "2/sample"])
+def test_metrics_and_audit_note_an_iteration_not_sampled_or_graded_yet(tmp_path, capsys, write_graded, stopped_after):
+    paths = _made_run(tmp_path / "run", write_graded)
+    gone = [paths.metrics(2), paths.per_problem(2), paths.graded(2, "test"), paths.graded(2, "ood")]
+    if stopped_after == "2/train":
+        gone += [paths.samples(2, "test"), paths.samples(2, "ood")]
+        _unrecord(paths, "2/sample")
+    for f in gone:
+        f.unlink()
+    _unrecord(paths, "2/verify", "2/evaluate")
+    note = (f"note: M2 left out: iteration 2: {paths.samples(2, 'test')} does not exist (the sample stage of "
+            "iteration 2 has not run yet)" if stopped_after == "2/train" else
+            f"note: M2 left out: iteration 2: the test samples are not graded: {paths.graded(2, 'test')} does not "
+            "exist (the verify stage of iteration 2 has not run yet)")
+    assert cli.main(["metrics", str(paths.root), "--set", "embedding_model=''", "--set", "bootstrap=0"]) == 0
+    out = capsys.readouterr().out
+    assert note + "; `selfimprove run` with the recipe and settings that made the run resumes it" in out
+    assert json.loads(paths.metrics(1).read_text())["test"]["pass@1"] == pytest.approx(2 / 3)  # M1 recomputed
+    assert not paths.metrics(2).exists()
+    assert cli.main(["audit", "--task", "arith", "--run", str(paths.root)]) == 0
+    assert note.replace("M2 left out: ", "") in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_remedies_the_messages_name_work_on_a_real_run(tiny_run, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(pipeline.PACKAGE_ROOT)  # the stages' working directory: the same embedding cache
+    run = tmp_path / "tiny"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("model", "notebooks"))
+    paths = artifacts.RunPaths(run)
+    staged = paths.metrics(2).read_bytes()
+    paths.per_problem(2).write_bytes(paths.per_problem(2).read_bytes()[:100])
+    assert cli.main(["report", str(run)]) == 2
+    assert f"`selfimprove metrics {run}` writes it again" in _one_line_error(capsys)
+    assert cli.main(["metrics", str(run)]) == 0  # as the message says
+    assert paths.metrics(2).read_bytes() == staged  # the same numbers
+    assert cli.main(["report", str(run)]) == 0
+    capsys.readouterr()
 
 
 # ---- the run folder's lock ---------------------------------------------------------------------------------
@@ -303,11 +594,11 @@ def test_grade_refuses_an_output_folder_it_cannot_write_before_grading(tmp_path,
     assert "cannot write a file in" in _one_line_error(capsys)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
-def test_grade_refuses_a_read_only_output_folder_before_grading(tmp_path, capsys, graded_input):
+def test_grade_refuses_a_read_only_output_folder_before_grading(tmp_path, capsys, graded_input, mode_bits_bind):
     (tmp_path / "ro").mkdir(mode=0o555)
     assert _grade(graded_input, tmp_path / "ro" / "out.jsonl") == 2
-    assert "cannot write a file in" in _one_line_error(capsys) and "Permission denied" in capsys.readouterr().err
+    err = _one_line_error(capsys)
+    assert "cannot write a file in" in err and "(Permission denied)" in err
 
 
 # ---- JSONL input ----------------------------------------------------------------------------------------------
@@ -362,3 +653,15 @@ def test_gsm8k_extraction_keeps_every_digit():
     digits = "1234567890" * 10
     assert extract_gsm8k(f"#### {digits}.50") == f"{digits}.5"
     assert extract_gsm8k("#### " + "9" * 10_000) == "9" * 10_000
+
+
+# ---- docs/faults.md ---------------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(artifacts.CHECKOUT is None, reason="needs the sources (a checkout): docs/ is not installed")
+def test_every_row_of_the_fault_table_names_a_test_of_this_file():
+    lines = (artifacts.CHECKOUT / "docs" / "faults.md").read_text(encoding="utf-8").splitlines()
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| input |")]
+    named = [[n.strip() for n in row.rstrip(" |").rsplit(" | ", 1)[1].split(",")] for row in rows]
+    here = {name for name in globals() if name.startswith("test_")}
+    assert rows and all(names and set(names) <= here for names in named), \
+        [row[:60] for row, names in zip(rows, named) if not set(names) <= here]

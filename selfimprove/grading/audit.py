@@ -12,7 +12,8 @@ loaders use (selfimprove/tasks.py): gsm8k {question, answer with
 question, choices {label, text}, answerKey}; mbpp {task_id, text, code, test_list, test_setup_code}; arith in
 the package's problem format {id, question, answer, solutions}.
 
-Run audit (`run_rates`): the share of `timeout`, `no_answer` and `error` per iteration and split of a run.
+Run audit (`run_audit`): the share of `timeout`, `no_answer` and `error` per iteration and split of a run; a sample
+table that is missing, not graded or graded in part is left out and named (runs.Run.gaps).
 """
 
 from __future__ import annotations
@@ -59,21 +60,35 @@ def audit_rows(task: str, rows: list[tuple[str, dict]], timeout_s: float = 10.0,
                          "detail": [g.detail for g in grades]})
 
 
-def run_rates(run_dir: str | Path) -> pd.DataFrame:
-    """Per iteration and split of a run: responses graded and the rates of timeout, no_answer and error."""
+def run_audit(run_dir: str | Path) -> tuple[pd.DataFrame, list]:
+    """(rates, gaps). rates: per iteration and split of a run, the responses graded and the rates of timeout,
+    no_answer and error, from every graded table that grades its whole sample table. gaps: the sample tables
+    left out, each named (runs.Gap: missing, not graded, or graded in part; `expected` when the run recorded
+    it, so that it is lost rather than not made yet). A table that cannot be read is an AuditDataError."""
     from ..runs import Run, RunError
 
     rows = []
     run = Run(run_dir)
-    for t, split, _ in run.graded_files():  # a split sampled but not graded yet has none
-        try:
+    try:
+        gaps = run.gaps()
+        left_out = {(g.iteration, g.split) for g in gaps}
+        for t, split, _ in run.graded_files():
+            if (t, split) in left_out:
+                continue
             df = run.grades(t, split, columns=["status"])
-        except RunError as e:  # a file cut short
-            raise AuditDataError(str(e)) from None
-        n = len(df)
-        rows.append({"iteration": t, "split": split,
-                     "responses": n, **{s: round(float((df["status"] == s).mean()), 4) if n else 0.0
-                                        for s in ("timeout", "no_answer", "error")}})
+            n = len(df)
+            rows.append({"iteration": t, "split": split,
+                         "responses": n, **{s: round(float((df["status"] == s).mean()), 4) if n else 0.0
+                                            for s in ("timeout", "no_answer", "error")}})
+    except RunError as e:  # a file cut short
+        raise AuditDataError(str(e)) from None
     if not rows:
-        raise FileNotFoundError(f"no graded sample tables (iter_*/graded_*.parquet) under {run_dir}")
-    return pd.DataFrame(rows).sort_values(["iteration", "split"]).reset_index(drop=True)
+        raise FileNotFoundError(f"no graded sample tables (iter_*/graded_*.parquet) under {run_dir}"
+                                + (f"; {gaps[0].problem}" if gaps else ""))
+    return pd.DataFrame(rows).sort_values(["iteration", "split"]).reset_index(drop=True), gaps
+
+
+def run_rates(run_dir: str | Path) -> pd.DataFrame:
+    """Per iteration and split of a run: responses graded and the rates of timeout, no_answer and error (the
+    rates of run_audit; the tables it leaves out are not there)."""
+    return run_audit(run_dir)[0]
