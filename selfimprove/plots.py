@@ -266,15 +266,18 @@ def figure1_pass1(table: pd.DataFrame, split: str = "test") -> plt.Figure:
         bests = [(run, ARM_COLORS[r["paradigm"].iloc[0]], best_iterate(r)) for run, r in rows.groupby("run")]
         bests = [b for b in bests if b[2] is not None]
         lo, hi = ax.get_ylim()
-        for j, (run, color, best) in enumerate(bests):
+        for run, color, best in bests:
             y = best["value"] * 100
-            # Best iterates at nearly the same point (within 6% of the axis) stack their labels apart.
-            near = [b for b in bests[:j] if b[2]["t"] == best["t"] and abs(b[2]["value"] * 100 - y) < 0.06 * (hi - lo)]
+            # Best iterates at one t stack their labels in a column, highest value first: the gains above the
+            # highest of them, the values below the lowest, so that no two labels overlap however close.
+            same_t = sorted((b for b in bests if b[2]["t"] == best["t"]), key=lambda b: -b[2]["value"])
+            rank = [b[0] for b in same_t].index(run)
+            top, bottom = same_t[0][2]["value"] * 100, same_t[-1][2]["value"] * 100
             ax.scatter([best["t"]], [y], s=110, color=color, edgecolor="black", zorder=5, gid=f"best:{run}")
-            ax.annotate(gain_text(best["gain"]), (best["t"], y), textcoords="offset points",
-                        xytext=(0, 8 + 11 * len(near)), ha="center", fontsize=8, color=color, fontweight="bold",
-                        gid=f"gain:{run}")
-            ax.annotate(f"{y:.1f}", (best["t"], y), textcoords="offset points", xytext=(0, -16 - 9 * len(near)),
+            ax.annotate(gain_text(best["gain"]), (best["t"], top), textcoords="offset points",
+                        xytext=(0, 8 + 11 * (len(same_t) - 1 - rank)), ha="center", fontsize=8, color=color,
+                        fontweight="bold", gid=f"gain:{run}")
+            ax.annotate(f"{y:.1f}", (best["t"], bottom), textcoords="offset points", xytext=(0, -16 - 9 * rank),
                         ha="center", fontsize=7, color=color, gid=f"value:{run}")
         if rows["iteration"].max() < 2:
             _missing(ax, "only M1: no best iterate")

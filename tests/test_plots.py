@@ -302,3 +302,30 @@ def test_analysis_notebook_has_one_parameters_cell():
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1
     assert "runs: list" in tagged[0].source and "figures_dir: str" in tagged[0].source
+
+
+def test_figure1_labels_of_best_iterates_at_one_t_do_not_overlap():
+    """The demo study's pass@1 (seed 0, T = 3; values and intervals as its report has them), whose Figure 1
+    printed two pairs of gain labels over each other (gold's and SFT-DPO's at t = 3, DPO's and the placebo's
+    at t = 2): every gain label and every value label has a box of its own."""
+    demo = {"dpo": (0.596, 0.548), "gold": (0.604, 0.633), "placebo-dpo": (0.587, 0.583), "sft": (0.600, 0.617),
+            "sft-dpo": (0.596, 0.619)}  # M2, M3; M1 0.604 [0.571, 0.637] for all
+    table = _table(paradigms=tuple(demo))
+    p1 = (table["split"] == "test") & (table["metric"] == "pass@1")
+    for par, (m2, m3) in demo.items():
+        for t, value in ((1, 0.604), (2, m2), (3, m3)):
+            rows = p1 & (table["paradigm"] == par) & (table["iteration"] == t)
+            table.loc[rows, ["value", "ci_low", "ci_high"]] = value, value - 0.033, value + 0.033
+    fig = plots.figure1_pass1(table)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for prefix in ("gain:", "value:"):
+        boxes = [a.get_window_extent(renderer) for a in _artists(fig)
+                 if hasattr(a, "get_text") and (a.get_gid() or "").startswith(prefix)]
+        assert len(boxes) == 5
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), prefix
+    # at one t, the highest value's gain stands on top
+    gains = {a.get_gid(): a.get_window_extent(renderer).y0 for a in _artists(fig)
+             if (a.get_gid() or "").startswith("gain:")}
+    assert gains["gain:study/gold"] > gains["gain:study/sft-dpo"] > gains["gain:study/sft"]
+    plt.close(fig)
