@@ -208,9 +208,18 @@ def check_machine(cfg: RunConfig) -> None:
     """Refuse, before anything is written or computed, a recipe that asks for a GPU or a package this machine
     lacks (`sample.device` cuda, `sample.backend` vllm, `train.backend` unsloth, `load_in_4bit`, bf16): the
     stage would otherwise fail only once the stages before it have run. torch is imported only when the recipe
-    asks for CUDA, so a CPU recipe's runner starts as fast as before."""
+    asks for CUDA, so a CPU recipe's runner starts as fast as before. An MBPP recipe needs the sandbox its
+    verify stage runs generated code in (bubblewrap, grading/sandbox.py): without it the run is refused here,
+    not after sampling (the verify stage has no unsafe mode; `selfimprove grade --unsafe` is the explicit one)."""
     import importlib.util
 
+    if "mbpp" in (cfg.task, cfg.data_config().ood_task if cfg.task != "arith" else ""):
+        from .grading import sandbox
+
+        if (problem := sandbox.isolation_problem()) is not None:
+            raise RecipeError(f"recipe '{cfg.name}': task mbpp runs the generated code in a bubblewrap sandbox, "
+                              f"which this machine cannot provide: {problem} (Debian: apt-get install "
+                              "bubblewrap; docs/verification.md#mbpp-sandbox)")
     sample_cfg = cfg.stage("sample", 1, "<run_dir>")
     if sample_cfg.backend == "vllm" and importlib.util.find_spec("vllm") is None:
         raise RecipeError(f"recipe '{cfg.name}': sample.backend 'vllm' needs vLLM, which is not installed here "

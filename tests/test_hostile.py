@@ -658,6 +658,20 @@ def test_gsm8k_extraction_keeps_every_digit():
 # ---- docs/faults.md ---------------------------------------------------------------------------------------------
 
 @pytest.mark.skipif(artifacts.CHECKOUT is None, reason="needs the sources (a checkout): docs/ is not installed")
+def test_an_mbpp_recipe_without_the_sandbox_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    """The verify stage runs MBPP's code in bubblewrap and has no unsafe mode: a machine without it is told at
+    once, not after M1 has sampled (issue 20)."""
+    from selfimprove.grading import sandbox
+
+    monkeypatch.setattr(sandbox, "isolation_problem", lambda: "bubblewrap (bwrap) is not installed")
+    (tmp_path / "model").mkdir()
+    with pytest.raises(config.RecipeError, match=r"recipe 'tiny': task mbpp runs the generated code in a "
+                                                  r"bubblewrap sandbox, .*: bubblewrap \(bwrap\) is not installed"):
+        pipeline.run("tiny", overrides=["task=mbpp", f"model={tmp_path / 'model'}"], runs_root=tmp_path / "runs",
+                     organism_root=tmp_path / "org", figures_dir=None, log=lambda *a: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
 def test_every_row_of_the_fault_table_names_a_test_of_this_file():
     lines = (artifacts.CHECKOUT / "docs" / "faults.md").read_text(encoding="utf-8").splitlines()
     rows = [line for line in lines if line.startswith("| ") and not line.startswith("| input |")]
