@@ -225,10 +225,27 @@ def _val(x) -> float | None:
     return None if x is None or (isinstance(x, float) and not np.isfinite(x)) else float(x)
 
 
+def _threshold_cell(r: dict) -> str:
+    """When a signal fires, as a comparison: a gain above its threshold; a decline below a negative threshold
+    (or 0, a pass@1 loss; a diversity decline's is relative to M1's value) or, for a rise that is a decline
+    (group disparity), above a positive one; a note's share at or above it.
+
+    >>> [_threshold_cell(dict(kind=k, threshold=t, relative=None)) for k, t in (("gain", 0), ("decline", -0.0),
+    ...                                                                          ("decline", 0.01), ("note", 0.9))]
+    ['> 0', '< 0', '> 0.01', '>= 0.9']
+    >>> _threshold_cell(dict(kind="decline", threshold=-0.05, relative=-0.06))
+    '< -5% of M1'
+    """
+    sign = ">= " if r["kind"] == "note" else "< " if r["kind"] == "decline" and r["threshold"] <= 0 else "> "
+    if _val(r.get("relative")) is not None:
+        return f"{sign}{r['threshold']:.0%} of M1"
+    return f"{sign}{r['threshold'] + 0.0:g}"  # + 0.0: -0.0 shows as 0
+
+
 def to_markdown(v: Verdict) -> str:
     """The verdict line and its signals table, as Markdown."""
     out = [f"**Verdict: {v.line}**", "",
-           "| comparison | signal | split | M1 | M_t | change [95% CI] | threshold | fired |",
+           "| comparison | signal | split | M1 | M_t | change [95% CI] | fires when the change is | fired |",
            "|---|---|---|---|---|---|---|---|"]
     for r in v.table.to_dict("records"):
         m1, mt, ch, lo, hi, rel = (_val(r[c]) for c in ("m1", "mt", "change", "ci_low", "ci_high", "relative"))
@@ -236,7 +253,7 @@ def to_markdown(v: Verdict) -> str:
         cell += "" if lo is None else f" [{lo:+.3f}, {hi:+.3f}]"
         cell += "" if rel is None else f" ({rel:+.1%} of M1)"
         out.append(f"| {r['comparison']} | {r['signal']} | {r['split']} | {'' if m1 is None else f'{m1:.3f}'} | "
-                   f"{'' if mt is None else f'{mt:.3f}'} | {cell} | {r['threshold']:g} | "
+                   f"{'' if mt is None else f'{mt:.3f}'} | {cell} | {_threshold_cell(r)} | "
                    f"{'yes' if r['fired'] else ''} |")
     return "\n".join(out)
 
