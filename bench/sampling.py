@@ -267,7 +267,7 @@ def _limit(model, dtype: str, batch: int, context: float, threads: int) -> dict:
     import torch.nn.functional as F
     from transformers import AutoConfig
 
-    from selfimprove import sample
+    from selfimprove import profiling, sample
 
     cfg = AutoConfig.from_pretrained(model)
     dev = sample.torch_device("auto")
@@ -279,24 +279,7 @@ def _limit(model, dtype: str, batch: int, context: float, threads: int) -> dict:
     sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
 
     def timed(fn) -> float:
-        fn()
-        sync()
-        reps, best = 1, float("inf")
-        while True:  # enough repeats for 0.1 s a round
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                fn()
-            sync()
-            if time.perf_counter() - t0 > 0.1:
-                break
-            reps *= 2
-        for _ in range(3):
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                fn()
-            sync()
-            best = min(best, (time.perf_counter() - t0) / reps)
-        return best
+        return profiling.best_seconds(fn, sync)
 
     def linear(n_in, n_out):
         x, w = torch.randn(batch, n_in, dtype=dt, device=dev), torch.randn(n_out, n_in, dtype=dt, device=dev)

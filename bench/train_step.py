@@ -54,7 +54,7 @@ def tables(tokenizer, arith_cfg, rows: int):
 
 def cpu_gemm_flops(model: Path, rows: int) -> float:
     """FLOPs/s of this CPU's fp32 matrix products at the model's projection shapes (q, k, v, o, gate, up, down
-    and the LM head) with `rows` tokens, each product timed alone (the least of three rounds of 0.1 s): the
+    and the LM head) with `rows` tokens, each product timed alone (profiling.best_seconds): the
     limit a training step's forward products could reach; the backward's products have the same sizes."""
     import torch
     import torch.nn.functional as F
@@ -66,30 +66,17 @@ def cpu_gemm_flops(model: Path, rows: int) -> float:
     d = getattr(cfg, "head_dim", None) or h // heads
     shapes = [(h, heads * d), (h, kv * d), (h, kv * d), (heads * d, h), (h, cfg.intermediate_size),
               (h, cfg.intermediate_size), (cfg.intermediate_size, h)] * cfg.num_hidden_layers + [(h, cfg.vocab_size)]
+    from selfimprove import profiling
+
     seconds = flops = 0.0
     with torch.inference_mode():
         for n_in, n_out in sorted(set(shapes)):
             x, w = torch.randn(rows, n_in), torch.randn(n_out, n_in)
-            reps = 1
-            while True:
-                t0 = time.perf_counter()
-                for _ in range(reps):
-                    F.linear(x, w)
-                if time.perf_counter() - t0 > 0.1:
-                    break
-                reps *= 2
-            best = min(_timed(F.linear, x, w, reps) for _ in range(3))
+            best = profiling.best_seconds(lambda x=x, w=w: F.linear(x, w))
             count = shapes.count((n_in, n_out))
             seconds += count * best
             flops += count * 2 * rows * n_in * n_out
     return flops / seconds
-
-
-def _timed(fn, x, w, reps: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn(x, w)
-    return (time.perf_counter() - t0) / reps
 
 
 def main(argv: list[str] | None = None) -> dict:

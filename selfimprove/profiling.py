@@ -32,6 +32,35 @@ def set_torch_threads(n: int) -> None:
     torch.set_num_threads(n or _DEFAULT_THREADS)
 
 
+def best_seconds(fn, sync=lambda: None, round_s: float = 0.1, rounds: int = 3) -> float:
+    """Seconds one call of `fn` takes at best: a warm-up call, then as many calls a round as last `round_s`,
+    the least mean of `rounds` rounds (`sync` waits for a device's queued work, e.g. torch.cuda.synchronize).
+    The benchmarks' measure of a matrix product alone (bench/sampling.py's limit, bench/train_step.py's).
+
+    >>> 0 < best_seconds(lambda: sum(range(100)), round_s=0.001) < 0.01
+    True
+    """
+    fn()
+    sync()
+    reps = 1
+    while True:  # enough repeats for round_s a round
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        sync()
+        if time.perf_counter() - t0 > round_s:
+            break
+        reps *= 2
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        sync()
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return best
+
+
 class Clock:
     """Accumulated seconds and calls of a timed block."""
 
