@@ -83,10 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     out_dir = Path("/tmp/dpo_sweep") / args.name
     t0 = time.time()
     trainer, tokenizer = train.TRAINERS["dpo"](cfg, paths.model(1), pairs, out_dir)  # as the train stage (fit)
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    (model.merge_and_unload() if cfg.lora_r else model).save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    history = [h for h in trainer.state.log_history if "loss" in h or "train_runtime" in h]
+    history = train.save_trained(cfg, trainer, tokenizer, out_dir)
     result = {"name": args.name, "date": time.strftime("%Y-%m-%d"), "run": str(args.run_dir), "set": args.set,
               "pairs": len(pairs), "train_s": round(time.time() - t0, 1), "log": train.summarize_log(history)}
     run = Run(paths.root)

@@ -286,6 +286,22 @@ def iteration_data(cfg: TrainConfig, paths: artifacts.RunPaths) -> pd.DataFrame:
     return table
 
 
+def save_trained(cfg: TrainConfig, trainer, tokenizer, out_dir: Path) -> list[dict]:
+    """Write a trained model into `out_dir` (LoRA merged into its base; the adapter itself beside it as
+    adapter.tmp when `merge_adapter` is off), from the main process only, remove the trainer's checkpoint
+    folder, and return the training log's entries (those with a loss, and the final summary)."""
+    if trainer.accelerator.is_main_process:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if not cfg.merge_adapter and cfg.lora_r:
+            model.save_pretrained(out_dir.with_name("adapter.tmp"))
+            tokenizer.save_pretrained(out_dir.with_name("adapter.tmp"))
+        merged = model.merge_and_unload() if cfg.lora_r else model
+        merged.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+    shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
+    return [h for h in trainer.state.log_history if "loss" in h or "train_runtime" in h]
+
+
 def fit(cfg: TrainConfig, paths: artifacts.RunPaths, out_dir: Path) -> dict:
     """Train M_t into `out_dir` (and its adapter beside it when kept); returns the training log. Every
     process of a multi-process launch runs this; only the main one writes."""
@@ -307,16 +323,7 @@ def fit(cfg: TrainConfig, paths: artifacts.RunPaths, out_dir: Path) -> dict:
         adapter = paths.adapter(t - 1) if keep_adapter else None
         ref = paths.model(1) if kind == "dpo" and cfg.ref_model == "m1" and t >= 3 else None
         trainer, tokenizer = TRAINERS[kind](cfg, base, table, out_dir, adapter=adapter, ref=ref)
-    if trainer.accelerator.is_main_process:
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        if not cfg.merge_adapter and cfg.lora_r:
-            model.save_pretrained(out_dir.with_name("adapter.tmp"))
-            tokenizer.save_pretrained(out_dir.with_name("adapter.tmp"))
-        merged = model.merge_and_unload() if cfg.lora_r else model
-        merged.save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
-    shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
-    history = [h for h in trainer.state.log_history if "loss" in h or "train_runtime" in h]
+    history = save_trained(cfg, trainer, tokenizer, out_dir)
     return {"kind": kind, "base": str(base), "compute_s": round(getattr(trainer, "compute_seconds", 0.0), 3),
             "adapter": str(adapter) if adapter else None,
             # M(t-1) unless ref_model: m1: TRL disables a fresh adapter, or copies a loaded one (merge_adapter: false)
