@@ -149,13 +149,16 @@ def notebook_config(cls, ns: dict):
     members = Study(root).run_dirs()
     if not members:
         return build(cls, {**values, "run_dir": str(root)}, where)
-    run_root = members[0]
-    recorded = artifacts.Manifest.load(artifacts.RunPaths(run_root)).data["config"]
-    cfg = build(RunConfig, recorded, f"run {run_root} (its manifest config)")
-    t = values.get("iteration", 1)
+    run_root, t = members[0], values.get("iteration", 1)
     print(f"run_dir {values['run_dir']} is a study: showing its first run, {run_root.name}, iteration {t}, "
           "with the settings it ran with")
-    return cfg.stage(STAGE_OF[cls], t, run_root)
+    return recorded_stage(run_root, STAGE_OF[cls], t)
+
+
+def recorded_stage(run_root: Path, stage: str, t: int):
+    """The config of `stage` at t as the run in `run_root` recorded it (its manifest's recipe)."""
+    recorded = artifacts.Manifest.load(artifacts.RunPaths(run_root)).data["config"]
+    return build(RunConfig, recorded, f"run {run_root} (its manifest config)").stage(stage, t, run_root)
 
 
 def run_stage(cfg) -> list[Path]:
@@ -191,9 +194,8 @@ def run_stage(cfg) -> list[Path]:
 def differing(paths: artifacts.RunPaths, cfg) -> str:
     """The fields in which `cfg` differs from the stage config its run recorded, as 'name: recorded -> given'."""
     try:
-        recorded = build(RunConfig, artifacts.Manifest.load(paths).data["config"], "manifest")
-        was = asdict(recorded.stage(STAGE_OF[type(cfg)], cfg.iteration, cfg.run_dir))
+        was = asdict(recorded_stage(paths.root, STAGE_OF[type(cfg)], cfg.iteration))
     except (ValueError, KeyError, FileNotFoundError):
         return "the recorded config cannot be read"
-    diff = [f"{k}: {was.get(k)!r} -> {v!r}" for k, v in asdict(cfg).items() if was.get(k) != v]
+    diff = [f"{k}: {was.get(k)!r} -> {v!r}" for k, v in asdict(cfg).items() if k != "run_dir" and was.get(k) != v]
     return ", ".join(diff) or "the outputs of a stage before it changed"
