@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-cpu
+# make demo: the study's runs two at a time, one core each (selfimprove/lanes.py)
+JOBS ?= 2
 VLLM_STAMP := $(VENV)/.installed-vllm
 
 .PHONY: demo test lint install clean-runs browser sandbox
@@ -47,7 +49,7 @@ sandbox:
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/selfimprove run demo --figures-dir figures
+	$(BIN)/selfimprove run demo --figures-dir figures --jobs $(JOBS)
 
 test: $(STAMP) $(VLLM_STAMP) browser sandbox
 	$(BIN)/ruff check selfimprove tests notebooks bench

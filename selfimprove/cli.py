@@ -58,7 +58,7 @@ def _run(args) -> int:
 
     pipeline.run(args.recipe, overrides=args.set, runs_root=args.runs_root, organism_root=args.organism_root,
                  overwrite=args.overwrite, log_output=args.verbose, stop_after=args.stop_after,
-                 figures_dir=args.figures_dir, kernel=args.kernel, seeds=args.seeds)
+                 figures_dir=args.figures_dir, kernel=args.kernel, seeds=args.seeds, jobs=args.jobs)
     return 0
 
 
@@ -254,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="run the recipe once per seed (run and organism seed) into <name>-seeds/seed<s>/, then "
                             "the per-seed verdicts and the across-seed mean and spread in <name>-seeds/report/")
     run_p.add_argument("--stop-after", default=None, metavar="T/STAGE", help="stop after this stage, e.g. 2/train")
+    run_p.add_argument("--jobs", type=_bounded(int, 1), default=1, metavar="N",
+                       help="a study's runs N at once after M1's stages, each in its own process with the cores "
+                            "shared out (selfimprove/lanes.py; default 1: one after another)")
     run_p.add_argument("--kernel", choices=("shared", "fresh"), default="shared",
                        help="shared: the stages run in one kernel, reset after each (default); fresh: each stage "
                             "in a kernel of its own (selfimprove/kernel.py)")

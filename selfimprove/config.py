@@ -32,6 +32,7 @@ from .schema import (  # noqa: F401  (re-exported: config is where recipes and s
     PAIRINGS,
     PARADIGMS,
     REAL_TASKS,
+    SECTIONS,
     SHARED,
     SPLITS,
     STAGES,
@@ -39,11 +40,13 @@ from .schema import (  # noqa: F401  (re-exported: config is where recipes and s
     TRAIN_KINDS,
     ArithConfig,
     DataConfig,
+    DeepConfig,
     EvaluateConfig,
     OrganismConfig,
     RecipeError,
     RunConfig,
     SampleConfig,
+    Section,
     StageConfig,
     Thresholds,
     TrainConfig,
@@ -176,24 +179,21 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RunConf
 
 
 def check_recipe(cfg: RunConfig, path: str | Path) -> None:
-    """The rules that span sections: every section builds, at every iteration and for every member of a study;
-    `data:` applies to the task; evaluate's k and diversity sets fit sample's responses per problem."""
+    """The rules that span sections (each section was checked as `cfg` was made, schema.Section): `data:` applies
+    to the task; every stage builds at every iteration for every member of a study; evaluate's k and diversity
+    sets fit sample's responses per problem; the gold arm has its fresh problems."""
     from .tasks import TaskDataError, plan
 
-    cfg.organism_config()
-    cfg.thresholds()
     if cfg.task != "arith":
-        data = cfg.data_config()
         try:
-            plan(cfg.task, data)  # settings that cannot apply to the task (subjects for csqa, ...)
+            plan(cfg.task, cfg.data_config())  # settings that cannot apply to the task (subjects for csqa, ...)
         except TaskDataError as e:
             raise RecipeError(f"recipe '{cfg.name}', section 'data': {e}") from None
     for member in [cfg.member(p) for p in cfg.paradigms] if cfg.is_study else [cfg]:
         for t in range(1, cfg.iterations + 1):
             for stage in STAGES:
                 member.stage(stage, t, "<run_dir>")
-    sample = cfg.stage("sample", 1, "<run_dir>")
-    evaluate = cfg.stage("evaluate", 1, "<run_dir>")
+    sample, evaluate = cfg.sample, cfg.evaluate
     if max(evaluate.ks) > sample.n_eval_samples:
         raise RecipeError(f"recipe {path}: evaluate.ks {evaluate.ks} needs sample.n_eval_samples >= "
                           f"{max(evaluate.ks)} (pass@k is defined for k <= n), got {sample.n_eval_samples}")
@@ -202,7 +202,7 @@ def check_recipe(cfg: RunConfig, path: str | Path) -> None:
                           f"sample.n_eval_samples >= {evaluate.diversity_per_problem} (no problem would have a "
                           f"full diversity set), got {sample.n_eval_samples}")
     if "gold" in cfg.paradigms and cfg.iterations >= 2:  # the positive control draws fresh gold problems
-        need = (cfg.iterations - 1) * cfg.member("gold").stage("train", 2, "<run_dir>").gold_problems
+        need = (cfg.iterations - 1) * cfg.train.gold_problems
         have = cfg.organism_config().arith.n_fresh if cfg.task == "arith" else 0
         if have < need:
             raise RecipeError(f"recipe {path}: the gold arm trains on {need} fresh problems over T - 1 = "

@@ -13,6 +13,9 @@ show a dropdown of its runs above them and follow its choice.
 A relative folder is read from artifacts.project_dir(): the checkout when the working directory is its
 notebooks/ folder (JupyterLab starts the notebook's kernel there), else the working directory.
 
+A problem's card also shows, per iteration, its support-ledger class against M1 and its final answers
+(problem_ledger, docs/beyond.md).
+
 Greedy correctness decides the transition sets, as in improvement.py (inferred from paper §5.1; the paper does
 not state it); the equations highlighted are those the Distinct Equations metric counts (diversity.EQUATIONS);
 the heatmaps are the cosine similarities whose mean the embedding-diversity metric reports
@@ -180,6 +183,68 @@ def problem_history(run_dir: str | Path, problem_id: str) -> pd.DataFrame:
     out["_greedy_first"] = out["decoding"] != "greedy"
     out = out.sort_values(["iteration", "split", "_greedy_first", "sample_idx"], kind="stable")
     return out.reindex(columns=HISTORY_COLUMNS).reset_index(drop=True)
+
+
+LEDGER_COLUMNS = ["iteration", "greedy_correct", "samples", "correct_samples", "support_greedy", "support_sample",
+                  "distinct_answers", "answer_entropy", "answers"]
+
+
+def problem_ledger(run_dir: str | Path, problem_id: str, split: str = "test",
+                   missing: str = "category") -> pd.DataFrame:
+    """One problem across iterations, beyond the paper (docs/beyond.md): per iteration its greedy correctness,
+    sampled responses and how many are correct, its support-ledger class against M1 (Wu et al. 2025; greedy:
+    greedy correctness, sample: any of M_t's n samples correct against any of M1's first n; "" for M1 itself),
+    and its final answers: how many distinct, their entropy in nats (beyond.answer_entropy with `missing`, the
+    evaluate stage's answer_missing) and their distribution, most frequent first ("—" a missing answer).
+    LEDGER_COLUMNS, by iteration."""
+    from . import beyond
+
+    history = problem_history(run_dir, problem_id)
+    h = history[history["split"] == split]
+    if h.empty:
+        raise ValueError(f"problem {problem_id!r} has no responses on the {split} split")
+    rows, m1 = [], None
+    for t, g in h.groupby("iteration", sort=True):
+        greedy = g[g["decoding"] == "greedy"]
+        sampled = g[g["decoding"] == "sample"]
+        correct = sampled["status"] == "correct"
+        row = {"iteration": int(t), "greedy_correct": bool((greedy["status"] == "correct").any()) if len(greedy)
+               else None, "samples": len(sampled), "correct_samples": int(correct.sum())}
+        if m1 is None:
+            m1 = g
+            row["support_greedy"] = row["support_sample"] = ""
+        else:
+            for decoding in ("greedy", "sample"):
+                a, b = m1[m1["decoding"] == decoding], g[g["decoding"] == decoding]
+                n = min(len(a), len(b))
+                if not n:
+                    row[f"support_{decoding}"] = ""
+                    continue
+                counts = [pd.DataFrame({"n": [n], "c": [int((x.sort_values("sample_idx")["status"].iloc[:n]
+                                                             == "correct").sum())]}, index=[problem_id])
+                          for x in (a, b)]
+                row[f"support_{decoding}"] = beyond.support_classes(*counts).iloc[0]
+        answers = sampled["extracted"].tolist()
+        row["distinct_answers"], row["answer_entropy"] = beyond.answer_entropy(answers, missing) if answers \
+            else (0, float("nan"))
+        shown = pd.Series(["—" if beyond._missing(a) else str(a).strip() for a in answers], dtype=object)
+        row["answers"] = ", ".join(f"{a} ×{c}" for a, c in shown.value_counts().items())
+        rows.append(row)
+    return pd.DataFrame(rows, columns=LEDGER_COLUMNS)
+
+
+def ledger_html(ledger: pd.DataFrame) -> str:
+    """problem_ledger's table as HTML (class si-ledger): the ledger class and answer distribution per iteration."""
+    body = "".join(
+        f"<tr><td>M{r.iteration}</td><td>{'' if r.greedy_correct is None else 'yes' if r.greedy_correct else 'no'}"
+        f"</td><td>{r.correct_samples} of {r.samples}</td><td>{html.escape(str(r.support_greedy))}</td>"
+        f"<td>{html.escape(str(r.support_sample))}</td><td>{r.distinct_answers}</td>"
+        f"<td>{'' if r.answer_entropy != r.answer_entropy else f'{r.answer_entropy:.2f}'}</td>"
+        f"<td>{html.escape(r.answers)}</td></tr>" for r in ledger.itertuples())
+    return ('<p><b>Support ledger against M1 and final answers per iteration</b> (Wu et al. 2025; Song, Kempe &amp; '
+            'Munos 2025)</p><table class="si-cards si-ledger"><tr><th>model</th><th>greedy correct</th>'
+            '<th>samples correct</th><th>ledger (greedy)</th><th>ledger (samples)</th><th>distinct answers</th>'
+            f'<th>answer entropy (nats)</th><th>answers (samples)</th></tr>{body}</table>')
 
 
 def training_rows(run_dir: str | Path, t: int, problem_id: str) -> pd.DataFrame:
@@ -420,7 +485,8 @@ def _improvement_explorer(run_dir: str | Path, split: str):
 
     def show_problem(change=None):
         pid = problem_w.value
-        card.value = (history_html(pid, problem_history(run_dir, pid), task) if pid
+        card.value = (history_html(pid, problem_history(run_dir, pid), task)
+                      + ledger_html(problem_ledger(run_dir, pid, split_w.value)) if pid
                       else "<i>no problem in this set</i>")
 
     def show_set(change=None):

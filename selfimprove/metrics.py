@@ -13,7 +13,11 @@ M(t+1) is recorded by M(t+1)'s train stage.
 
 Per split (test, ood): greedy pass@1 overall and per level, unbiased pass@k from the sampled responses,
 group disparity, diversity of correct and of incorrect responses (diversity.py), and for t >= 2 the
-improvement sets against M1 (improvement.py). On the train split: correct-answer coverage, both ways.
+improvement sets against M1 (improvement.py). On the train split: correct-answer coverage, both ways. Beyond
+the paper (beyond_metrics.py, docs/beyond.md), after those rows: pass@k curves and their crossover against M1,
+the support ledger, cover@tau, the guessing baseline, answer entropy, and on the test split token entropy and
+KL(M_t || M1) from scoring M_t's samples with M_t and M1 (iter_<t>/model, iter_1/model). The deep evaluation's
+rows (deep.py, deep_metrics.json) join the run's tidy table after the iterations'.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import artifacts, diversity, improvement, profiling, tasks
+from . import artifacts, beyond_metrics, diversity, improvement, profiling, tasks
 from .config import EvaluateConfig
 from .estimators import bootstrap_ci, disparity, paradigm_advice, pass_at_k, pass_at_k_per_problem
 from .runs import EVAL_SPLITS, RERUN, RESUME, Run, RunError, greedy_correct
@@ -159,15 +163,35 @@ def _read(paths: artifacts.RunPaths, t: int, split: str, what: str) -> pd.DataFr
     return df
 
 
+def _split_task(paths: artifacts.RunPaths, split: str, df: pd.DataFrame) -> str:
+    """The task whose answers a split's problems have: its problem rows' own `task` (GSM8K's OOD split holds MATH
+    problems), else the sample table's."""
+    problems = paths.problems(split)
+    if problems.exists():
+        with open(problems, encoding="utf-8") as fh:
+            first = fh.readline()
+        try:
+            row = json.loads(first) if first.strip() else {}
+        except json.JSONDecodeError:
+            row = {}
+        if isinstance(row, dict) and isinstance(row.get("task"), str) and row["task"]:
+            return row["task"]
+    return str(df["task"].iloc[0])
+
+
 def evaluate(paths: artifacts.RunPaths, t: int, cfg: EvaluateConfig,
-             embedder: diversity.Embedder | None = None) -> tuple[dict, pd.DataFrame]:
-    """Every metric of M_t from the run directory: (metrics.json content, per-problem table)."""
+             embedder: diversity.Embedder | None = None, clock: dict | None = None) -> tuple[dict, pd.DataFrame]:
+    """Every metric of M_t from the run directory: (metrics.json content, per-problem table). `clock`, when
+    given, receives `score_s`: the seconds spent scoring responses with the models (no time goes into
+    metrics.json, which a rerun must reproduce)."""
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("run_dir", "iteration")}
     out: dict = {"iteration": t, "evaluate": settings}
     rows: list[dict] = []
     tables = []
     if embedder is None and cfg.embedding_model:
         embedder = diversity.Embedder(cfg.embedding_model, cfg.cache_dir)
+    graded_test = None
+    set_samples = int(beyond_metrics.run_sample_setting(paths.root, "n_eval_samples"))  # split_rows
     for split in EVAL_SPLITS:
         p = paths.samples(t, split)
         if not p.exists():
@@ -182,14 +206,35 @@ def evaluate(paths: artifacts.RunPaths, t: int, cfg: EvaluateConfig,
         s["diversity"], div_rows = diversity_rows(div, cfg.diversity_per_problem, cfg.bootstrap, cfg.seed)
         split_rows += div_rows
         m1_path = paths.samples(1, split)
+        m1_graded = None
         if t >= 2 and m1_path.exists():
-            m1 = per_problem_table(_read(paths, 1, split, f"the {split} sample table of M1"))
+            m1_graded = _read(paths, 1, split, f"the {split} sample table of M1")
+            m1 = per_problem_table(m1_graded)
             imp = improvement.improvement(m1, pp, cfg.bootstrap, cfg.seed)
             split_rows += imp.pop("rows")
             s["improvement"] = imp
+        # Beyond the paper (beyond_metrics.py): new metric names after the paper's rows, which stay as they were
+        options = beyond_metrics.answer_options(_split_task(paths, split, df), cfg.guess_options)
+        s["beyond"], beyond_rows = beyond_metrics.split_rows(df, m1_graded, cfg, options, set_samples)
+        split_rows += beyond_rows
+        if split == "test":
+            graded_test = df
         out[split] = s
         rows += [dict(split=split, **r) for r in split_rows]
         tables.append(pp.join(div).reset_index().assign(split=split))
+    if cfg.score_models and graded_test is not None:  # token entropy and KL(M_t || M1) on M_t's test samples
+        recorded = None  # what this iteration recorded, kept where the model folders are gone
+        if paths.metrics(t).exists():
+            try:
+                recorded = json.loads(paths.metrics(t).read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                recorded = None
+        out["test"]["beyond"]["scores"], score_rows, seconds = beyond_metrics.model_rows(
+            graded_test, paths.model(t), paths.model(1) if t >= 2 else None, cfg,
+            beyond_metrics.score_temperature(paths.root, cfg), recorded)
+        rows += [dict(split="test", **r) for r in score_rows]
+        if clock is not None:
+            clock["score_s"] = clock.get("score_s", 0.0) + seconds
     if paths.samples(t, "train").exists():
         out["train"] = coverage(_read(paths, t, "train", f"the train sample table of M{t}"))
         rows += [dict(split="train", **_row(name, "all", None, out["train"][name], n=out["train"]["n_problems"]))
@@ -213,7 +258,8 @@ def run(cfg: EvaluateConfig) -> list[Path]:
     paths = artifacts.RunPaths(cfg.run_dir)
     embedder = diversity.Embedder(cfg.embedding_model, cfg.cache_dir) if cfg.embedding_model else None
     t0 = time.perf_counter()
-    m, pp = evaluate(paths, cfg.iteration, cfg, embedder)
+    clock: dict = {}
+    m, pp = evaluate(paths, cfg.iteration, cfg, embedder, clock)
     seconds = time.perf_counter() - t0
     for split in EVAL_SPLITS:
         if split in m:
@@ -228,8 +274,16 @@ def run(cfg: EvaluateConfig) -> list[Path]:
         st = embedder.stats
         print(f"embeddings: {st['texts']} texts, {st['computed']} computed ({st['encode_s']:.1f}s encoding, "
               f"{st['load_s']:.1f}s loading the model), the rest from the cache; evaluate took {seconds:.1f}s")
-    profiling.record(cfg.run_dir, cfg.iteration, "evaluate", embedder.stats["encode_s"] if embedder else 0.0,
-                     "embedding model encode calls")
+    scores = m.get("test", {}).get("beyond", {}).get("scores", {})
+    if "token_entropy" in scores:
+        kl = scores.get("kl_from_m1", {}).get("per_response", {}).get("value")
+        print(f"M{cfg.iteration} test: token entropy {scores['token_entropy']['value']:.3f} nats"
+              + ("" if kl is None else f", KL(M{cfg.iteration} || M1) {kl:.3f} nats per response")
+              + f" ({scores['responses']} responses scored in {clock.get('score_s', 0.0):.1f}s)")
+    profiling.record(cfg.run_dir, cfg.iteration, "evaluate",
+                     (embedder.stats["encode_s"] if embedder else 0.0) + clock.get("score_s", 0.0),
+                     "embedding model encode calls and scoring the sampled responses with M_t and M1",
+                     score_s=round(clock.get("score_s", 0.0), 3))
     return [artifacts.write_json(m, paths.metrics(cfg.iteration)),
             artifacts.write_parquet(pp, paths.per_problem(cfg.iteration))]
 
@@ -257,8 +311,9 @@ def evaluable(run: Run, last: int, log=print) -> list[int]:
 def recompute(run_dir: str | Path, overrides: dict | None = None, log=print) -> list[Path]:
     """`selfimprove metrics`: every iteration's metrics.json and per_problem.parquet again from its sample
     tables, with the evaluate settings the run recorded (its manifest) over which `overrides` (evaluate
-    fields) go; then the run's tidy table (write_table). The same functions as the evaluate stage. Every
-    iteration's tables are checked before the first is evaluated (evaluable)."""
+    fields) go, and the deep evaluation's deep_metrics.json from its tables where the run has one; then the
+    run's tidy table (write_table). The same functions as the evaluate stage. Every iteration's tables are
+    checked before the first is evaluated (evaluable)."""
     from .config import RunConfig, build
 
     paths = artifacts.RunPaths(run_dir)
@@ -283,6 +338,11 @@ def recompute(run_dir: str | Path, overrides: dict | None = None, log=print) -> 
             if manifest.data["stages"].get(f"{t}/evaluate", {}).get("state") == "done":
                 manifest.record(f"{t}/evaluate", outputs, paths.root, recomputed_with=dict(overrides or {}))
             log(f"M{t}: metrics in {time.perf_counter() - t0:.1f}s -> {paths.metrics(t)}")
+        recorded_deep = Run(paths.root).deep_metrics()
+        if recorded_deep:  # the deep evaluation's comparisons again, from its tables, with these settings
+            roles = {r: int(t) for r, t in recorded_deep["roles"].items()}
+            written.append(beyond_metrics.write_deep(paths, cfg, roles))
+            log(f"deep evaluation: comparisons -> {paths.deep_metrics}")
     return written + write_table(run_dir)
 
 
@@ -293,10 +353,12 @@ def iteration_metrics(run_dir: str | Path) -> list[dict]:
 
 def collect(run_dir: str | Path) -> pd.DataFrame:
     """The run's tidy long table, one row per number: (iteration, split, metric, subset, k, value, ci_low,
-    ci_high, n). `subset` is "all", a level ("L1".."L5"), a response group ("correct", "incorrect") or an
-    improvement-set baseline; `k` is the k of pass@k, the N of accuracy@N or the responses per diversity set;
-    `n` is the number of problems behind the value."""
+    ci_high, n). `subset` is "all", a level ("L1".."L5"), a response group ("correct", "incorrect"; "solved",
+    "unsolved") or an improvement-set baseline; `k` is the k of pass@k, the N of accuracy@N or the responses per
+    diversity set or support ledger; `n` is the number of problems behind the value. After the iterations' rows,
+    the deep evaluation's (deep_metrics.json), if the run has one."""
     rows = [dict(iteration=m["iteration"], **r) for m in iteration_metrics(run_dir) for r in m.get("table", [])]
+    rows += Run(run_dir).deep_metrics().get("table", [])  # the deep evaluation's rows (deep.py), `deep_` names
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     table["k"] = table["k"].astype("Int64")
     table["n"] = table["n"].astype("Int64")

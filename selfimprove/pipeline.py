@@ -26,11 +26,10 @@ over from a sibling) are in stages.py.
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
-from . import artifacts, organism, report, stagecache
+from . import artifacts, deep, lanes, organism, report, stagecache
 from .config import RecipeError, RunConfig, load_recipe, resolve_recipe
 from .kernel import INTERRUPT, KERNEL_POLICIES, Interrupted
 from .stages import (  # noqa: F401  (NOTEBOOKS, RECIPES, STAGE_NOTEBOOKS, ...: importable from here as before)
@@ -40,15 +39,10 @@ from .stages import (  # noqa: F401  (NOTEBOOKS, RECIPES, STAGE_NOTEBOOKS, ...: 
     STAGE_NOTEBOOKS,
     StageError,
     check_machine,
-    copy_stage,
-    execute_stage,
-    find_shared,
-    kernel_env,
     kernel_session,
     last_progress,
     prepare,
-    stage_files,
-    stage_outputs,
+    run_stage,
     stages_of,
     sync_parameter_cells,
 )
@@ -57,17 +51,21 @@ from .stages import (  # noqa: F401  (NOTEBOOKS, RECIPES, STAGE_NOTEBOOKS, ...: 
 def run(recipe: str, *, overrides: list[str] | None = None, runs_root: str | Path = "data/runs",
         organism_root: str | Path = "data/organism", overwrite: bool = False, log_output: bool = False,
         stop_after: str | None = None, figures_dir: str | Path | None = None, kernel: str = "shared",
-        seeds: list[int] | None = None, log=print) -> Path:
+        seeds: list[int] | None = None, jobs: int = 1, log=print) -> Path:
     """Run (or resume) a recipe; returns the run directory, or for a study (a list of paradigms) the study
     directory holding one run per paradigm. `stop_after` ("<t>/<stage>") ends early (each run of a study).
     `kernel`: "shared" runs the stages in one kernel, reset after each (kernel.py), "fresh" each in its own.
-    `seeds`: run the recipe once per seed (run_seeds) into <name>-seeds/seed<s>/; returns that folder."""
+    `seeds`: run the recipe once per seed (run_seeds) into <name>-seeds/seed<s>/; returns that folder.
+    `jobs`: a study's runs at once, each in a process of its own (lanes.py), after the first run's iteration 1
+    (M1's stages, which every run shares)."""
     if kernel not in KERNEL_POLICIES:  # before any folder is made or locked (issue 20)
         raise RecipeError(f"kernel must be one of {', '.join(KERNEL_POLICIES)}; got {kernel!r}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise RecipeError(f"jobs must be an integer >= 1; got {jobs!r}")
     if seeds is not None:
         return run_seeds(recipe, seeds, overrides=overrides, runs_root=runs_root, organism_root=organism_root,
                          overwrite=overwrite, log_output=log_output, stop_after=stop_after, figures_dir=figures_dir,
-                         kernel=kernel, log=log)
+                         kernel=kernel, jobs=jobs, log=log)
     cfg = load_recipe(resolve_recipe(recipe, RECIPES), overrides)
     if stop_after is not None:  # a mistyped stage would otherwise stop nothing and run the whole recipe
         valid = [f"{t}/{s}" for t in range(1, cfg.iterations + 1) for s in stages_of(t, bool(cfg.model))]
@@ -85,15 +83,35 @@ def run(recipe: str, *, overrides: list[str] | None = None, runs_root: str | Pat
         organism.check_root(cfg.organism_config(), Path(organism_root))
     for root in roots:
         artifacts.check_run_dir(root, Path(runs_root))
-    with kernel_session(kernel, study / "kernel.stderr.log") as session:  # one kernel for the whole study
-        for p, root in zip(cfg.paradigms, roots):
-            run_config(cfg.member(p), runs_root=runs_root, organism_root=organism_root, overwrite=overwrite,
-                       log_output=log_output, stop_after=stop_after, figures_dir=None, log=log,
-                       siblings=[r for r in roots if r != root], report_run=stop_after is None, kernel=kernel,
-                       session=session)
+    members = {p: dict(cfg=cfg.member(p), runs_root=runs_root, organism_root=organism_root, overwrite=overwrite,
+                       log_output=log_output, stop_after=stop_after, figures_dir=None,
+                       siblings=[r for r in roots if r != root], report_run=stop_after is None, kernel=kernel)
+               for p, root in zip(cfg.paradigms, roots)}
+    m1_done = f"1/{stages_of(1, bool(cfg.model))[-1]}"  # every run's iteration 1 is the same: computed once
+    if jobs > 1 and len(members) > 1 and not (stop_after or "").startswith("1/"):
+        run_config(**{**next(iter(members.values())), "stop_after": m1_done, "report_run": False}, log=log)
+        lanes.run_side_by_side(run_config, sharers_last(cfg, members), jobs)
+    else:
+        with kernel_session(kernel, study / "kernel.stderr.log") as session:  # one kernel for the whole study
+            for member in members.values():
+                run_config(**member, log=log, session=session)
     if stop_after is None:
         report.report_study(study, roots, figures_dir=figures_dir, log=log)
     return study
+
+
+def sharers_last(cfg: RunConfig, members: dict[str, dict]) -> dict[str, dict]:
+    """The members in the recipe's order, except that a run whose M2 is trained as an earlier run's is (SFT-DPO's
+    is DPO's: stagecache.settings) comes after all the others: run side by side, it would wait for that M2."""
+    if cfg.iterations < 2:
+        return members
+    seen, first, later = set(), {}, {}
+    for p, member in members.items():
+        key = json.dumps(stagecache.settings("train", 2, member["cfg"].stage("train", 2, "")), sort_keys=True,
+                         default=str)
+        (later if key in seen else first)[p] = member
+        seen.add(key)
+    return {**first, **later}
 
 
 def seed_overrides(name: str, seed: int) -> list[str]:
@@ -148,7 +166,7 @@ def run_config(cfg: RunConfig, *, runs_root: str | Path = "data/runs", organism_
     with artifacts.run_lock(paths.root), \
             kernel_session(kernel, Path(runs_root) / cfg.name / "kernel.stderr.log", session) as session:
         local_model = str(folder.absolute()) if model and folder.is_dir() else ""
-        manifest = artifacts.Manifest.open(paths, asdict(cfg), cfg.digest(), overwrite=overwrite)
+        manifest = artifacts.Manifest.open(paths, cfg.recipe(), cfg.digest(), overwrite=overwrite)
         log(f"run {cfg.name}: {paths.root}  (T={cfg.iterations}, paradigm={cfg.paradigm}, config {cfg.digest()})")
         prepare(cfg, paths, manifest, Path(organism_root), log=log)
         gold_sft = bool(model)
@@ -162,60 +180,13 @@ def run_config(cfg: RunConfig, *, runs_root: str | Path = "data/runs", organism_
                     raise Interrupted(f"run {cfg.name} before stage {key}")
                 inputs = stagecache.inputs_key(manifest.data["stages"], stage, t, stage_cfg)
                 if key == "2/train":
-                    log_paradigm_advice(paths, cfg.paradigm, log)
-                why = stagecache.why_not_done(manifest, key, stage_outputs(paths, stage, t, stage_cfg), inputs)
-                if why is not None and manifest.data["stages"].get(key, {}).get("state") == "done":
-                    log(f"  [{key}] recorded as done, but {why}: running it again")
-                shared = None if why is None else find_shared(key, inputs, list(siblings))
-                if why is None:
-                    log(f"  [{key}] done, skipped")
-                elif shared is not None:
-                    manifest.start(key)
-                    copy_stage(shared, paths, stage, t, stage_cfg)
-                    manifest.finish(key, stage_outputs(paths, stage, t, stage_cfg), 0.0, paths.root,
-                                    inputs=inputs, shared_from=str(shared))
-                    log(f"  [{key}] the same as in {shared.name}: taken from there")
-                else:
-                    log(f"  [{key}] running {STAGE_NOTEBOOKS[stage]}")
-                    stale = artifacts.clean_stale(paths.iter_dir(t)) if paths.iter_dir(t).exists() else []
-                    if stale:
-                        log(f"  [{key}] removed {len(stale)} temporary file(s) an interrupted stage left")
-                    manifest.start(key)
-                    t0 = time.time()
-                    out_nb = paths.notebooks(t) / STAGE_NOTEBOOKS[stage]
-                    INTERRUPT["stage"] = f"stage {key} of run {cfg.name}"
-                    try:
-                        execute_stage(stage, stage_cfg, out_nb, log_output, session)
-                    except Exception as e:
-                        if INTERRUPT.get("interrupted"):  # Ctrl-C killed its kernel (kernel.py)
-                            raise Interrupted(INTERRUPT["stage"]) from None
-                        reason = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', e)}"
-                        manifest.fail(key, reason)
-                        kernel_log = f" and {session.stderr_path}" if session is not None else ""
-                        raise StageError(f"stage {key} failed: {reason}\n  executed notebook: {out_nb}\n"
-                                         f"  kernel stderr: {out_nb.with_suffix('.stderr.log')}{kernel_log}\n"
-                                         "  Finished stages are kept; fix the cause and run the same command "
-                                         "again.") from e
-                    finally:
-                        INTERRUPT.pop("stage", None)
-                    manifest.finish(key, stage_outputs(paths, stage, t, stage_cfg), time.time() - t0, paths.root,
-                                    inputs=inputs)
-                    log(f"  [{key}] done in {time.time() - t0:.1f}s")
+                    report.log_paradigm_advice(paths, cfg.paradigm, log)
+                run_stage(key, stage_cfg, paths, manifest, inputs, run_name=cfg.name, siblings=siblings,
+                          session=session, log_output=log_output, log=log)
                 if key == stop_after:
                     return paths.root
+        deep.run(cfg, paths, manifest, list(siblings), log)  # M1, M_t* and M_T sampled deeply (deep.py)
         if report_run:  # a study's runs leave the paper's figures to the study report
             report.report_run(paths.root, figures_dir=figures_dir, log=log, all_figures=not siblings)
         return paths.root
 
-
-def log_paradigm_advice(paths: artifacts.RunPaths, paradigm: str, log=print) -> None:
-    """The paper's paradigm advice from M1's coverage (recorded in iter_1/metrics.json by the evaluate
-    stage), logged before the first training stage."""
-    if not paths.metrics(1).exists():
-        return
-    advice = json.loads(paths.metrics(1).read_text()).get("paradigm_advice")
-    if advice:
-        agrees = {"dpo": "DPO" in advice["advice"], "sft": advice["advice"] == "SFT"}.get(paradigm)
-        log(f"  paradigm advice: M1 coverage_mean {advice['coverage_mean']:.3f} -> iterative {advice['advice']} "
-            f"({advice['rule']}); this run: iterative {paradigm.upper()}"
-            + ("" if agrees is None else " (as advised)" if agrees else " (not the advised paradigm)"))

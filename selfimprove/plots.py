@@ -13,7 +13,10 @@ figures (the paper's Figures 1-5):
 - figure4_diversity: distinct-n, embedding and distinct-equation diversity per iteration, correct and
   incorrect responses apart (Figure 4).
 - figure5_ood_disparity: OOD pass@1 beside in-domain pass@1, and group disparity per iteration (Figure 5).
-- reversal_dashboard: one page with pass@1 beside pass@k, diversity, OOD and disparity.
+- reversal_dashboard: one page with pass@1 beside pass@k, diversity, OOD and disparity, and beyond the paper,
+  the final answers' entropy, KL(M_t || M1) and the OOD change against it.
+- beyond_reach (beyond the paper, docs/beyond.md): pass@k curves of M1, M_t* and M_T with their crossover k*
+  and the support ledger as stacked bars per iteration; pass@k within the margin of random guessing crossed out.
 
 A paradigm keeps one colour in every figure (PARADIGM_COLORS); every axis is labelled; a panel whose data
 are missing says so instead of failing. `selfimprove figures <run or study dirs> --out figures` renders
@@ -35,6 +38,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from . import metrics, runs  # noqa: E402
@@ -54,6 +58,11 @@ DIVERSITY_LABELS = {"distinct_n": "distinct-n, n = 1..5 (syntactic)",
                     "distinct_equations": "share of distinct equations (logical)"}
 SUBSET_STYLES = {"correct": "-", "incorrect": "--"}  # correct vs incorrect responses (Figure 4)
 SPLIT_STYLES = {"ood": "-", "test": "--"}  # group disparity: OOD (the paper's Figure 5) and in-domain
+SOLVED_STYLES = {"solved": "-", "unsolved": "--"}  # answer entropy on solved vs unsolved problems (our choice)
+# The support ledger's classes (Wu et al. 2025), from seaborn's colorblind palette (our choice).
+LEDGER_COLORS = {"preserved": "#029e73", "gained": "#0173b2", "lost": "#d55e00", "never": "#cccccc"}
+LEDGER_LABELS = {"preserved": "preserved (both)", "gained": "gained (M_t only: expansion)",
+                 "lost": "lost (M1 only: shrinkage)", "never": "never solved"}
 ITERATION_LABEL = "iteration t (model M_t)"
 PANEL_W, PANEL_H = 3.7, 2.9  # inches per panel (our choice)
 RUN_COLUMNS = ["run", "task", "model", "paradigm"]
@@ -477,16 +486,91 @@ def figure5_ood_disparity(table: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def _uninformative(ax, g: pd.DataFrame, split: str, k: int, scale: float = 100, prefix: str = "",
+                   x: str = "iteration") -> bool:
+    """Cross out (black x) the pass@k points within the guessing margin of random guessing (Dragoi et al. 2025;
+    rows `<prefix>pass@k_uninformative`, beyond_metrics.py) at k (`x` "iteration": one point per iteration) or
+    at every k of one iteration's curve (`x` "k", `g` that iteration's rows). Whether any was drawn."""
+    flags = g[(g["split"] == split) & (g["metric"] == f"{prefix}pass@k_uninformative") & (g["value"] == 1)]
+    curve = g[(g["split"] == split) & (g["metric"] == (f"{prefix}pass@k_curve" if x == "k" else "pass@k"))]
+    if x == "iteration":
+        flags, curve = flags[flags["k"] == k], curve[curve["k"] == k]
+    marks = curve.merge(flags[["run", "iteration", "k"]], on=["run", "iteration", "k"])
+    if marks.empty:
+        return False
+    ax.plot(marks[x], marks["value"] * scale, ls="", marker="x", ms=8, color="black", zorder=6, gid="uninformative",
+            label="_nolegend_")
+    return True
+
+
+def _uninformative_mark() -> Line2D:
+    """The legend entry of the crossed-out pass@k points."""
+    return Line2D([], [], ls="", marker="x", color="black", label="pass@k within the margin of random guessing")
+
+
+def _answer_entropy(ax, t: pd.DataFrame, g: pd.DataFrame, title: str, split: str) -> None:
+    """Mean final-answer entropy per iteration, solved problems solid, unsolved dashed (Song, Kempe & Munos 2025)."""
+    _frame(ax, ITERATION_LABEL, "final-answer entropy (nats)", f"{title} · {split} answers")
+    drawn = False
+    for subset, ls in SOLVED_STYLES.items():
+        rows = _select(g, split, "answer_entropy", subset)
+        if len(rows):
+            _draw(ax, t, rows, ls=ls, bands=False, labelled=False)
+            drawn = True
+    if not drawn:
+        _missing(ax, "no answer entropy (it needs sampled responses)")
+
+
+def _kl_panels(ax_kl, ax_ood, t: pd.DataFrame, g: pd.DataFrame, title: str) -> None:
+    """KL(M_t || M1) per iteration, and the OOD pass@1 change from M1 against it, a point per iterate t >= 2
+    labelled with t (RL's Razor: forgetting tracks this forward KL)."""
+    _frame(ax_kl, ITERATION_LABEL, "KL(M_t || M1), nats per response", f"{title} · test samples of M_t")
+    kl = _select(g, "test", "kl_from_m1")
+    its = sorted(g["iteration"].unique())
+    ax_kl.set_xticks(its)
+    ax_kl.set_xlim(min(its) - 0.2, max(its) + 0.2)
+    ax_kl.axhline(0, color="0.4", ls=":", lw=1)  # M1's KL from itself
+    if kl.empty:
+        _missing(ax_kl, "no KL estimate (evaluate.score_models off, or no iterate after M1)")
+    else:
+        _draw(ax_kl, t, kl)
+    _frame(ax_ood, "KL(M_t || M1), nats per response", "OOD pass@1 change from M1 (points)",
+           f"{title} · forgetting against KL", iterations=False)
+    ood = _select(g, "ood", "pass@1")
+    m1 = ood[ood["iteration"] == 1].set_index("run")["value"]
+    pts = kl.merge(ood[["run", "iteration", "value"]], on=["run", "iteration"], suffixes=("", "_ood"))
+    pts = pts[pts["run"].isin(m1.index)]
+    if pts.empty:
+        _missing(ax_ood, "no KL estimate beside an OOD split")
+        return
+    for run, r in pts.groupby("run", sort=False):
+        p = r["paradigm"].iloc[0]
+        (line,) = ax_ood.plot(r["value"], (r["value_ood"] - m1[run]) * 100, ls="", marker=_marker(t, run, p), ms=6,
+                              color=ARM_COLORS[p], label="_nolegend_")
+        line.set_gid(f"paradigm:{p}")
+        for x, y, it in zip(r["value"], (r["value_ood"] - m1[run]) * 100, r["iteration"]):
+            ax_ood.annotate(f"M{it}", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7,
+                            color=ARM_COLORS[p])
+    ax_ood.axhline(0, color="0.4", ls=":", lw=1)
+
+
 def reversal_dashboard(table: pd.DataFrame, split: str = "test") -> plt.Figure:
-    """One page to tell progress from reversal: pass@1 beside pass@k (largest k), diversity (distinct-n and
-    embedding; correct solid, incorrect dashed), OOD pass@1 and group disparity, two rows per (model, task),
-    M1's value dotted. Reversal reads as pass@1 up while the others fall (disparity: rises; our reading of the
-    paper's definition)."""
+    """One page to tell progress from reversal: pass@1 beside pass@k (largest k; crossed out where within the
+    margin of random guessing), diversity (distinct-n and embedding; correct solid, incorrect dashed), OOD
+    pass@1 and group disparity, then the final answers' entropy (solved solid, unsolved dashed), KL(M_t || M1)
+    and the OOD change against it (beyond the paper: Song, Kempe & Munos 2025; RL's Razor), three rows per
+    (model, task), M1's value dotted. Reversal reads as pass@1 up while the others fall (disparity: rises; our
+    reading of the paper's definition)."""
     t = _prepare(table)
     groups = _groups(t)
-    fig, axes = _grid(2 * len(groups), 3, "Reversal dashboard: pass@1 beside pass@k, diversity, OOD and disparity")
+    fig, axes = _grid(3 * len(groups), 3, "Reversal dashboard: pass@1 beside pass@k, diversity, OOD, disparity, "
+                                          "answer entropy and KL from M1")
+    crossed = False
     for i, (title, g) in enumerate(groups):
-        (a_p1, a_pk, a_ood), (a_dn, a_emb, a_gd) = axes[2 * i], axes[2 * i + 1]
+        (a_p1, a_pk, a_ood), (a_dn, a_emb, a_gd) = axes[3 * i], axes[3 * i + 1]
+        a_ae, a_kl, a_ko = axes[3 * i + 2]
+        _answer_entropy(a_ae, t, g, title, split)
+        _kl_panels(a_kl, a_ko, t, g, title)
         for ax, sp, name in ((a_p1, split, "pass@1 (greedy)"), (a_ood, "ood", "OOD pass@1 (greedy)")):
             _pass1_panel(ax, t, g, sp, f"{name}, %", f"{title} · {sp}", f"no {sp} split")
         pk = _select(g, split, "pass@k", None)
@@ -498,6 +582,7 @@ def reversal_dashboard(table: pd.DataFrame, split: str = "test") -> plt.Figure:
             rows = pk[pk["k"] == k]
             _draw(a_pk, t, rows, scale=100)
             _m1_line(a_pk, rows, 100)
+            crossed |= _uninformative(a_pk, g, split, k)
         for ax, metric in ((a_dn, "distinct_n"), (a_emb, "embedding_diversity")):
             _frame(ax, ITERATION_LABEL, DIVERSITY_LABELS[metric], f"{title} · {split}")
             drawn = False
@@ -512,13 +597,120 @@ def reversal_dashboard(table: pd.DataFrame, split: str = "test") -> plt.Figure:
         a_gd.set_title(f"{title} · group disparity", fontsize=9)
     _legend(fig, _style_proxies(SUBSET_STYLES, {"correct": "diversity: correct", "incorrect": "diversity: incorrect"})
             + _style_proxies(SPLIT_STYLES, {"ood": "disparity: OOD", "test": "disparity: in-domain"})
-            + [Line2D([], [], color="0.4", ls=":", label="M1's value")])
+            + _style_proxies(SOLVED_STYLES, {"solved": "answer entropy: solved",
+                                             "unsolved": "answer entropy: unsolved"})
+            + [Line2D([], [], color="0.4", ls=":", label="M1's value")] + ([_uninformative_mark()] if crossed else []))
     return fig
+
+
+def _ledger_bars(ax, g: pd.DataFrame, split: str, decoding: str, deep: bool = False) -> bool:
+    """Stacked bars of the support ledger's shares (%), one per iteration t >= 2 (M1 against M_t), and with
+    `deep` the deep evaluation's after them ("deep M_t"). Whether any was drawn."""
+    bars = []
+    for prefix, name in (("", "M{}"),) + ((("deep_", "deep M{}"),) if deep else ()):
+        rows = g[(g["split"] == split) & (g["subset"] == "all")
+                 & g["metric"].str.startswith(f"{prefix}support_{decoding}:")]
+        for it, r in rows.groupby("iteration", sort=True):
+            shares = {m.split(":", 1)[1]: v for m, v in zip(r["metric"], r["value"])}
+            bars.append((name.format(it), shares, int(r["n"].iloc[0]) if r["n"].notna().all() else None))
+    if not bars:
+        return False
+    x = np.arange(len(bars))
+    bottom = np.zeros(len(bars))
+    for cls, color in LEDGER_COLORS.items():
+        h = np.array([b[1].get(cls, 0.0) * 100 for b in bars])
+        drawn = ax.bar(x, h, 0.6, bottom=bottom, color=color, label="_nolegend_")
+        for patch in drawn:
+            patch.set_gid(f"ledger:{cls}")
+        bottom += h
+    ax.set_xticks(x, [b[0] for b in bars])
+    ax.set_ylim(0, 100)
+    return True
+
+
+def beyond_reach(table: pd.DataFrame, split: str = "test") -> plt.Figure:
+    """Beyond the paper, a row per run: (a) pass@k curves of M1 (black), the best iterate M_t* (solid) and the
+    last M_T (dashed) in the paradigm's colour, with Yue et al.'s crossover k* (the smallest k at which M1's
+    pass@k is at or above M_t's) as a dotted line, from the deep evaluation where the run has one (deep.py),
+    else from the loop's samples; the random guesser's pass@k where the answer space is known, and points
+    within the margin of it crossed out (Dragoi et al. 2025); (b, c) the support ledger of M1 against each M_t
+    (Wu et al. 2025), greedy correctness and any sampled response correct, stacked shares per iteration (the
+    deep evaluation's after them)."""
+    t = _prepare(table)
+    runs = [(run, g) for p in ARM_COLORS for run, g in t[t["paradigm"] == p].groupby("run", sort=True)]
+    fig, axes = _grid(max(len(runs), 1), 3, f"Beyond the paper: pass@k curves and their crossover, and the support "
+                                            f"ledger ({split})")
+    if not runs:
+        for ax in axes[0]:
+            _frame(ax, "k", "share (%)", iterations=False)
+            _missing(ax, "no runs")
+        return fig
+    for (run, g), (ax_c, ax_g, ax_s) in zip(runs, axes):
+        p = g["paradigm"].iloc[0]
+        title = f"{g['model'].iloc[0]} · {g['task'].iloc[0]} · {_label(t, run, p)}"
+        _curve_panel(ax_c, g, split, p, title)
+        for ax, decoding, deep in ((ax_g, "greedy", False), (ax_s, "sample", True)):
+            what = "greedy correct" if decoding == "greedy" else "a sample correct"
+            _frame(ax, "M1 against M_t", "share of problems (%)", f"{_label(t, run, p)} · ledger: {what}",
+                   iterations=False)
+            if not _ledger_bars(ax, g, split, decoding, deep):
+                _missing(ax, "no support ledger (it needs M1 and a later iterate)")
+    fig.legend(handles=[Patch(color=c, label=LEDGER_LABELS[k]) for k, c in LEDGER_COLORS.items()],
+               loc="outside lower center", ncol=4, frameon=False, title="support ledger (Wu et al. 2025)")
+    return fig
+
+
+def _curve_panel(ax, g: pd.DataFrame, split: str, p: str, title: str) -> None:
+    """Panel (a) of beyond_reach for one run."""
+    deep = g[(g["split"] == split) & (g["metric"] == "deep_pass@k_curve")]
+    prefix = "deep_" if len(deep) else ""
+    rows = deep if len(deep) else g[(g["split"] == split) & (g["metric"] == "pass@k_curve")]
+    source = "deep evaluation" if prefix else "the loop's samples"
+    _frame(ax, "k, samples per problem (log scale)", "pass@k (%)", f"{title} · {source}", iterations=False)
+    if rows.empty:
+        _missing(ax, "no pass@k curves (no sampled responses)")
+        return
+    best = best_iterate(_select(g, "test", "pass@1"))
+    last = int(g["iteration"].max())
+    roles = {1: "M1"} | ({best["t"]: "M_t*"} if best else {})
+    roles[last] = "M_t* = M_T" if roles.get(last) == "M_t*" else "M_T"
+    ax.set_xscale("log", base=2)
+    ks = sorted(rows["k"].dropna().astype(int).unique())
+    ax.set_xticks(ks, [str(k) for k in ks])
+    crossed = False
+    for it, role in sorted(roles.items()):
+        r = rows[rows["iteration"] == it].sort_values("k")
+        if r.empty:
+            continue
+        color = "black" if it == 1 else ARM_COLORS[p]
+        (line,) = ax.plot(r["k"].astype(int), r["value"] * 100, marker="o", ms=4, color=color,
+                          ls="--" if role == "M_T" else "-", label="M1" if it == 1 else f"M{it} ({role})")
+        if it != 1:
+            line.set_gid(f"paradigm:{p}")
+            cross = g[(g["split"] == split) & (g["metric"] == f"{prefix}crossover_k") & (g["iteration"] == it)]
+            if len(cross):
+                c = cross.iloc[0]
+                if pd.notna(c["value"]):
+                    ax.axvline(c["value"], color=color, ls=":", lw=1.2, gid=f"crossover:{it}")
+                    ax.annotate(f"k* = {int(c['value'])} (M{it})", (c["value"], 0.96 - 0.07 * (it == last)),
+                                xycoords=("data", "axes fraction"), fontsize=7, color=color, xytext=(3, 0),
+                                textcoords="offset points", va="top", gid=f"kstar:{it}")
+                else:
+                    ax.text(0.02, 0.95 - 0.07 * (it == last), f"M{it}: no crossover up to k = {int(c['k'])}",
+                            transform=ax.transAxes, fontsize=7, color=color, va="top", gid=f"kstar:{it}")
+        crossed |= _uninformative(ax, g[g["iteration"] == it], split, 0, prefix=prefix, x="k")
+    guess = g[(g["split"] == split) & (g["metric"] == f"{prefix}guess_pass@k") & (g["iteration"] == 1)]
+    if len(guess):
+        guess = guess.sort_values("k")
+        ax.plot(guess["k"].astype(int), guess["value"] * 100, color="0.5", ls="-.", label="random guessing")
+    handles = ax.get_legend_handles_labels()[0] + ([_uninformative_mark()] if crossed else [])
+    ax.legend(handles=handles, fontsize=6.5, loc="lower right")
 
 
 FIGURES = {"figure1_pass1": figure1_pass1, "figure2_coverage": figure2_coverage,
            "figure3_improvement_sets": figure3_improvement_sets, "figure4_diversity": figure4_diversity,
-           "figure5_ood_disparity": figure5_ood_disparity, "reversal_dashboard": reversal_dashboard}
+           "figure5_ood_disparity": figure5_ood_disparity, "reversal_dashboard": reversal_dashboard,
+           "beyond_reach": beyond_reach}
 
 
 def save(fig: plt.Figure, name: str, dirs, formats=("png", "pdf")) -> list[Path]:

@@ -1,5 +1,6 @@
 """The report of a run or a study: its tables (summary, timings, the paradigms side by side), the tidy metrics
-table, the verdict and the figures, into <run>/report/ (and a study's <study>/report/).
+table, the verdict, the measurements beyond the paper beside it (report/beyond.md, docs/beyond.md) and the
+figures, into <run>/report/ (and a study's <study>/report/).
 
 `selfimprove report <run or study>` and the end of `selfimprove run` call report_run / report_study; the
 verdict is made with the run's own thresholds (runs.Run.thresholds: the recipe's `verdict` section).
@@ -40,6 +41,9 @@ def report_run(run_dir: str | Path | Run, figures_dir: str | Path | None = None,
     if v is not None:
         verdict.write(v, paths.root, thresholds)
         log("\n" + verdict.to_markdown(v))
+    beside = beyond_markdown(run)  # beside the verdict's label, which none of it changes
+    (paths.report / "beyond.md").write_text(beside + "\n")
+    log("\n" + beside)
     fig = plots.pass1_by_iteration(table, title=f"run {paths.root.name}")
     for path in plots.save(fig, "pass1_by_iteration", [paths.report] + ([Path(figures_dir)] if figures_dir else []),
                            formats=("png",)):
@@ -49,6 +53,92 @@ def report_run(run_dir: str | Path | Run, figures_dir: str | Path | None = None,
         dirs = [paths.report] + ([Path(figures_dir)] if figures_dir else [])
         written = plots.render_all(plots.runs_table([paths.root]), dirs)
         log(f"figures ({', '.join(written)}): PNG and PDF in {', '.join(str(d) for d in dirs)}")
+
+
+def _pm(x, digits: int = 3) -> str:
+    return "" if x is None else f"{x:+.{digits}f}"
+
+
+def _ci(ci) -> str:
+    return "" if not ci or ci[0] is None else f" [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
+def _ledger(counts: dict | None) -> str:
+    """'preserved / lost / gained / never' counts of a support ledger's subset "all"."""
+    c = (counts or {}).get("all")
+    return "" if not c else " / ".join(str(c.get(k, 0)) for k in ("preserved", "lost", "gained", "never"))
+
+
+def _crossover(vs: dict) -> str:
+    if not vs:
+        return ""
+    return f"{vs['crossover_k']}" if vs.get("crossover_k") is not None else f"none up to {vs['up_to_k']}"
+
+
+def beyond_markdown(run: Run) -> str:
+    """Beyond the paper (docs/beyond.md), reported beside the verdict and changing none of its labels: per
+    iteration on the test split, M1 against M_t from the loop's samples (pass@k's crossover k* and pass@n's
+    paired difference, Yue et al. 2025; the support ledger, greedy and sampled, Wu et al. 2025), cover@0.5
+    (Dragoi et al. 2025), answer entropy on solved and unsolved problems (Song, Kempe & Munos 2025), token
+    entropy and KL(M_t || M1) (RL's Razor) beside the OOD pass@1 change; the KL-OOD relation across iterations;
+    the guessing check; and the deep evaluation (deep.py), if the run has one."""
+    from .beyond import kl_ood_relation
+
+    ms = run.all_metrics()
+    lines = ["### Beyond the paper (docs/beyond.md): reported beside the verdict, no label depends on it", "",
+             "| model | k* (M1 at or above M_t) | pass@n - M1 [95% CI] | ledger greedy: preserved / lost / gained / "
+             "never | ledger sampled | cover@0.5 | answer entropy solved / unsolved | token entropy | "
+             "KL(M_t ‖ M1) [95% CI] | OOD pass@1 - M1 |", "|" + "---|" * 10]
+    kl, ood, flags = {}, {}, []
+    for m in ms:
+        t, b = m["iteration"], m.get("test", {}).get("beyond", {})
+        vs, pn = b.get("vs_m1") or {}, (b.get("vs_m1") or {}).get("pass@n")
+        support = b.get("support", {})
+        ans = b.get("answers", {})
+        scores = b.get("scores", {})
+        ent = (scores.get("token_entropy") or {}).get("value")
+        kld = (scores.get("kl_from_m1") or {}).get("per_response") or {}
+        if kld.get("value") is not None:
+            kl[t] = kld["value"]
+        if "pass@1" in m.get("ood", {}):
+            ood[t] = m["ood"]["pass@1"]
+        for split in ("test", "ood"):
+            ks = ((m.get(split, {}).get("beyond", {}).get("guess") or {}).get("uninformative_ks") or [])
+            if ks:
+                flags.append(f"M{t} {split}: pass@k at k = {', '.join(map(str, ks))}")
+        cover = b.get("cover", {}).get("0.5")
+        ood_change = ood[t] - ood[1] if t in ood and 1 in ood and t != 1 else None
+        entropies = [ans.get(f"answer_entropy:{s}") for s in ("solved", "unsolved")]
+        lines.append(" | ".join([
+            f"| M{t}", _crossover(vs), "" if not pn else f"pass@{pn['k']} {_pm(pn['diff'])}{_ci(pn['ci'])}",
+            _ledger(support.get("greedy")), _ledger(support.get("sample")),
+            "" if cover is None else f"{cover:.3f}",
+            " / ".join("-" if x is None else f"{x:.2f}" for x in entropies) if ans else "",
+            "" if ent is None else f"{ent:.3f}",
+            "" if kld.get("value") is None else f"{kld['value']:.4f}{_ci((kld['ci_low'], kld['ci_high']))}",
+            _pm(ood_change)]) + " |")
+    rel = kl_ood_relation(kl, ood)
+    corr = ", ".join(f"{name} {rel[name]:+.2f}" for name in ("pearson", "spearman") if rel[name] is not None)
+    lines += ["", f"KL(M_t ‖ M1) against the OOD pass@1 change (RL's Razor): {corr or 'no correlation'} over "
+                  f"{rel['note']}."]
+    lines.append("Guessing baseline (Dragoi et al. 2025): " + ("; ".join(flags) + " within "
+                 "the margin of random guessing, uninformative" if flags else
+                 "no pass@k within the margin of random guessing (or open answers: no baseline)") + ".")
+    deep_m = run.deep_metrics()
+    if deep_m:
+        who = deep_m["roles"]
+        lines += ["", f"Deep evaluation (deep.py): {deep_m['problems']} test problems x {deep_m['samples']} "
+                      f"samples; M1, M_t* = M{who.get('best', '?')}, M_T = M{who['last']}.", "",
+                  "| model | pass@k (k = 1, 2, 4, ...) | k* (M1 at or above M_t) | pass@n - M1 [95% CI] | ledger: "
+                  "preserved / lost / gained / never |", "|---|---|---|---|---|"]
+        for t, model in sorted(deep_m["models"].items(), key=lambda kv: int(kv[0])):
+            comp = deep_m["comparisons"].get(t, {})
+            pn = comp.get("pass@n")
+            curve = " ".join(f"@{k} {v:.3f}" for k, v in model["pass@k_curve"].items())
+            lines.append(f"| M{t} ({', '.join(model['roles'])}) | {curve} | {_crossover(comp)} | "
+                         + ("" if not pn else f"pass@{pn['k']} {_pm(pn['diff'])}{_ci(pn['ci'])}")
+                         + f" | {_ledger(comp.get('support'))} |")
+    return "\n".join(lines)
 
 
 def study_table(roots: list[Path]) -> str:
@@ -279,3 +369,16 @@ def report_seeds(folder: Path, by_seed: dict[int, Path], log=print) -> None:
     found = [findings.table(_runs_of(Path(root))).assign(seed=seed) for seed, root in by_seed.items()]
     text += "\n\n" + findings.write(pd.concat(found, ignore_index=True), out, seeds=True).read_text()
     log(f"\nseeds {', '.join(map(str, by_seed))}: verdicts and pass@1 across seeds ({out})\n\n" + text)
+
+
+def log_paradigm_advice(paths, paradigm: str, log=print) -> None:
+    """The paper's paradigm advice from M1's coverage (recorded in iter_1/metrics.json by the evaluate
+    stage), logged before the first training stage."""
+    if not paths.metrics(1).exists():
+        return
+    advice = json.loads(paths.metrics(1).read_text()).get("paradigm_advice")
+    if advice:
+        agrees = {"dpo": "DPO" in advice["advice"], "sft": advice["advice"] == "SFT"}.get(paradigm)
+        log(f"  paradigm advice: M1 coverage_mean {advice['coverage_mean']:.3f} -> iterative {advice['advice']} "
+            f"({advice['rule']}); this run: iterative {paradigm.upper()}"
+            + ("" if agrees is None else " (as advised)" if agrees else " (not the advised paradigm)"))

@@ -202,6 +202,21 @@ class Run:
         """{t: greedy pass@1 on `split`} from metrics.json, for the iterations that evaluated that split."""
         return {m["iteration"]: m[split]["pass@1"] for m in self.all_metrics() if "pass@1" in m.get(split, {})}
 
+    def deep_metrics(self) -> dict:
+        """deep_metrics.json, the deep evaluation's comparisons (deep.py); {} when the run has none. RunError for
+        a damaged one."""
+        p = self.paths.deep_metrics
+        if not p.exists():
+            return {}
+        try:
+            m = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RunError(f"{p}: not valid JSON ({e}); `selfimprove run` with the run's recipe writes it again") \
+                from None
+        if not isinstance(m, dict) or not isinstance(m.get("table", []), list):
+            raise RunError(f"{p}: not the deep evaluation's metrics (a JSON object with a \"table\" list)")
+        return m
+
     def best_iterate(self) -> int | None:
         """M_t* of this run (best_iterate on its test pass@1), None before an iterate t >= 2 is evaluated."""
         return best_iterate(self.pass1("test"))

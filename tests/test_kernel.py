@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from jupyter_core.utils import run_sync
 
-from selfimprove import artifacts, kernel, pipeline
+from selfimprove import artifacts, kernel, pipeline, stages
 from selfimprove.config import EvaluateConfig, RecipeError, SampleConfig, TrainConfig, VerifyConfig
 
 PROBE = [
@@ -116,7 +116,7 @@ def test_kernel_fresh_reaches_every_run_of_a_study(tmp_path, monkeypatch):
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(pipeline, "prepare", lambda *a, **k: None)
-    monkeypatch.setattr(pipeline, "execute_stage", stage)
+    monkeypatch.setattr(stages, "execute_stage", stage)
     with pytest.raises(pipeline.StageError, match="stop here"):
         pipeline.run("tiny", overrides=["paradigm=[sft,dpo]", "name=study"], runs_root=tmp_path,
                      organism_root=tmp_path / "organism", kernel="fresh", log=lambda *a: None)

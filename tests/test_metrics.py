@@ -120,13 +120,11 @@ def test_paradigm_advice_rule():
 
 def _run_dir(tmp_path, write_graded):
     """A hand-made run: M1 and M2 graded sample tables for test, OOD (and train for M1)."""
-    from dataclasses import asdict
-
     from selfimprove.config import RunConfig
 
     paths = artifacts.RunPaths(tmp_path / "run")
     cfg = RunConfig(name="run", iterations=2)
-    artifacts.Manifest.open(paths, asdict(cfg), cfg.digest())
+    artifacts.Manifest.open(paths, cfg.recipe(), cfg.digest())
     outcomes = {1: {"p1": (1, [1, 1, 0, 0]), "p2": (0, [1, 0, 0, 0]), "p3": (0, [0, 0, 0, 0])},
                 2: {"p1": (1, [1, 1, 1, 0]), "p2": (1, [1, 1, 0, 0]), "p3": (0, [0, 0, 0, 0])}}
     for t, probs in outcomes.items():

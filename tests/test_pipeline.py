@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from selfimprove import artifacts, pipeline
+from selfimprove import artifacts, pipeline, stages
 from selfimprove.config import RecipeError
 from selfimprove.runs import Run
 
@@ -191,7 +191,7 @@ def test_stages_get_absolute_paths_when_started_elsewhere(tmp_path, monkeypatch)
     (tmp_path / "m0").mkdir()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(pipeline, "prepare", lambda *a, **k: None)
-    monkeypatch.setattr(pipeline, "execute_stage", stage)
+    monkeypatch.setattr(stages, "execute_stage", stage)
     with pytest.raises(pipeline.StageError, match="stage 1/train failed"):
         pipeline.run("tiny", overrides=["model=./m0", "name=rel"], runs_root="runs", kernel="fresh",
                      log=lambda *a: None)
@@ -215,7 +215,7 @@ def test_stop_after_must_name_a_stage_of_the_recipe(tmp_path, monkeypatch):
         raise RuntimeError("a stage ran")
 
     monkeypatch.setattr(pipeline, "prepare", lambda *a, **k: None)
-    monkeypatch.setattr(pipeline, "execute_stage", stage)
+    monkeypatch.setattr(stages, "execute_stage", stage)
     with pytest.raises(RecipeError, match=r"--stop-after '1/eval' is not a stage of recipe 'tiny'; one of: "
                                           r"1/sample, 1/verify, 1/evaluate, 2/train"):
         pipeline.run("tiny", runs_root=tmp_path, stop_after="1/eval", kernel="fresh", log=lambda *a: None)

@@ -158,3 +158,17 @@ def test_the_cache_memory_is_zeroed_and_writable(dtype):
     assert t.shape == (3, 2, 5, 4) and t.dtype == dtype and not t.any()
     t[1, :, 2] = 1.5
     assert t.sum().item() == 1.5 * 8
+
+
+def test_the_same_samples_at_one_and_two_threads(model_dir, prompts):
+    """`--jobs` gives each run of a study fewer threads (lanes.py); the sampler draws the same responses."""
+    kw = dict(n=4, temperature=0.75, top_p=0.95, max_new_tokens=48, batch_size=32, seed=0)
+    texts, before = {}, torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            got = sample.CompactSampler(model_dir, threads=threads).generate(prompts, **kw)
+            assert torch.get_num_threads() == threads
+            texts[threads] = [[c.text for c in cs] for cs in got]
+    finally:
+        torch.set_num_threads(before)
+    assert texts[1] == texts[2]
