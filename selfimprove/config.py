@@ -25,6 +25,8 @@ import yaml
 from .schema import (  # noqa: F401  (re-exported: config is where recipes and stage configs are imported from)
     ARMS,
     CONTROLS,
+    FRESH_FIELDS,
+    LATER_FIELDS,
     LEVELS,
     LLAMA_LINEAR,
     MATH_SUBJECTS,
@@ -52,6 +54,7 @@ from .schema import (  # noqa: F401  (re-exported: config is where recipes and s
     TrainConfig,
     VerifyConfig,
     build,
+    gold_split,
     lineage,
     run_name_problem,
     train_kind,
@@ -202,14 +205,17 @@ def check_recipe(cfg: RunConfig, path: str | Path) -> None:
                           f"sample.n_eval_samples >= {evaluate.diversity_per_problem} (no problem would have a "
                           f"full diversity set), got {sample.n_eval_samples}")
     if "gold" in cfg.paradigms and cfg.iterations >= 2:  # the positive control draws fresh gold problems
-        need = (cfg.iterations - 1) * cfg.train.gold_problems
-        have = cfg.organism_config().arith.n_fresh if cfg.task == "arith" else 0
-        if have < need:
-            raise RecipeError(f"recipe {path}: the gold arm trains on {need} fresh problems over T - 1 = "
-                              f"{cfg.iterations - 1} iterations (train.gold_problems each); "
-                              + (f"organism.data.n_fresh is {have}: set it to at least {need}" if cfg.task == "arith"
-                                 else f"task {cfg.task} has no held-out split of fresh problems (arith only, "
-                                      "organism.data.n_fresh)"))
+        org = cfg.organism_config().arith if cfg.task == "arith" else None
+        for field, per_iteration in zip(FRESH_FIELDS, gold_split(cfg.train.gold_problems, cfg.train.gold_ood_share)):
+            need, have = (cfg.iterations - 1) * per_iteration, getattr(org, field) if org else 0
+            if have < need:
+                raise RecipeError(
+                    f"recipe {path}: the gold arm trains on {need} {field[2:]} problems over T - 1 = "
+                    f"{cfg.iterations - 1} iterations (train.gold_problems x "
+                    f"{'1 - ' if field == 'n_fresh' else ''}train.gold_ood_share each); "
+                    + (f"organism.data.{field} is {have}: set it to at least {need}" if org
+                       else f"task {cfg.task} has no held-out split of fresh problems (arith only, "
+                            f"organism.data.{field})"))
 
 
 def resolve_recipe(name_or_path: str, recipes_dir: Path) -> Path:

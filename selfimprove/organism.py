@@ -26,6 +26,7 @@ made it); `ensure` copies a shipped build into the cache instead of training it,
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -271,19 +272,46 @@ def build(cfg: OrganismConfig, out_dir: Path, log=print) -> dict:
     return record
 
 
-def ood_training_pool(cfg: OrganismConfig, splits: dict) -> list[dict]:
-    """Fresh problems in the OOD templates for M0/M1 training; none shares a question with any split."""
+def _ood_template_problems(cfg: OrganismConfig, splits: dict):
+    """Problems in the OOD templates, endless, each with a question no split and no earlier one has; the first
+    `ood_fraction` x n_train are M0/M1's pool, the next ones the gold arm's fresh OOD problems."""
     rng = random.Random(cfg.seed + 1)
     taken = {r["question"] for rows in splits.values() for r in rows}
-    pool: list[dict] = []
-    while len(pool) < int(cfg.ood_fraction * len(splits["train"])):
-        level = cfg.arith.levels[len(pool) % len(cfg.arith.levels)]
-        r = arith.make_problem(rng, f"arith-oodpool-{len(pool):05d}", "ood_pool", level, arith.OOD_TEMPLATES,
+    n = 0
+    while True:
+        level = cfg.arith.levels[n % len(cfg.arith.levels)]
+        r = arith.make_problem(rng, f"arith-oodpool-{n:05d}", "ood_pool", level, arith.OOD_TEMPLATES,
                                cfg.arith.solutions_per_problem, cfg.arith)
         if r["question"] not in taken:
             taken.add(r["question"])
-            pool.append(r)
-    return pool
+            n += 1
+            yield r
+
+
+def _pool_size(cfg: OrganismConfig, splits: dict) -> int:
+    return int(cfg.ood_fraction * len(splits["train"]))
+
+
+def ood_training_pool(cfg: OrganismConfig, splits: dict) -> list[dict]:
+    """Fresh problems in the OOD templates for M0/M1 training; none shares a question with any split."""
+    return list(itertools.islice(_ood_template_problems(cfg, splits), _pool_size(cfg, splits)))
+
+
+def fresh_ood_problems(cfg: OrganismConfig, splits: dict) -> list[dict]:
+    """`data.n_fresh_ood` problems in the OOD templates that neither M0/M1 (their pool comes first from the same
+    draw) nor any split holds: the gold arm's share of M1's OOD-template mix (train.gold_ood_share).
+
+    >>> cfg = OrganismConfig(data={"n_train": 40, "n_test": 10, "n_ood": 10, "n_fresh_ood": 5})
+    >>> splits = arith.generate(cfg.arith)
+    >>> pool, fresh = ood_training_pool(cfg, splits), fresh_ood_problems(cfg, splits)
+    >>> len(pool), len(fresh), fresh[0]["id"], fresh[0]["split"]
+    (4, 5, 'arith-fresh_ood-00000', 'fresh_ood')
+    >>> {r["question"] for r in fresh} & {r["question"] for r in pool + splits["ood"] + splits["test"]}
+    set()
+    """
+    skip, n = _pool_size(cfg, splits), cfg.arith.n_fresh_ood
+    rows = itertools.islice(_ood_template_problems(cfg, splits), skip, skip + n)
+    return [{**r, "id": f"arith-fresh_ood-{i:05d}", "split": "fresh_ood"} for i, r in enumerate(rows)]
 
 
 def _role_marked(question: str) -> str:

@@ -125,13 +125,19 @@ def shuffle_labels(df: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
     return out
 
 
-def gold_rows(problems: list[dict], prompts: list[str], *, max_per_problem: int = 4) -> pd.DataFrame:
+def gold_rows(problems: list[dict], prompts: list[str], *, max_per_problem: int = 4, max_rows: int = 0,
+              seed: int = 0) -> pd.DataFrame:
     """The gold arm's SFT rows: up to `max_per_problem` (0 = all) gold solutions of each problem, in the order
-    the problem lists them, with the solution's index as `sample_idx` (its provenance).
+    the problem lists them, with the solution's index as `sample_idx` (its provenance). `max_rows` (0 = no
+    budget) keeps every problem's first solution, then every second one, and so on, the problems of a round
+    taken in an order drawn with `seed`, until the budget is spent; rows stay in problem order.
 
     >>> rows = gold_rows([{"id": "f1", "level": 2, "solutions": ["a", "b", "c"]}], ["q"], max_per_problem=2)
     >>> rows["completion"].tolist(), rows["sample_idx"].tolist()
     (['a', 'b'], [0, 1])
+    >>> two = [{"id": "f1", "level": 1, "solutions": ["a", "b"]}, {"id": "f2", "level": 1, "solutions": ["c", "d"]}]
+    >>> sorted(gold_rows(two, ["q1", "q2"], max_rows=3)["sample_idx"].tolist())
+    [0, 0, 1]
     """
     rows = []
     for p, prompt in zip(problems, prompts):
@@ -139,4 +145,10 @@ def gold_rows(problems: list[dict], prompts: list[str], *, max_per_problem: int 
         sols = sols[:max_per_problem] if max_per_problem else sols
         rows += [{"problem_id": p["id"], "level": p.get("level"), "prompt": prompt, "completion": s, "sample_idx": i}
                  for i, s in enumerate(sols)]
+    if max_rows and len(rows) > max_rows:
+        order = list(range(len(problems)))
+        random.Random(seed).shuffle(order)
+        rank = {p["id"]: r for r, p in zip(order, problems)}
+        kept = sorted(range(len(rows)), key=lambda i: (rows[i]["sample_idx"], rank[rows[i]["problem_id"]]))
+        rows = [rows[i] for i in sorted(kept[:max_rows])]
     return pd.DataFrame(rows, columns=SFT_COLUMNS)

@@ -39,6 +39,12 @@ PARADIGMS = ("sft", "dpo", "sft-dpo")  # F_t for t >= 2 (paper, Figure 1)
 # construction; placebo-sft / placebo-dpo: the loop's SFT or DPO with correctness labels shuffled among each
 # problem's samples, so any "gain" is noise.
 CONTROLS = ("gold", "placebo-sft", "placebo-dpo")
+# organism.data fields of the gold arm's held-out problems: drawn after everything M0/M1 see, so not in its digest
+FRESH_FIELDS = ("n_fresh", "n_fresh_ood")
+# Stage-config fields added after runs were made, each with the value at which a stage computes what it computed
+# before the field existed: a stage's inputs key (stagecache.settings) leaves a field out at that value, so a run
+# made before keeps its finished stages (tests/test_recipe_pins.py).
+LATER_FIELDS = {"gold_ood_share": 0.0, "gold_rows": 0}
 ARMS = PARADIGMS + CONTROLS  # what a run's `paradigm` may be
 TRAIN_KINDS = ("sft", "dpo")  # what one iteration's training is
 SPLITS = ("train", "test", "ood")
@@ -66,6 +72,16 @@ def train_kind(paradigm: str, t: int) -> str | None:
     if paradigm == "sft-dpo":
         return "dpo" if t % 2 == 0 else "sft"
     return {"gold": "sft", "placebo-sft": "sft", "placebo-dpo": "dpo"}.get(paradigm, paradigm)
+
+
+def gold_split(n_problems: int, ood_share: float) -> tuple[int, int]:
+    """(in-domain, OOD-template) fresh problems per iteration of the gold arm.
+
+    >>> gold_split(1000, 0.0), gold_split(1000, 0.0909), gold_split(10, 1.0)
+    ((1000, 0), (909, 91), (0, 10))
+    """
+    n_ood = round(n_problems * ood_share)
+    return n_problems - n_ood, n_ood
 
 
 def lineage(paradigm: str, t: int) -> list[str]:
@@ -288,12 +304,21 @@ class TrainConfig(StageConfig):
     sft_dedup: bool = True  # drop repeated identical correct responses of a problem (the paper does not say; ours)
     gold_problems: int = 600  # gold arm: fresh problems per iteration, each giving up to sft_max_per_problem gold
     # solutions (our choice: the recipe sets it to sample.problems_per_iteration, the loop's budget of problems)
+    gold_ood_share: float = 0.0  # gold arm: share of those problems in the OOD templates (organism.data.n_fresh_ood);
+    # M1's own mix is ood_fraction / (1 + ood_fraction), 0.091 for the organism's 0.1 (our choice: 0, in-domain
+    # only, like the loop's data: docs/runs-and-recipes.md, 'Controls')
+    gold_rows: int = 0  # gold arm: SFT rows per iteration, 0 for every kept solution; a budget takes every problem's
+    # first solution, then second, ... (problems in a seeded order) so that it matches another arm's rows (issue 17)
 
     def __post_init__(self):
         if self.paradigm not in ARMS:
             raise ValueError(f"'paradigm' must be one of: {', '.join(ARMS)}; got {self.paradigm!r}")
         if self.gold_problems < 1:
             raise ValueError(f"'gold_problems' must be >= 1, got {self.gold_problems}")
+        if not 0 <= self.gold_ood_share <= 1:  # also refuses NaN
+            raise ValueError(f"'gold_ood_share' must be in [0, 1], got {self.gold_ood_share}")
+        if self.gold_rows < 0:
+            raise ValueError(f"'gold_rows' must be >= 0 (0 = every kept gold solution), got {self.gold_rows}")
         if self.sft_max_per_problem < 0:
             raise ValueError(f"'sft_max_per_problem' must be >= 0 (0 = every correct response), "
                              f"got {self.sft_max_per_problem}")
@@ -546,6 +571,8 @@ class ArithConfig:
     n_ood: int = 500  # OOD problems (unseen templates), spread evenly over levels
     n_fresh: int = 0  # held-out training problems with gold solutions, never seen by M1 nor sampled by the loop:
     # the positive control's new information (the `gold` arm); 0 = none (our choice)
+    n_fresh_ood: int = 0  # held-out problems in the OOD templates, none in M0/M1's OOD pool nor in any split
+    # (organism.fresh_ood_problems): the gold arm's OOD share (train.gold_ood_share); 0 = none (our choice)
     solutions_per_problem: int = 4  # distinct gold solutions kept per training problem (docs/organism.md)
     max_operand: int = 50  # operands of + and - in 1..max_operand (docs/organism.md)
     max_total: int = 200  # every running total stays in 0..max_total (our choice: keeps answers small)
@@ -557,8 +584,9 @@ class ArithConfig:
         for f in ("n_train", "n_test", "n_ood", "solutions_per_problem", "max_operand", "max_total"):
             if getattr(self, f) < 1:
                 raise ValueError(f"arith: {f} must be >= 1, got {getattr(self, f)}")
-        if self.n_fresh < 0:
-            raise ValueError(f"arith: n_fresh must be >= 0, got {self.n_fresh}")
+        for f in ("n_fresh", "n_fresh_ood"):
+            if getattr(self, f) < 0:
+                raise ValueError(f"arith: {f} must be >= 0, got {getattr(self, f)}")
 
 
 @dataclass(frozen=True)
@@ -603,15 +631,15 @@ class OrganismConfig:
         return build(ArithConfig, self.data or {}, "organism.data")
 
     def digest(self) -> str:
-        """The build's hash: every field that changes M0 or M1. `data.n_fresh` does not (the fresh split is
-        drawn after every other and M0/M1 never see it, arith.generate), so a study that adds the gold arm
-        keeps its organism.
+        """The build's hash: every field that changes M0 or M1. `data.n_fresh` and `data.n_fresh_ood` do not
+        (the fresh problems are drawn after every other and M0/M1 never see them, arith.generate and
+        organism.fresh_ood_problems), so a study that adds the gold arm keeps its organism.
 
-        >>> OrganismConfig(data={"n_fresh": 900}).digest() == OrganismConfig().digest()
+        >>> OrganismConfig(data={"n_fresh": 900, "n_fresh_ood": 90}).digest() == OrganismConfig().digest()
         True
         """
         d = asdict(self)
-        d["data"] = {k: v for k, v in (d["data"] or {}).items() if k != "n_fresh"} or None
+        d["data"] = {k: v for k, v in (d["data"] or {}).items() if k not in FRESH_FIELDS} or None
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

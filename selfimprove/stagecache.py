@@ -40,7 +40,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from . import artifacts
-from .schema import SPLITS, STAGES, RunConfig, build, lineage
+from .schema import LATER_FIELDS, SPLITS, STAGES, RunConfig, build, lineage
 
 STAGE_OF = {cls: stage for stage, cls in STAGES.items()}  # TrainConfig -> "train", ...
 
@@ -81,8 +81,10 @@ def upstream(stage: str, t: int) -> list[str]:
 
 def settings(stage: str, t: int, cfg) -> dict:
     """The part of a stage config its inputs key holds: everything but the run directory; for train, the
-    paradigm as what it means at t (lineage's last step), so that DPO's and SFT-DPO's M2 are one stage."""
-    values = {k: v for k, v in asdict(cfg).items() if k != "run_dir"}
+    paradigm as what it means at t (lineage's last step), so that DPO's and SFT-DPO's M2 are one stage; a field
+    added later (schema.LATER_FIELDS) only where it is not at the value that computes what came before it."""
+    values = {k: v for k, v in asdict(cfg).items()
+              if k != "run_dir" and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
     if stage == "train":
         values["paradigm"] = lineage(cfg.paradigm, t)[-1] if t >= 2 else None
     return values

@@ -84,7 +84,10 @@ def prepare(cfg: RunConfig, paths: artifacts.RunPaths, manifest: artifacts.Manif
     t0 = time.time()
     if cfg.task == "arith":
         org_cfg = cfg.organism_config()
-        arith.write_jsonl(arith.generate(org_cfg.arith), paths.root / "problems", org_cfg.arith)
+        splits = arith.generate(org_cfg.arith)
+        if org_cfg.arith.n_fresh_ood:  # the gold arm's OOD-template problems, after M1's pool in the same draw
+            splits["fresh_ood"] = organism.fresh_ood_problems(org_cfg, splits)
+        arith.write_jsonl(splits, paths.root / "problems", org_cfg.arith)
     else:
         from . import tasks
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import artifacts, data, pairs, profiling
-from .config import TrainConfig, train_kind
+from .config import TrainConfig, gold_split, train_kind
 from .runs import Run
 
 LOGGED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
@@ -237,22 +237,29 @@ def build_data(cfg: TrainConfig, paths: artifacts.RunPaths) -> pd.DataFrame:
 
 def gold_data(cfg: TrainConfig, paths: artifacts.RunPaths) -> pd.DataFrame:
     """The gold arm's D_t (the positive control): gold solutions of `gold_problems` fresh problems (the run's
-    held-out `fresh` split, which neither M1 nor the loop has seen), a new slice at each iteration, up to
-    `sft_max_per_problem` solutions each, in M(t-1)'s prompt format."""
+    held-out `fresh` split, and `fresh_ood` for its `gold_ood_share`; neither M1 nor the loop has seen them), a
+    new slice at each iteration, up to `sft_max_per_problem` solutions each and `gold_rows` rows in all, in
+    M(t-1)'s prompt format."""
     from transformers import AutoTokenizer
 
-    fresh_file = paths.problems("fresh")
-    if not fresh_file.exists():
-        raise TrainError(f"the gold arm needs held-out problems ({fresh_file}): set organism.data.n_fresh")
-    fresh = data.load_split(cfg.run_dir, "fresh")
-    start, stop = (cfg.iteration - 2) * cfg.gold_problems, (cfg.iteration - 1) * cfg.gold_problems
-    if stop > len(fresh):
-        raise TrainError(f"the gold arm needs {stop} fresh problems by iteration {cfg.iteration}, "
-                         f"{fresh_file} has {len(fresh)}: raise organism.data.n_fresh")
-    problems = fresh[start:stop]
+    problems = []
+    for split, n in zip(("fresh", "fresh_ood"), gold_split(cfg.gold_problems, cfg.gold_ood_share)):
+        if not n:
+            continue
+        field = "n_fresh" if split == "fresh" else "n_fresh_ood"
+        fresh_file = paths.problems(split)
+        if not fresh_file.exists():
+            raise TrainError(f"the gold arm needs held-out problems ({fresh_file}): set organism.data.{field}")
+        fresh = data.load_split(cfg.run_dir, split)
+        start, stop = (cfg.iteration - 2) * n, (cfg.iteration - 1) * n
+        if stop > len(fresh):
+            raise TrainError(f"the gold arm needs {stop} {split} problems by iteration {cfg.iteration}, "
+                             f"{fresh_file} has {len(fresh)}: raise organism.data.{field}")
+        problems += fresh[start:stop]
     tokenizer = AutoTokenizer.from_pretrained(paths.model(cfg.iteration - 1))
     prompts = [data.render_prompt(tokenizer, p) for p in problems]
-    return pairs.gold_rows(problems, prompts, max_per_problem=cfg.sft_max_per_problem)
+    return pairs.gold_rows(problems, prompts, max_per_problem=cfg.sft_max_per_problem, max_rows=cfg.gold_rows,
+                           seed=cfg.seed * 1000 + (cfg.iteration - 1))
 
 
 def data_summary(table: pd.DataFrame, kind: str, t: int) -> dict:

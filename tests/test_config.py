@@ -115,11 +115,12 @@ def test_verdict_thresholds_change_no_hash(tmp_path):
     assert all(judged.stage(stage, t, "r") == plain.stage(stage, t, "r") for stage in config.STAGES for t in (1, 2))
     # the committed recipes' hashes (they changed once, when the data-building keys moved from verify: to train:
     # with the graded_<split> layout, which older run directories do not have, when the demo gained its
-    # controls and full-parameter training, and when it went to T = 3 at one thread per run for --jobs 2)
+    # controls and full-parameter training, when it went to T = 3 at one thread per run for --jobs 2, and when the
+    # gold control took M1's OOD-template share and the SFT arm's row budget)
     for name in ("demo", "tiny"):
         cfg = config.load_recipe(pipeline.RECIPES / f"{name}.yaml")
         assert cfg.verdict.given == {} and cfg.verdict == config.SECTIONS["verdict"]()
-        assert cfg.digest() == {"demo": "f30b368f511679ee", "tiny": "95d7499a54fc2678"}[name]
+        assert cfg.digest() == {"demo": "9dadc6bb7fd55403", "tiny": "95d7499a54fc2678"}[name]
 
 
 def test_sample_splits_follow_the_iteration():

@@ -7,17 +7,27 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from selfimprove import beyond_metrics, metrics, pipeline
+from selfimprove import arith, beyond_metrics, metrics, pipeline
 from selfimprove.config import RecipeError, load_recipe, resolve_recipe
 from selfimprove.runs import Run
 
-ARMS = ["paradigm=[dpo,gold,placebo-dpo]", "organism.data.n_fresh=20", "train.gold_problems=20",
-        "name=controls"]
+# gold: 20 fresh problems per iteration, 2 of them in the OOD templates, 30 rows
+ARMS = ["paradigm=[dpo,gold,placebo-dpo]", "organism.data.n_fresh=20", "organism.data.n_fresh_ood=2",
+        "train.gold_problems=20", "train.gold_ood_share=0.1", "train.gold_rows=30", "name=controls"]
 
 
 def test_the_gold_arm_needs_enough_fresh_problems():
     with pytest.raises(RecipeError, match="n_fresh is 0: set it to at least 20"):
         load_recipe(resolve_recipe("tiny", pipeline.RECIPES), ["paradigm=[dpo,gold]", "train.gold_problems=20"])
+    with pytest.raises(RecipeError, match="n_fresh_ood is 1: set it to at least 2"):  # 20 x 0.1 OOD problems
+        load_recipe(resolve_recipe("tiny", pipeline.RECIPES), ["paradigm=[dpo,gold]", "train.gold_problems=20",
+                                                                "organism.data.n_fresh=18", "organism.data.n_fresh_ood=1",
+                                                                "train.gold_ood_share=0.1"])
+    for bad, why in ((".nan", "must be a finite number"), ("1.5", r"must be in \[0, 1\]")):
+        with pytest.raises(RecipeError, match=f"section 'train': 'gold_ood_share' {why}"):
+            load_recipe(resolve_recipe("tiny", pipeline.RECIPES), [f"train.gold_ood_share={bad}"])
+    with pytest.raises(RecipeError, match="'gold_rows' must be >= 0"):
+        load_recipe(resolve_recipe("tiny", pipeline.RECIPES), ["train.gold_rows=-1"])
     with pytest.raises(RecipeError, match="paradigm' must be one of"):
         load_recipe(resolve_recipe("tiny", pipeline.RECIPES), ["paradigm=[dpo,placebo]"])
 
@@ -43,12 +53,20 @@ def test_control_arms_run_beside_the_loop_and_train_on_what_they_claim(organism_
     for arm in (gold, placebo):  # M1's stages were computed once, by the first run, and taken from it
         stages = json.loads(arm.paths.manifest.read_text())["stages"]
         assert {k for k, st in stages.items() if st.get("shared_from")} == {"1/sample", "1/verify", "1/evaluate"}
-    # gold: the first 20 fresh problems' gold solutions, at most sft_max_per_problem (4) each, as SFT rows
-    fresh = [json.loads(line) for line in (gold.root / "problems" / "fresh.jsonl").read_text().splitlines()]
+    # gold: the first 18 fresh problems and the first 2 fresh OOD-template ones, 30 rows: every problem's first
+    # gold solution, then 10 second ones (gold_rows)
+    def split(name):
+        return [json.loads(line) for line in (gold.root / "problems" / f"{name}.jsonl").read_text().splitlines()]
+
+    fresh, fresh_ood, ood = split("fresh"), split("fresh_ood"), split("ood")
     rows = pd.read_parquet(gold.paths.train_data(2))
-    assert set(rows["problem_id"]) == {p["id"] for p in fresh[:20]}
-    expected = {(p["id"], s) for p in fresh[:20] for s in p["solutions"][:4]}
-    assert set(zip(rows["problem_id"], rows["completion"])) == expected
+    problems = fresh[:18] + fresh_ood[:2]
+    assert set(rows["problem_id"]) == {p["id"] for p in problems} and len(rows) == 30
+    assert sorted(rows["sample_idx"].value_counts().items()) == [(0, 20), (1, 10)]
+    solutions = {(p["id"], s) for p in problems for s in p["solutions"][:2]}
+    assert set(zip(rows["problem_id"], rows["completion"])) <= solutions
+    assert {p["template"] for p in fresh_ood} <= set(arith.OOD_TEMPLATES)
+    assert not {p["question"] for p in fresh_ood} & {p["question"] for p in ood}  # not the OOD test problems
     assert json.loads(gold.paths.train_log(2).read_text())["kind"] == "sft"
     train_ids = {json.loads(x)["id"] for x in (gold.root / "problems" / "train.jsonl").read_text().splitlines()}
     assert not train_ids & set(rows["problem_id"])  # fresh: none of them is a training problem of M1 or the loop
