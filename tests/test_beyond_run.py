@@ -187,18 +187,15 @@ def test_the_deep_section_and_the_new_evaluate_fields_are_checked(tmp_path):
         p.write_text("name: r\n" + text)
         return p
 
-    with pytest.raises(RecipeError, match=r"section 'deep': unknown key 'problem' \(did you mean 'problems'\?\)"):
-        config.load_recipe(recipe("deep: {problem: 3}"))
-    with pytest.raises(RecipeError, match="'samples' must be >= 1"):
-        config.load_recipe(recipe("deep: {samples: 0}"))
-    with pytest.raises(RecipeError, match="section 'deep': 'seed' is set at the top level"):
-        config.load_recipe(recipe("deep: {seed: 3}"))
-    with pytest.raises(RecipeError, match=r"'taus' must be a non-empty list of shares in \(0, 1\]"):
-        config.load_recipe(recipe("evaluate: {taus: [0.0]}"))
-    with pytest.raises(RecipeError, match="'guess_options' must be 0"):
-        config.load_recipe(recipe("evaluate: {guess_options: 1}"))
-    with pytest.raises(RecipeError, match="'answer_missing' must be one of: category, drop, distinct"):
-        config.load_recipe(recipe("evaluate: {answer_missing: skip}"))
+    for text, why in (("deep: {problem: 3}", r"section 'deep': unknown key 'problem' \(did you mean 'problems'\?\)"),
+                      ("deep: {samples: 0}", "'samples' must be >= 1"),
+                      ("deep: {seed: 3}", "section 'deep': 'seed' is set at the top level"),
+                      ("evaluate: {taus: [0.0]}", r"'taus' must be a non-empty list of shares in \(0, 1\]"),
+                      ("evaluate: {guess_options: 1}", "'guess_options' must be 0"),
+                      ("evaluate: {answer_missing: skip}",
+                       "'answer_missing' must be one of: category, drop, distinct")):
+        with pytest.raises(RecipeError, match=why):
+            config.load_recipe(recipe(text))
     # the deep evaluation changes no stage of the loop: the run keeps its hash
     assert config.load_recipe(recipe("deep: {problems: 5}")).digest() == config.load_recipe(recipe("")).digest()
 

@@ -20,9 +20,9 @@ def test_the_gold_arm_needs_enough_fresh_problems():
     with pytest.raises(RecipeError, match="n_fresh is 0: set it to at least 20"):
         load_recipe(resolve_recipe("tiny", pipeline.RECIPES), ["paradigm=[dpo,gold]", "train.gold_problems=20"])
     with pytest.raises(RecipeError, match="n_fresh_ood is 1: set it to at least 2"):  # 20 x 0.1 OOD problems
-        load_recipe(resolve_recipe("tiny", pipeline.RECIPES), ["paradigm=[dpo,gold]", "train.gold_problems=20",
-                                                                "organism.data.n_fresh=18", "organism.data.n_fresh_ood=1",
-                                                                "train.gold_ood_share=0.1"])
+        load_recipe(resolve_recipe("tiny", pipeline.RECIPES),
+                    ["paradigm=[dpo,gold]", "train.gold_problems=20", "organism.data.n_fresh=18",
+                     "organism.data.n_fresh_ood=1", "train.gold_ood_share=0.1"])
     for bad, why in ((".nan", "must be a finite number"), ("1.5", r"must be in \[0, 1\]")):
         with pytest.raises(RecipeError, match=f"section 'train': 'gold_ood_share' {why}"):
             load_recipe(resolve_recipe("tiny", pipeline.RECIPES), [f"train.gold_ood_share={bad}"])
