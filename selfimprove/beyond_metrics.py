@@ -352,10 +352,9 @@ def deep_summary(tables: dict[int, pd.DataFrame], who: dict[str, int], ecfg, n_o
             "models": models, "comparisons": comparisons, "table": rows}
 
 
-def write_deep(paths, cfg, who: dict[str, int]) -> Path:
-    """The deep evaluation's deep_metrics.json (deep.py) from the run's deep tables (deep_summary), with the
-    evaluate settings of iteration T of `cfg` (the RunConfig); `who`: {role: iteration}."""
-    from . import artifacts
+def read_deep(paths, who: dict[str, int]) -> dict[int, pd.DataFrame]:
+    """The run's graded deep tables {t: table} of the models in `who` ({role: iteration}); a table that cannot
+    be read is a RunError naming it and how it is made again."""
     from .runs import RunError
 
     tables = {}
@@ -365,6 +364,16 @@ def write_deep(paths, cfg, who: dict[str, int]) -> Path:
         except (OSError, ValueError) as e:
             raise RunError(f"{paths.deep_samples(t)}: cannot be read ({e}); the deep evaluation samples it again "
                            "when `selfimprove run` resumes the run") from None
+    return tables
+
+
+def write_deep(paths, cfg, who: dict[str, int], tables: dict[int, pd.DataFrame] | None = None) -> Path:
+    """The deep evaluation's deep_metrics.json (deep.py) from the run's deep tables (deep_summary; `tables` as
+    read_deep gives them, read here when None), with the evaluate settings of iteration T of `cfg` (the
+    RunConfig); `who`: {role: iteration}."""
+    from . import artifacts
+
+    tables = read_deep(paths, who) if tables is None else tables
     ecfg = cfg.stage("evaluate", cfg.iterations, paths.root)
     options = answer_options(cfg.task, ecfg.guess_options)
     return artifacts.write_json(deep_summary(tables, who, ecfg, options), paths.deep_metrics)

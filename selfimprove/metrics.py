@@ -326,6 +326,10 @@ def recompute(run_dir: str | Path, overrides: dict | None = None, log=print) -> 
     # in the manifest, so that a resumed run keeps them rather than computing them again (stagecache).
     with artifacts.run_lock(paths.root):
         iterations = evaluable(Run(paths.root), cfg.iterations, log)
+        # the deep evaluation's record and tables, read before any iteration is evaluated: a damaged one is named
+        # with nothing recomputed
+        roles = {r: int(t) for r, t in Run(paths.root).deep_metrics().get("roles", {}).items()}
+        deep_tables = beyond_metrics.read_deep(paths, roles) if roles else None
         manifest = artifacts.Manifest.load(paths)
         for t in iterations:
             stage_cfg = cfg.stage("evaluate", t, paths.root)
@@ -338,10 +342,8 @@ def recompute(run_dir: str | Path, overrides: dict | None = None, log=print) -> 
             if manifest.data["stages"].get(f"{t}/evaluate", {}).get("state") == "done":
                 manifest.record(f"{t}/evaluate", outputs, paths.root, recomputed_with=dict(overrides or {}))
             log(f"M{t}: metrics in {time.perf_counter() - t0:.1f}s -> {paths.metrics(t)}")
-        recorded_deep = Run(paths.root).deep_metrics()
-        if recorded_deep:  # the deep evaluation's comparisons again, from its tables, with these settings
-            roles = {r: int(t) for r, t in recorded_deep["roles"].items()}
-            written.append(beyond_metrics.write_deep(paths, cfg, roles))
+        if roles:  # the deep evaluation's comparisons again, from its tables, with these settings
+            written.append(beyond_metrics.write_deep(paths, cfg, roles, deep_tables))
             log(f"deep evaluation: comparisons -> {paths.deep_metrics}")
     return written + write_table(run_dir)
 

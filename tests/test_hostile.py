@@ -15,6 +15,7 @@ import pytest
 from selfimprove import artifacts, cli, config, data, organism, pipeline
 from selfimprove.grading import files
 from selfimprove.grading.grade_text import extract_gsm8k, grade_gsm8k
+from selfimprove.runs import Run
 
 
 def _quiet(*args):
@@ -438,6 +439,35 @@ def test_the_remedies_the_messages_name_work_on_a_real_run(tiny_run, tmp_path, c
     assert cli.main(["metrics", str(run)]) == 0  # as the message says
     assert paths.metrics(2).read_bytes() == staged  # the same numbers
     assert cli.main(["report", str(run)]) == 0
+    capsys.readouterr()
+
+
+def test_a_damaged_deep_table_or_deep_metrics_is_named_and_resuming_the_run_makes_it_again(
+        tiny_run, organism_root, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    import pandas as pd
+
+    monkeypatch.chdir(pipeline.PACKAGE_ROOT)
+    run = tmp_path / "tiny"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("notebooks"))
+    paths = artifacts.RunPaths(run)
+    table, summary = pd.read_parquet(paths.deep_samples(2)), Run(tiny_run).deep_metrics()
+    paths.deep_samples(2).write_bytes(paths.deep_samples(2).read_bytes()[:100])
+    staged = paths.metrics(2).read_bytes()
+    assert cli.main(["metrics", str(run)]) == 2
+    error = _one_line_error(capsys)
+    assert f"{paths.deep_samples(2)}: cannot be read" in error and "samples it again" in error, error
+    assert paths.metrics(2).read_bytes() == staged
+    paths.deep_metrics.write_text("{")
+    for command in ("metrics", "report"):
+        assert cli.main([command, str(run)]) == 2
+        assert f"{paths.deep_metrics}: not valid JSON" in _one_line_error(capsys)
+    assert paths.metrics(2).read_bytes() == staged
+    # as the messages say: the run, resumed, samples M2's deep table again (the same samples) and writes the rest
+    pipeline.run("tiny", runs_root=tmp_path, organism_root=organism_root, figures_dir=None, log=lambda *a: None)
+    assert pd.read_parquet(paths.deep_samples(2)).equals(table)
+    assert Run(run).deep_metrics() == summary
     capsys.readouterr()
 
 
