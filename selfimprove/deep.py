@@ -27,12 +27,13 @@ deep tables every time (seconds; beyond_metrics.write_deep, which `selfimprove m
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import time
 from pathlib import Path
 
-from . import artifacts, beyond_metrics, data, stagecache
+from . import artifacts, beyond_metrics, data, profiling, stagecache
 from .runs import Run
 
 SECTION = "deep"  # the manifest's part that records the deep evaluation's stages
@@ -97,11 +98,19 @@ def sample_model(cfg, paths: artifacts.RunPaths, t: int, problems: list[dict], l
     scfg, vcfg = cfg.stage("sample", t, paths.root), cfg.stage("verify", t, paths.root)
     n = cfg.deep_config(t, paths.root).samples
     sampler = sample.make_sampler(scfg, paths.model(t))
+    clock = profiling.Clock()  # model compute, as the sample stage times it (report.stage_compute)
+    in_model = hasattr(sampler, "model")
     try:
         prompts = [data.render_prompt(sampler.tokenizer, p) for p in problems]
         sample.check_context(sampler.tokenizer, problems, prompts, max_new_tokens=scfg.max_new_tokens,
                              context=sample.context_length(sampler), split="test")
-        df = sample.sample_split(sampler, problems, prompts, cfg=scfg, split="test", task=cfg.task, deep=n)
+        with contextlib.ExitStack() as timers:
+            for module in sampler.timed_modules() if in_model else []:
+                timers.enter_context(profiling.timed_forward(module, clock))
+            with contextlib.nullcontext() if in_model else clock.timing():
+                df = sample.sample_split(sampler, problems, prompts, cfg=scfg, split="test", task=cfg.task, deep=n)
+        profiling.record(paths.root, t, SECTION, clock.seconds,
+                         "model forward calls" if in_model else "vLLM generate calls", calls=clock.calls)
     finally:
         if hasattr(sampler, "close"):
             sampler.close()

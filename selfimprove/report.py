@@ -228,10 +228,16 @@ def summary_table(run_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def _stages(manifest: artifacts.Manifest) -> dict:
+    """The run's stages as its manifest records them: the loop's, then the deep evaluation's ("<t>/deep")."""
+    return {**manifest.data["stages"], **manifest.data.get("deep", {})}
+
+
 def stage_compute(root: Path, manifest: artifacts.Manifest, key: str) -> float | None:
-    """Seconds of model compute (forward/backward) inside stage `key` (profiling.py); None where not recorded.
-    The prepare stage counts the organism's training loops when it built the organism."""
-    st = manifest.data["stages"].get(key, {})
+    """Seconds of model compute (forward/backward) inside stage `key` (profiling.py; a deep evaluation's
+    sampling as the sample stage's); None where not recorded. The prepare stage counts the organism's training
+    loops when it built the organism."""
+    st = _stages(manifest).get(key, {})
     if st.get("shared_from"):
         return 0.0
     if key == "prepare":
@@ -245,12 +251,13 @@ def stage_compute(root: Path, manifest: artifacts.Manifest, key: str) -> float |
 
 
 def time_by_stage(roots: list[Path]) -> dict:
-    """Wall and model-compute seconds per stage kind over runs (shared stages cost nothing): {"kinds": {kind:
+    """Wall and model-compute seconds per stage kind over runs, the deep evaluation's sampling as kind "deep"
+    (shared stages cost nothing): {"kinds": {kind:
     {stages, shared, wall_s, compute_s}}, "wall_s", "compute_s", "other_share", "rows": one per stage}."""
     rows, kinds = [], {}
     for root in roots:
         manifest = artifacts.Manifest.load(artifacts.RunPaths(root))
-        for key, st in manifest.data["stages"].items():
+        for key, st in _stages(manifest).items():
             if st.get("state") != "done":
                 continue
             compute = stage_compute(root, manifest, key)
@@ -283,10 +290,10 @@ def time_by_stage_table(timing: dict) -> str:
 
 
 def timing_table(manifest: artifacts.Manifest) -> str:
-    """Per stage: wall seconds, model compute seconds inside it, and the rest (overhead: kernel start,
-    imports, model loads, tokenising, grading, I/O); shared stages cost nothing."""
+    """Per stage (the deep evaluation's too): wall seconds, model compute seconds inside it, and the rest
+    (overhead: kernel start, imports, model loads, tokenising, grading, I/O); shared stages cost nothing."""
     root = manifest.path.parent
-    st = manifest.data["stages"]
+    st = _stages(manifest)
     lines = ["| stage | seconds | model compute s | other s | attempts | note |", "|---|---|---|---|---|---|"]
     wall = compute = 0.0
     for k, v in st.items():

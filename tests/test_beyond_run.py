@@ -333,6 +333,10 @@ def test_tiny_run_deep_evaluation_is_recorded_and_reported(tiny_run):
     assert json.loads((paths.report / "verdict.json").read_text())["label"] in ("reversal", "progress",
                                                                                 "regression", "no gain")
     assert "Beyond the paper" in report.beyond_markdown(Run(tiny_run))
+    # its time: the deep sampling's wall and model-compute seconds, beside the loop's stages
+    deep_time = report.time_by_stage([tiny_run])["kinds"]["deep"]
+    assert deep_time["stages"] == 2 and 0 < deep_time["compute_s"] <= deep_time["wall_s"]
+    assert "| 2/deep |" in report.timing_table(artifacts.Manifest.load(paths))
     # resumed: nothing is sampled again
     lines = []
     cfg = config.load_recipe(pipeline.RECIPES / "tiny.yaml")
