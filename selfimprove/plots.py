@@ -228,8 +228,9 @@ def _legend(fig: plt.Figure, extra: list[Line2D] | None = None) -> None:
     labels = sorted(seen, key=lambda lab: next((i for i, p in enumerate(order) if lab.startswith(p + " (")
                                                 or lab == p), len(order)))
     handles = [seen[lab] for lab in labels] + (extra or [])
-    if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5), frameon=False)
+    if handles:  # columns as the figure's width holds them (a label is up to about 2.4 inches), at least two
+        ncol = min(len(handles), 5, max(2, int(fig.get_figwidth() // 2.4)))
+        fig.legend(handles=handles, loc="outside lower center", ncol=ncol, frameon=False)
 
 
 def _style_proxies(styles: dict[str, str], names: dict[str, str]) -> list[Line2D]:
@@ -278,10 +279,12 @@ def figure1_pass1(table: pd.DataFrame, split: str = "test") -> plt.Figure:
         for run, color, best in bests:
             y = best["value"] * 100
             # Best iterates at one t stack their labels in a column, highest value first: the gains above the
-            # highest of them, the values below the lowest, so that no two labels overlap however close.
+            # highest point drawn at that t (any run's, best or not), the values below the lowest, so that no two
+            # labels overlap however close, and no label covers a point.
             same_t = sorted((b for b in bests if b[2]["t"] == best["t"]), key=lambda b: -b[2]["value"])
             rank = [b[0] for b in same_t].index(run)
-            top, bottom = same_t[0][2]["value"] * 100, same_t[-1][2]["value"] * 100
+            at_t = rows.loc[rows["iteration"] == best["t"], "value"].dropna() * 100
+            top, bottom = max(at_t.max(), y), min(at_t.min(), y)
             ax.scatter([best["t"]], [y], s=110, color=color, edgecolor="black", zorder=5, gid=f"best:{run}")
             ax.annotate(gain_text(best["gain"]), (best["t"], top), textcoords="offset points",
                         xytext=(0, 8 + 11 * (len(same_t) - 1 - rank)), ha="center", fontsize=8, color=color,

@@ -329,3 +329,29 @@ def test_figure1_labels_of_best_iterates_at_one_t_do_not_overlap():
              if (a.get_gid() or "").startswith("gain:")}
     assert gains["gain:study/gold"] > gains["gain:study/sft-dpo"] > gains["gain:study/sft"]
     plt.close(fig)
+
+
+def test_figure1_labels_stand_clear_of_every_point_at_their_t():
+    """The three-seed demo study's seed 0, whose gain labels at t = 2 stood on the gold control's M2 (a point
+    that is no best iterate, above the best ones): gains above every point drawn at their t, values below."""
+    demo = {"dpo": (0.595, 0.537), "gold": (0.616, 0.661), "placebo-dpo": (0.599, 0.577), "sft": (0.601, 0.600),
+            "sft-dpo": (0.595, 0.603)}  # M2, M3; M1 0.604 for all
+    table = _table(paradigms=tuple(demo))
+    p1 = (table["split"] == "test") & (table["metric"] == "pass@1")
+    for par, (m2, m3) in demo.items():
+        for t, value in ((1, 0.604), (2, m2), (3, m3)):
+            rows = p1 & (table["paradigm"] == par) & (table["iteration"] == t)
+            table.loc[rows, ["value", "ci_low", "ci_high"]] = value, value - 0.033, value + 0.033
+    fig = plots.figure1_pass1(table)
+    fig.canvas.draw()
+    renderer, ax = fig.canvas.get_renderer(), fig.axes[0]
+    for a in _artists(fig):
+        gid = a.get_gid() or ""
+        if not gid.startswith(("gain:", "value:")):
+            continue
+        t = next(b["t"] for b in [plots.best_iterate(pd.DataFrame({"iteration": [1, 2, 3],
+                                                                  "value": [0.604, *demo[gid.split("/")[1]]]}))])
+        points = [ax.transData.transform((t, m[t - 2] * 100))[1] for m in demo.values()]
+        box = a.get_window_extent(renderer)
+        assert box.y0 > max(points) if gid.startswith("gain:") else box.y1 < min(points), (gid, box, points)
+    plt.close(fig)
