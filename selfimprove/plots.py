@@ -450,7 +450,7 @@ def figure4_diversity(table: pd.DataFrame, split: str = "test") -> plt.Figure:
 
 
 def _disparity(ax, t: pd.DataFrame, g: pd.DataFrame) -> None:
-    _frame(ax, ITERATION_LABEL, "group disparity x100, (low - high) / low", "")
+    _frame(ax, ITERATION_LABEL, "group disparity (%): (easiest -\nhardest level) / easiest, pass@1", "")
     drawn = False
     for split, ls in SPLIT_STYLES.items():
         rows = _select(g, split, "group_disparity", None)
