@@ -4,8 +4,10 @@
     .venv/bin/python bench/dpo_sweep.py data/runs/demo --name lr1e-4 --set learning_rate=1e-4 [--set ...]
 
 Each `--set` is a TrainConfig field (selfimprove/config.py) as YAML; the rest come from the run's recipe
-(its manifest). Trains from iter_1/model on the pairs that made the run's M2 (iter_2/train_data.parquet)
-into /tmp/dpo_sweep/<name>, decodes test and OOD greedily, and prints, per split, M2's pass@1 beside M1's
+(its manifest). Trains from iter_1/model on pairs built from M1's graded samples with those settings (with the
+recipe's own, the pairs that made the run's M2, iter_2/train_data.parquet: `pairs_as_run` says whether they
+are; `--set max_pairs_per_problem=2` or `--set pairing=cross` sweeps the pairs) into /tmp/dpo_sweep/<name>,
+decodes test and OOD greedily, and prints, per split, M2's pass@1 beside M1's
 (the run's own grades) with the paired change and its 95% bootstrap interval, pass@1 per level, the share of
 greedy answers that changed, and the DPO log summary; appends it to bench/results/dpo_sweep.jsonl. One
 iteration from one M1 with one seed: it says where a single DPO step gains, not what T iterations do.
@@ -79,13 +81,17 @@ def main(argv: list[str] | None = None) -> dict:
     fields = {**recipe.get("train", {}), **{k: recipe[k] for k in ("seed", "task", "paradigm", "iterations")}}
     fields = apply_overrides(fields, args.set)
     cfg = build(TrainConfig, {**fields, "run_dir": str(args.run_dir), "iteration": 2}, "--set")
-    pairs = pd.read_parquet(paths.train_data(2))  # the data that made M2, from M1's graded samples
+    # D_2 built again from M1's graded samples with these settings (the pair rule and cap may be swept); with
+    # the recipe's own settings it is the data that made the run's M2
+    pairs = train.build_data(cfg, paths)
+    as_run = pairs.reset_index(drop=True).equals(pd.read_parquet(paths.train_data(2)).reset_index(drop=True))
     out_dir = Path("/tmp/dpo_sweep") / args.name
     t0 = time.time()
     trainer, tokenizer = train.TRAINERS["dpo"](cfg, paths.model(1), pairs, out_dir)  # as the train stage (fit)
     history = train.save_trained(cfg, trainer, tokenizer, out_dir)
     result = {"name": args.name, "date": time.strftime("%Y-%m-%d"), "run": str(args.run_dir), "set": args.set,
-              "pairs": len(pairs), "train_s": round(time.time() - t0, 1), "log": train.summarize_log(history)}
+              "pairs": len(pairs), "pairs_as_run": as_run, "train_s": round(time.time() - t0, 1),
+              "log": train.summarize_log(history)}
     run = Run(paths.root)
     for split in ("test", "ood"):
         problems = load_split(args.run_dir, split)

@@ -9,6 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from selfimprove.artifacts import RunPaths
+
 pytestmark = pytest.mark.slow
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -41,3 +43,16 @@ def test_compare_runs_finds_equal_runs_equal_and_a_changed_number(tiny_run, tmp_
     changed = bench.main([str(tiny_run), str(other), "--out", str(tmp_path / "changed.json")])
     assert changed["metrics"]["max_abs_diff"]["value"] == pytest.approx(0.25)
     assert changed["metrics"]["metrics_differing"] == [table.loc[row, "metric"]]
+
+
+def test_dpo_sweep_rebuilds_the_runs_pairs_and_sweeps_the_cap(tiny_run, tmp_path):
+    """With the recipe's settings the sweep trains on the pairs that made the run's M2; a smaller cap on pairs
+    per problem gives fewer (each result also has the run's M1 against the swept M2, per split)."""
+    bench = _load("dpo_sweep")
+    out = tmp_path / "sweep.jsonl"
+    same = bench.main([str(tiny_run), "--name", "pytest-same", "--out", str(out)])
+    capped = bench.main([str(tiny_run), "--name", "pytest-cap1", "--set", "max_pairs_per_problem=1", "--out", str(out)])
+    assert same["pairs_as_run"] and same["pairs"] == len(pd.read_parquet(RunPaths(tiny_run).train_data(2)))
+    assert not capped["pairs_as_run"] and 0 < capped["pairs"] < same["pairs"]
+    assert {"test", "ood"} <= set(same) and [json.loads(x)["name"] for x in out.read_text().splitlines()] == \
+        ["pytest-same", "pytest-cap1"]
