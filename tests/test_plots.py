@@ -304,19 +304,24 @@ def test_analysis_notebook_has_one_parameters_cell():
     assert "runs: list" in tagged[0].source and "figures_dir: str" in tagged[0].source
 
 
-def test_figure1_labels_of_best_iterates_at_one_t_do_not_overlap():
-    """The demo study's pass@1 (seed 0, T = 3; values and intervals as its report has them), whose Figure 1
-    printed two pairs of gain labels over each other (gold's and SFT-DPO's at t = 3, DPO's and the placebo's
-    at t = 2): every gain label and every value label has a box of its own."""
-    demo = {"dpo": (0.596, 0.548), "gold": (0.604, 0.633), "placebo-dpo": (0.587, 0.583), "sft": (0.600, 0.617),
-            "sft-dpo": (0.596, 0.619)}  # M2, M3; M1 0.604 [0.571, 0.637] for all
+def _demo_pass1(demo: dict) -> pd.DataFrame:
+    """A study table whose test pass@1 per arm is M1 0.604, then demo[arm] = (M2, M3), each +- 0.033."""
     table = _table(paradigms=tuple(demo))
     p1 = (table["split"] == "test") & (table["metric"] == "pass@1")
     for par, (m2, m3) in demo.items():
         for t, value in ((1, 0.604), (2, m2), (3, m3)):
             rows = p1 & (table["paradigm"] == par) & (table["iteration"] == t)
             table.loc[rows, ["value", "ci_low", "ci_high"]] = value, value - 0.033, value + 0.033
-    fig = plots.figure1_pass1(table)
+    return table
+
+
+def test_figure1_labels_of_best_iterates_at_one_t_do_not_overlap():
+    """The demo study's pass@1 (seed 0, T = 3; values and intervals as its report has them), whose Figure 1
+    printed two pairs of gain labels over each other (gold's and SFT-DPO's at t = 3, DPO's and the placebo's
+    at t = 2): every gain label and every value label has a box of its own."""
+    demo = {"dpo": (0.596, 0.548), "gold": (0.604, 0.633), "placebo-dpo": (0.587, 0.583), "sft": (0.600, 0.617),
+            "sft-dpo": (0.596, 0.619)}  # M2, M3; M1 0.604 [0.571, 0.637] for all
+    fig = plots.figure1_pass1(_demo_pass1(demo))
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     for prefix in ("gain:", "value:"):
@@ -336,13 +341,7 @@ def test_figure1_labels_stand_clear_of_every_point_at_their_t():
     that is no best iterate, above the best ones): gains above every point drawn at their t, values below."""
     demo = {"dpo": (0.595, 0.537), "gold": (0.616, 0.661), "placebo-dpo": (0.599, 0.577), "sft": (0.601, 0.600),
             "sft-dpo": (0.595, 0.603)}  # M2, M3; M1 0.604 for all
-    table = _table(paradigms=tuple(demo))
-    p1 = (table["split"] == "test") & (table["metric"] == "pass@1")
-    for par, (m2, m3) in demo.items():
-        for t, value in ((1, 0.604), (2, m2), (3, m3)):
-            rows = p1 & (table["paradigm"] == par) & (table["iteration"] == t)
-            table.loc[rows, ["value", "ci_low", "ci_high"]] = value, value - 0.033, value + 0.033
-    fig = plots.figure1_pass1(table)
+    fig = plots.figure1_pass1(_demo_pass1(demo))
     fig.canvas.draw()
     renderer, ax = fig.canvas.get_renderer(), fig.axes[0]
     for a in _artists(fig):
