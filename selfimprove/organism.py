@@ -19,9 +19,9 @@ Shipped builds. The build is not reproducible across machines: the same config a
 pass@1 0.357 and 0.465 on two machines, and 0.228 in a later build on the first kind of machine (issue 17;
 float sums in another order, amplified over a thousand steps), so two machines that build the "same"
 organism compare different models. The package therefore ships the demo's organisms (seeds 0, 1 and 2 of
-the three-seed study) in selfimprove/organisms/<config hash>/ (M0, M1 and the build.json that names the config and the machine that
-made it); `ensure` copies a shipped build into the cache instead of training it, and `selfimprove organism
---rebuild` trains it anew from the same config (`--ship` replaces the shipped copy).
+the three-seed study) in selfimprove/organisms/<config hash>/ (M0, M1 and the build.json that names the
+config and the machine that made it); `ensure` copies a shipped build into the cache instead of training it,
+and `selfimprove organism --rebuild` trains it anew from the same config (`--ship` replaces the shipped copy).
 """
 
 from __future__ import annotations
