@@ -27,7 +27,6 @@ deep tables every time (seconds; beyond_metrics.write_deep, which `selfimprove m
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import hashlib
 import time
@@ -104,11 +103,8 @@ def sample_model(cfg, paths: artifacts.RunPaths, t: int, problems: list[dict], l
         prompts = [data.render_prompt(sampler.tokenizer, p) for p in problems]
         sample.check_context(sampler.tokenizer, problems, prompts, max_new_tokens=scfg.max_new_tokens,
                              context=sample.context_length(sampler), split="test")
-        with contextlib.ExitStack() as timers:
-            for module in sampler.timed_modules() if in_model else []:
-                timers.enter_context(profiling.timed_forward(module, clock))
-            with contextlib.nullcontext() if in_model else clock.timing():
-                df = sample.sample_split(sampler, problems, prompts, cfg=scfg, split="test", task=cfg.task, deep=n)
+        with sample.timed(sampler, clock):
+            df = sample.sample_split(sampler, problems, prompts, cfg=scfg, split="test", task=cfg.task, deep=n)
         profiling.record(paths.root, t, SECTION, clock.seconds,
                          "model forward calls" if in_model else "vLLM generate calls", calls=clock.calls)
     finally:

@@ -874,6 +874,19 @@ def make_sampler(cfg: SampleConfig, model_path: str | Path):
     return SAMPLERS[cfg.backend](model_path, threads=cfg.threads or None, **options)
 
 
+@contextlib.contextmanager
+def timed(sampler, clock: profiling.Clock):
+    """Count into `clock` the model compute of what runs inside: the model's forward calls (transformers
+    backends, `timed_modules`) or the whole call (vLLM, whose engine is the model compute)."""
+    with contextlib.ExitStack() as timers:
+        if hasattr(sampler, "model"):
+            for module in sampler.timed_modules():
+                timers.enter_context(profiling.timed_forward(module, clock))
+        else:
+            timers.enter_context(clock.timing())
+        yield
+
+
 def run(cfg: SampleConfig) -> list[Path]:
     """Sample every split this iteration needs and write iter_<t>/samples_<split>.parquet."""
     paths = artifacts.RunPaths(cfg.run_dir)
@@ -895,18 +908,14 @@ def run(cfg: SampleConfig) -> list[Path]:
         check_context(sampler.tokenizer, problems, prompts, max_new_tokens=cfg.max_new_tokens,
                       context=context_length(sampler), split=split)
         todo[split] = problems, prompts
-    timers = contextlib.ExitStack()
-    for module in sampler.timed_modules() if in_model else []:
-        timers.enter_context(profiling.timed_forward(module, clock))
-    with timers:
-        for split, (problems, prompts) in todo.items():
-            t0 = time.time()
-            with contextlib.nullcontext() if in_model else clock.timing():
-                df = sample_split(sampler, problems, prompts, cfg=cfg, split=split, task=cfg.task)
-            secs = time.time() - t0
-            print(f"{split}: {len(df)} responses for {len(problems)} problems in {secs:.1f}s "
-                  f"({df['n_tokens'].sum() / max(secs, 1e-9):.0f} tokens/s)")
-            written.append(artifacts.write_parquet(df, paths.samples(cfg.iteration, split)))
+    for split, (problems, prompts) in todo.items():
+        t0 = time.time()
+        with timed(sampler, clock):
+            df = sample_split(sampler, problems, prompts, cfg=cfg, split=split, task=cfg.task)
+        secs = time.time() - t0
+        print(f"{split}: {len(df)} responses for {len(problems)} problems in {secs:.1f}s "
+              f"({df['n_tokens'].sum() / max(secs, 1e-9):.0f} tokens/s)")
+        written.append(artifacts.write_parquet(df, paths.samples(cfg.iteration, split)))
     profiling.record(cfg.run_dir, cfg.iteration, "sample", clock.seconds,
                      "model forward calls" if in_model else "vLLM generate calls", calls=clock.calls, **placed)
     return written
